@@ -1,0 +1,5 @@
+"""sgmoe: sparsely-gated Mixture-of-Experts layers and models for Keras 3."""
+
+from sgmoe import layers
+
+__version__ = "0.1.0"

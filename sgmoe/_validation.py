@@ -1,0 +1,35 @@
+"""Argument checks shared by sgmoe layers: each raises a ValueError naming the argument."""
+
+import numbers
+
+
+def check_positive_int(name, value):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or value < 1):
+        raise ValueError(
+            f"`{name}` must be a positive integer, received {name}={value!r}.")
+    return int(value)
+
+
+def check_non_negative_float(name, value):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not value >= 0):
+        raise ValueError(
+            f"`{name}` must be a non-negative number, received {name}={value!r}.")
+    return float(value)
+
+
+def check_positive_float(name, value):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not value > 0):
+        raise ValueError(
+            f"`{name}` must be a positive number, received {name}={value!r}.")
+    return float(value)
+
+
+def check_top_k(k, num_experts):
+    k = check_positive_int("k", k)
+    if k > num_experts:
+        raise ValueError(
+            f"`k` must be at most `num_experts`={num_experts}, received k={k}.")
+    return k

@@ -1,0 +1,137 @@
+"""A batch of independent feed-forward experts stored as stacked weights."""
+
+import keras
+from keras import ops
+
+from sgmoe import _validation
+
+
+@keras.saving.register_keras_serializable(package="sgmoe")
+class FeedForwardExperts(keras.layers.Layer):
+    """E feed-forward networks with one hidden layer, applied slot-wise.
+
+    Expert e maps x to activation(x W_in[e] + b_in[e]) W_out[e] + b_out[e]
+    (Shazeer et al. 2017, §3: "feed-forward networks with one ReLU-activated
+    hidden layer"). The weights are stacked, `kernel_in` [E, d, h] and
+    `kernel_out` [E, h, d_out], so all experts run as two batched matmuls over
+    an [E, C, d] dispatch buffer.
+
+    Default initialisation is Glorot-uniform *per expert* (fan-in d and fan-out
+    h of one expert's matrix). Keras's own "glorot_uniform" would count the
+    expert axis into both fans and initialise E times too small.
+
+    Args:
+        num_experts: E.
+        hidden_dim: h, hidden units of each expert.
+        output_dim: d_out; defaults to the input dimension.
+        activation: hidden activation, default "relu".
+        use_bias: whether the two layers have biases.
+        kernel_initializer: initializer of both kernels; default (None) is
+            per-expert Glorot uniform. A Keras initializer given here sees the
+            full [E, d, h] shape.
+        bias_initializer: initializer of both biases.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: [E, C, d] dispatch buffer.
+
+    Returns:
+        [E, C, d_out].
+
+    Example:
+
+    >>> experts = FeedForwardExperts(num_experts=4, hidden_dim=32)
+    >>> tuple(experts(ops.ones((4, 3, 16))).shape)
+    (4, 3, 16)
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        hidden_dim,
+        output_dim=None,
+        activation="relu",
+        use_bias=True,
+        kernel_initializer=None,
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = _validation.check_positive_int(
+            "num_experts", num_experts)
+        self.hidden_dim = _validation.check_positive_int(
+            "hidden_dim", hidden_dim)
+        self.output_dim = (None if output_dim is None else
+                           _validation.check_positive_int("output_dim",
+                                                          output_dim))
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = (None if kernel_initializer is None else
+                                   keras.initializers.get(kernel_initializer))
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def _kernel_initializer(self):
+        if self.kernel_initializer is not None:
+            return self.kernel_initializer
+        # VarianceScaling computes fans over prod(shape[:-2]) * shape[-2:], so
+        # scale by E to get Glorot for one [d, h] matrix.
+        return keras.initializers.VarianceScaling(
+            scale=float(self.num_experts), mode="fan_avg",
+            distribution="uniform")
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(
+                "`inputs` of FeedForwardExperts must have shape [experts, "
+                f"capacity, d] with a known d, received {tuple(input_shape)}.")
+        if input_shape[0] not in (None, self.num_experts):
+            raise ValueError(
+                f"`inputs` has {input_shape[0]} experts on axis 0 but "
+                f"num_experts={self.num_experts}.")
+        input_dim = input_shape[-1]
+        output_dim = self.output_dim or input_dim
+        initializer = self._kernel_initializer()
+        self.kernel_in = self.add_weight(
+            name="kernel_in",
+            shape=(self.num_experts, input_dim, self.hidden_dim),
+            initializer=initializer)
+        self.kernel_out = self.add_weight(
+            name="kernel_out",
+            shape=(self.num_experts, self.hidden_dim, output_dim),
+            initializer=initializer)
+        if self.use_bias:
+            self.bias_in = self.add_weight(
+                name="bias_in", shape=(self.num_experts, self.hidden_dim),
+                initializer=self.bias_initializer)
+            self.bias_out = self.add_weight(
+                name="bias_out", shape=(self.num_experts, output_dim),
+                initializer=self.bias_initializer)
+
+    def call(self, inputs):
+        hidden = ops.matmul(inputs, self.kernel_in)  # [E, C, h]
+        if self.use_bias:
+            hidden = hidden + ops.expand_dims(self.bias_in, 1)
+        hidden = self.activation(hidden)
+        outputs = ops.matmul(hidden, self.kernel_out)  # [E, C, d_out]
+        if self.use_bias:
+            outputs = outputs + ops.expand_dims(self.bias_out, 1)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_experts": self.num_experts,
+            "hidden_dim": self.hidden_dim,
+            "output_dim": self.output_dim,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": (
+                None if self.kernel_initializer is None else
+                keras.initializers.serialize(self.kernel_initializer)),
+            "bias_initializer": keras.initializers.serialize(
+                self.bias_initializer),
+        })
+        return config

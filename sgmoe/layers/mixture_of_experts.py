@@ -1,0 +1,204 @@
+"""The sparsely-gated Mixture-of-Experts layer (Shazeer et al. 2017)."""
+
+import keras
+from keras import ops
+
+from sgmoe import _validation
+from sgmoe.layers import dispatch
+from sgmoe.layers.feed_forward_experts import FeedForwardExperts
+from sgmoe.layers.noisy_top_k_gating import NoisyTopKGating
+
+
+@keras.saving.register_keras_serializable(package="sgmoe")
+class MixtureOfExperts(keras.layers.Layer):
+    """Sparsely-gated Mixture-of-Experts: y = sum_i G(x)_i E_i(x).
+
+    Shazeer et al. 2017, "Outrageously Large Neural Networks: The
+    Sparsely-Gated Mixture-of-Experts Layer", arXiv:1701.06538.
+
+    Four parts, one job each: a router (`NoisyTopKGating`) picks k experts and
+    their gate values per token; a dispatcher gathers the tokens into an
+    [experts, capacity, d] buffer; `FeedForwardExperts` runs every expert on
+    its own slots; the combine gathers the outputs back and sums them with the
+    gate values.
+
+    The input may have any rank [..., d]. All leading dimensions are flattened
+    into one macro-batch, so a MoE between LSTM layers sees every timestep of
+    the batch at once (the paper's "convolutional" batching, §3.1), and the
+    output has the input's shape with d_out last.
+
+    Dispatch is sparse with static shapes: data movement is O(tokens * k * d)
+    and expert FLOPs O(tokens * k * d * h * capacity_factor), whatever the
+    number of experts. Each expert takes at most
+    `ceil(capacity_factor * tokens * k / num_experts)` tokens per call; the
+    least preferred assignments beyond that are dropped (a token's first
+    choices are served before anyone's second choices). A dropped assignment
+    contributes nothing, the token's other experts still count, and a token
+    with all its assignments dropped gets a zero output, which a residual
+    connection around the layer carries past it. The paper itself dispatches
+    without a capacity limit; its balancing losses keep the load within a
+    small factor of the mean, which is what the default capacity factor of
+    1.25 leaves room for.
+
+    Statistics of the last call are kept in non-trainable variables, for
+    monitoring: `expert_importance` [E], `expert_load` [E] and
+    `dropped_fraction` (the fraction of token-expert assignments dropped).
+
+    Args:
+        num_experts: number of experts E.
+        expert_hidden_dim: hidden units h of each expert.
+        k: experts per token.
+        capacity_factor: slots per expert relative to the mean load
+            tokens * k / E (> 0).
+        output_activation: applied to the combined output; "sigmoid"
+            reproduces the paper's language model.
+        output_dim: d_out of each expert; defaults to the input dimension.
+        expert_activation: hidden activation of the experts (default "relu").
+        use_bias: whether the experts have biases.
+        kernel_initializer: expert kernel initializer; None means per-expert
+            Glorot uniform (see `FeedForwardExperts`).
+        noisy: whether the gate adds trainable noise in training.
+        importance_weight: w_importance of the importance loss.
+        load_weight: w_load of the load loss.
+        noise_epsilon: floor added to the noise scale (see `NoisyTopKGating`).
+        seed: seed of the gating noise.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor [..., d].
+        training: whether to add gating noise and the balancing losses.
+
+    Returns:
+        [..., d_out].
+
+    Example:
+
+    >>> inputs = keras.Input((5, 16))
+    >>> outputs = MixtureOfExperts(num_experts=4, expert_hidden_dim=32, k=2)(
+    ...     inputs)
+    >>> tuple(outputs.shape)
+    (None, 5, 16)
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        expert_hidden_dim,
+        k=4,
+        capacity_factor=1.25,
+        output_activation=None,
+        output_dim=None,
+        expert_activation="relu",
+        use_bias=True,
+        kernel_initializer=None,
+        noisy=True,
+        importance_weight=0.1,
+        load_weight=0.1,
+        noise_epsilon=1e-2,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = _validation.check_positive_int(
+            "num_experts", num_experts)
+        self.expert_hidden_dim = _validation.check_positive_int(
+            "expert_hidden_dim", expert_hidden_dim)
+        self.k = _validation.check_top_k(k, self.num_experts)
+        self.capacity_factor = _validation.check_positive_float(
+            "capacity_factor", capacity_factor)
+        self.output_activation = keras.activations.get(output_activation)
+        self.output_dim = (None if output_dim is None else
+                           _validation.check_positive_int("output_dim",
+                                                          output_dim))
+        self.expert_activation = keras.activations.get(expert_activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = (None if kernel_initializer is None else
+                                   keras.initializers.get(kernel_initializer))
+        self.noisy = bool(noisy)
+        self.importance_weight = importance_weight
+        self.load_weight = load_weight
+        self.noise_epsilon = noise_epsilon
+        self.seed = seed
+
+        self.router = NoisyTopKGating(
+            num_experts=self.num_experts, k=self.k, noisy=noisy,
+            importance_weight=importance_weight, load_weight=load_weight,
+            noise_epsilon=noise_epsilon, seed=seed, dtype=self.dtype_policy,
+            name="router")
+        self.experts = FeedForwardExperts(
+            num_experts=self.num_experts, hidden_dim=self.expert_hidden_dim,
+            output_dim=self.output_dim, activation=self.expert_activation,
+            use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy, name="experts")
+
+    def build(self, input_shape):
+        self.input_dim = input_shape[-1]
+        if self.input_dim is None:
+            raise ValueError(
+                "The last dimension of `inputs` to MixtureOfExperts must be "
+                f"known, received shape {tuple(input_shape)}.")
+        self.router.build((None, self.input_dim))
+        self.experts.build((self.num_experts, None, self.input_dim))
+        self.expert_importance = self._statistic("expert_importance",
+                                                 (self.num_experts,))
+        self.expert_load = self._statistic("expert_load", (self.num_experts,))
+        self.dropped_fraction = self._statistic("dropped_fraction", ())
+
+    def _statistic(self, name, shape):
+        return self.add_weight(name=name, shape=shape, initializer="zeros",
+                               dtype="float32", trainable=False)
+
+    def call(self, inputs, training=None):
+        if inputs.shape[-1] != self.input_dim:
+            raise ValueError(
+                "The last dimension of `inputs` must be "
+                f"{self.input_dim} (the size MixtureOfExperts was built "
+                f"with), received inputs of shape {tuple(inputs.shape)}.")
+        leading_shape = ops.shape(inputs)[:-1]
+        tokens = ops.reshape(inputs, (-1, self.input_dim))  # [N, d]
+
+        routing = self.router(tokens, training=training)
+        capacity = dispatch.expert_capacity(
+            ops.shape(tokens)[0], self.num_experts, self.k,
+            self.capacity_factor)
+        plan = dispatch.plan_dispatch(routing.expert_indices,
+                                      self.num_experts, capacity)
+        expert_outputs = self.experts(dispatch.dispatch(tokens, plan))
+        outputs = dispatch.combine(expert_outputs, plan,
+                                   routing.expert_weights)
+        outputs = self.output_activation(outputs)
+
+        self.expert_importance.assign(routing.importance)
+        self.expert_load.assign(routing.load)
+        self.dropped_fraction.assign(
+            1.0 - ops.mean(ops.cast(plan.assignment_kept, "float32")))
+        return ops.reshape(outputs,
+                           tuple(leading_shape) + (outputs.shape[-1],))
+
+    def compute_output_shape(self, input_shape):
+        output_dim = self.output_dim or input_shape[-1]
+        return tuple(input_shape[:-1]) + (output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_experts": self.num_experts,
+            "expert_hidden_dim": self.expert_hidden_dim,
+            "k": self.k,
+            "capacity_factor": self.capacity_factor,
+            "output_activation": keras.activations.serialize(
+                self.output_activation),
+            "output_dim": self.output_dim,
+            "expert_activation": keras.activations.serialize(
+                self.expert_activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": (
+                None if self.kernel_initializer is None else
+                keras.initializers.serialize(self.kernel_initializer)),
+            "noisy": self.noisy,
+            "importance_weight": self.importance_weight,
+            "load_weight": self.load_weight,
+            "noise_epsilon": self.noise_epsilon,
+            "seed": self.seed,
+        })
+        return config

@@ -1,0 +1,215 @@
+"""Noisy top-k gating network of Shazeer et al. 2017 (§2.1, §4, Appendix A)."""
+
+import math
+
+import keras
+from keras import ops
+
+from sgmoe import _validation
+from sgmoe.layers import balancing
+from sgmoe.layers.routing_result import RoutingResult
+
+
+def normal_cdf(x):
+    """Phi(x), the standard normal cumulative distribution function."""
+    return 0.5 * (1.0 + ops.erf(x / math.sqrt(2.0)))
+
+
+@keras.saving.register_keras_serializable(package="sgmoe")
+class NoisyTopKGating(keras.layers.Layer):
+    """Noisy top-k gating with the importance and load balancing losses.
+
+    Shazeer et al. 2017, "Outrageously Large Neural Networks: The
+    Sparsely-Gated Mixture-of-Experts Layer", arXiv:1701.06538.
+
+    For a token x:
+
+        H(x)_i = (x W_g)_i + StandardNormal() * Softplus((x W_noise)_i)
+        G(x)   = Softmax(KeepTopK(H(x), k))
+
+    The noise is added only in training. The balancing losses, added with
+    `add_loss` in training, are
+
+        L_importance = importance_weight * CV(Importance(X))^2,
+            Importance(X) = sum_x G(x)
+        L_load = load_weight * CV(Load(X))^2,
+            Load(X)_i = sum_x P(x, i),
+            P(x, i) = Phi(((x W_g)_i - kth_excluding(H(x), k, i))
+                          / Softplus((x W_noise)_i))
+
+    where kth_excluding(v, k, i) is the k-th highest component of v leaving
+    out component i, and CV^2 uses the population variance. P(x, i) is the
+    probability that expert i is in the top k when only its own noise is
+    redrawn, so Load is a smooth, unbiased estimate of the number of tokens
+    each expert receives. Without noise (inference, or `noisy=False`) the load
+    is the count of tokens routed to each expert and carries no gradient.
+
+    Like the paper's published implementation, `noise_epsilon` is added to
+    the softplus to keep the noise scale away from zero; it is added in H and
+    in P alike, so the load estimator stays unbiased. `noise_epsilon=0` gives
+    the equations above verbatim.
+
+    `w_gate` and `w_noise` start at zero (Appendix A): every expert starts
+    equally likely and the noise scale starts at softplus(0) + epsilon.
+
+    With k = 1, Softmax over a single kept value is identically 1, so the gate
+    would carry no gradient to W_g. For k = 1 this layer therefore uses the
+    gate of Switch Transformer (Fedus et al. 2021): the chosen expert's weight
+    is its probability under the softmax of H(x) over all experts, which
+    trains W_g through the task loss (and through L_importance); with
+    `noisy=True` the load loss trains W_g and W_noise as well. For k > 1 the
+    gates are exactly the paper's.
+
+    The layer always computes in float32 (its weights are float32 and inputs
+    are cast), also under a mixed-precision policy: the top-k and softmax are
+    sensitive to rounding.
+
+    Args:
+        num_experts: number of experts E.
+        k: experts per token, 1 <= k <= num_experts.
+        noisy: whether to add the trainable Gaussian noise in training.
+        importance_weight: w_importance, weight of L_importance (>= 0).
+        load_weight: w_load, weight of L_load (>= 0).
+        noise_epsilon: added to Softplus((x W_noise)_i) (>= 0).
+        seed: seed of the noise.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor [N, d], the tokens of the macro-batch.
+        training: Python or tensor boolean; noise and losses only when true.
+
+    Returns:
+        A `RoutingResult` with `expert_indices` [N, k], `expert_weights`
+        [N, k], `importance` [E], `load` [E] and `auxiliary_losses`
+        {"importance_loss", "load_loss"}.
+
+    Example:
+
+    >>> gating = NoisyTopKGating(num_experts=8, k=2)
+    >>> routing = gating(keras.random.normal((10, 16)), training=True)
+    >>> tuple(routing.expert_indices.shape), tuple(routing.load.shape)
+    ((10, 2), (8,))
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        k=4,
+        noisy=True,
+        importance_weight=0.1,
+        load_weight=0.1,
+        noise_epsilon=1e-2,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.num_experts = _validation.check_positive_int(
+            "num_experts", num_experts)
+        self.k = _validation.check_top_k(k, self.num_experts)
+        self.noisy = bool(noisy)
+        self.importance_weight = _validation.check_non_negative_float(
+            "importance_weight", importance_weight)
+        self.load_weight = _validation.check_non_negative_float(
+            "load_weight", load_weight)
+        self.noise_epsilon = _validation.check_non_negative_float(
+            "noise_epsilon", noise_epsilon)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                "`inputs` of NoisyTopKGating must have shape [tokens, d] with a "
+                f"known d, received shape {tuple(input_shape)}.")
+        input_dim = input_shape[-1]
+        self.w_gate = self.add_weight(
+            name="w_gate", shape=(input_dim, self.num_experts),
+            initializer="zeros", dtype="float32")
+        if self.noisy:
+            self.w_noise = self.add_weight(
+                name="w_noise", shape=(input_dim, self.num_experts),
+                initializer="zeros", dtype="float32")
+        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
+
+    def call(self, inputs, training=None):
+        x = ops.cast(inputs, "float32")
+        clean_logits = ops.matmul(x, self.w_gate)  # [N, E]
+        noisy = self.noisy and bool(training)
+        if noisy:
+            noise_stddev = (ops.softplus(ops.matmul(x, self.w_noise))
+                            + self.noise_epsilon)
+            logits = clean_logits + noise_stddev * keras.random.normal(
+                ops.shape(clean_logits), seed=self.seed_generator)
+        else:
+            logits = clean_logits
+
+        # One more than k: the (k+1)-th value is kth_excluding for the experts
+        # inside the top k.
+        num_kept = min(self.k + 1, self.num_experts)
+        top_values, top_indices = ops.top_k(logits, num_kept)
+        expert_indices = ops.cast(top_indices[:, :self.k], "int32")
+        if self.k == 1:
+            expert_weights = ops.take_along_axis(
+                ops.softmax(logits, axis=-1), expert_indices, axis=-1)
+        else:
+            expert_weights = ops.softmax(top_values[:, :self.k], axis=-1)
+
+        importance = balancing.count_per_expert(
+            expert_indices, self.num_experts, weights=expert_weights)
+        if noisy and self.k < self.num_experts:
+            load = ops.sum(
+                self._probability_in_top_k(
+                    clean_logits, logits, noise_stddev, top_values),
+                axis=0)
+        else:
+            load = balancing.count_per_expert(expert_indices, self.num_experts)
+
+        auxiliary_losses = {
+            "importance_loss":
+                self.importance_weight * balancing.cv_squared(importance),
+            "load_loss": self.load_weight * balancing.cv_squared(load),
+        }
+        if training:
+            self.add_loss(auxiliary_losses["importance_loss"]
+                          + auxiliary_losses["load_loss"])
+        return RoutingResult(expert_indices, expert_weights, importance, load,
+                             auxiliary_losses)
+
+    def _probability_in_top_k(self, clean_logits, noisy_logits, noise_stddev,
+                              top_values):
+        """P(x, i) [N, E]: the chance expert i is in the top k under new noise."""
+        # kth_excluding(H, k, i) is the (k+1)-th highest value of H when i is
+        # among the top k (H_i is strictly above the (k+1)-th value), and the
+        # k-th highest otherwise. At ties both cases give the same value.
+        kth_value = top_values[:, self.k - 1:self.k]
+        next_value = top_values[:, self.k:self.k + 1]
+        in_top_k = ops.greater(noisy_logits, next_value)
+        threshold = ops.where(in_top_k, next_value, kth_value)
+        return normal_cdf((clean_logits - threshold) / noise_stddev)
+
+    def compute_output_spec(self, inputs, training=None):
+        num_tokens = inputs.shape[0]
+        tensor = keras.KerasTensor
+        return RoutingResult(
+            expert_indices=tensor((num_tokens, self.k), dtype="int32"),
+            expert_weights=tensor((num_tokens, self.k), dtype="float32"),
+            importance=tensor((self.num_experts,), dtype="float32"),
+            load=tensor((self.num_experts,), dtype="float32"),
+            auxiliary_losses={
+                "importance_loss": tensor((), dtype="float32"),
+                "load_loss": tensor((), dtype="float32"),
+            })
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_experts": self.num_experts,
+            "k": self.k,
+            "noisy": self.noisy,
+            "importance_weight": self.importance_weight,
+            "load_weight": self.load_weight,
+            "noise_epsilon": self.noise_epsilon,
+            "seed": self.seed,
+        })
+        return config
