@@ -15,6 +15,28 @@ def normal_cdf(x):
     return 0.5 * (1.0 + ops.erf(x / math.sqrt(2.0)))
 
 
+def probability_in_top_k(clean_logits, noisy_logits, noise_stddev, top_values,
+                         k):
+    """P(x, i) [N, E]: the chance that expert i is in the top k of H(x) when
+    only its own noise is drawn again (the paper's equation 9).
+
+    Args:
+        clean_logits: x W_g, [N, E].
+        noisy_logits: H(x), [N, E].
+        noise_stddev: the noise scale of H(x), [N, E].
+        top_values: the k + 1 highest values of H(x) per token, [N, k + 1].
+        k: experts per token (k < E).
+    """
+    # kth_excluding(H, k, i) is the (k+1)-th highest value of H when i is
+    # among the top k (H_i strictly above the (k+1)-th value), and the k-th
+    # highest otherwise. At ties the two cases give the same value.
+    kth_value = top_values[:, k - 1:k]
+    next_value = top_values[:, k:k + 1]
+    in_top_k = ops.greater(noisy_logits, next_value)
+    threshold = ops.where(in_top_k, next_value, kth_value)
+    return normal_cdf((clean_logits - threshold) / noise_stddev)
+
+
 @keras.saving.register_keras_serializable(package="sgmoe")
 class NoisyTopKGating(keras.layers.Layer):
     """Noisy top-k gating with the importance and load balancing losses.
@@ -159,8 +181,8 @@ class NoisyTopKGating(keras.layers.Layer):
             expert_indices, self.num_experts, weights=expert_weights)
         if noisy and self.k < self.num_experts:
             load = ops.sum(
-                self._probability_in_top_k(
-                    clean_logits, logits, noise_stddev, top_values),
+                probability_in_top_k(clean_logits, logits, noise_stddev,
+                                     top_values, self.k),
                 axis=0)
         else:
             load = balancing.count_per_expert(expert_indices, self.num_experts)
@@ -175,18 +197,6 @@ class NoisyTopKGating(keras.layers.Layer):
                           + auxiliary_losses["load_loss"])
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
-
-    def _probability_in_top_k(self, clean_logits, noisy_logits, noise_stddev,
-                              top_values):
-        """P(x, i) [N, E]: the chance expert i is in the top k under new noise."""
-        # kth_excluding(H, k, i) is the (k+1)-th highest value of H when i is
-        # among the top k (H_i is strictly above the (k+1)-th value), and the
-        # k-th highest otherwise. At ties both cases give the same value.
-        kth_value = top_values[:, self.k - 1:self.k]
-        next_value = top_values[:, self.k:self.k + 1]
-        in_top_k = ops.greater(noisy_logits, next_value)
-        threshold = ops.where(in_top_k, next_value, kth_value)
-        return normal_cdf((clean_logits - threshold) / noise_stddev)
 
     def compute_output_spec(self, inputs, training=None):
         num_tokens = inputs.shape[0]

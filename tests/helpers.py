@@ -1,0 +1,39 @@
+"""Backend-neutral test helpers."""
+
+import keras
+import numpy as np
+
+
+def value_and_gradients(layer, loss_fn, *inputs, **call_kwargs):
+    """Returns (loss, {weight path: gradient}) of loss_fn(layer(*inputs)).
+
+    `loss_fn(outputs, losses)` receives the layer's outputs and the list of
+    losses the layer added during the call.
+    """
+    backend = keras.backend.backend()
+    trainable = layer.trainable_variables
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            outputs = layer(*inputs, **call_kwargs)
+            loss = loss_fn(outputs, layer.losses)
+        grads = tape.gradient(loss, trainable)
+        return (float(loss), {v.path: None if g is None else np.asarray(g)
+                              for v, g in zip(trainable, grads)})
+    if backend == "jax":
+        import jax
+
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def compute(trainable_values):
+            outputs, _, losses = layer.stateless_call(
+                trainable_values, non_trainable, *inputs, return_losses=True,
+                **call_kwargs)
+            return loss_fn(outputs, losses)
+
+        loss, grads = jax.value_and_grad(compute)(
+            [v.value for v in trainable])
+        return (float(loss), {v.path: np.asarray(g)
+                              for v, g in zip(trainable, grads)})
+    raise ValueError(f"no gradient helper for backend {backend}")

@@ -1,0 +1,195 @@
+"""MixtureOfExperts end to end: dense reference, drops, training, saving."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from sgmoe.layers import MixtureOfExperts
+from tests import helpers
+from tests.layers import numpy_reference as ref
+
+BATCH, LENGTH, DIM, HIDDEN, NUM_EXPERTS = 2, 5, 16, 24, 4
+
+
+def build_moe(k=2, capacity_factor=4.0, seed=0, **kwargs):
+    """A built layer with random non-zero gating weights."""
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=k,
+                           capacity_factor=capacity_factor, seed=seed,
+                           **kwargs)
+    moe.build((None, LENGTH, DIM))
+    rng = np.random.RandomState(seed)
+    moe.router.w_gate.assign(rng.randn(DIM, NUM_EXPERTS).astype("float32"))
+    moe.experts.bias_in.assign(
+        0.1 * rng.randn(NUM_EXPERTS, HIDDEN).astype("float32"))
+    moe.experts.bias_out.assign(
+        0.1 * rng.randn(NUM_EXPERTS, DIM).astype("float32"))
+    return moe
+
+
+def reference_output(moe, x, capacity=None):
+    """NumPy MoE in inference mode: every expert on every token."""
+    tokens = x.reshape(-1, DIM)
+    routing = ref.noisy_top_k_gating(
+        tokens, ops.convert_to_numpy(moe.router.w_gate), None, moe.k)
+    kept = (None if capacity is None else
+            ref.capacity_kept(routing["indices"], NUM_EXPERTS, capacity))
+    experts = moe.experts
+    y = ref.dense_mixture(
+        tokens, routing["indices"], routing["gates"],
+        *(ops.convert_to_numpy(w) for w in (
+            experts.kernel_in, experts.bias_in, experts.kernel_out,
+            experts.bias_out)), kept=kept)
+    return y, kept
+
+
+def inputs(seed=1, shape=(BATCH, LENGTH, DIM)):
+    return np.random.RandomState(seed).randn(*shape).astype("float32")
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_sparse_dispatch_equals_dense_reference(k):
+    moe = build_moe(k=k)
+    x = inputs()
+    y = ops.convert_to_numpy(moe(x, training=False))
+    expected, _ = reference_output(moe, x)
+    assert y.shape == (BATCH, LENGTH, DIM)
+    np.testing.assert_allclose(y.reshape(-1, DIM), expected, rtol=1e-4,
+                               atol=1e-5)
+    assert float(moe.dropped_fraction) == 0.0
+
+
+def test_dropped_tokens_are_accounted_exactly():
+    moe = build_moe(k=2, capacity_factor=0.5)
+    x = inputs()
+    y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    capacity = int(np.ceil(0.5 * BATCH * LENGTH * 2 / NUM_EXPERTS))
+    expected, kept = reference_output(moe, x, capacity=capacity)
+    assert not kept.all()
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(moe.dropped_fraction), 1.0 - kept.mean(),
+                               rtol=1e-6)
+    # A token with every assignment dropped gets exactly zero.
+    fully_dropped = ~kept.any(axis=1)
+    np.testing.assert_array_equal(y[fully_dropped], 0.0)
+
+
+def test_any_rank_is_one_macro_batch():
+    moe = build_moe()
+    x = inputs(shape=(2, 3, 4, DIM))
+    y4 = ops.convert_to_numpy(moe(x, training=False))
+    y2 = ops.convert_to_numpy(moe(x.reshape(-1, DIM), training=False))
+    assert y4.shape == (2, 3, 4, DIM)
+    np.testing.assert_allclose(y4.reshape(-1, DIM), y2, rtol=1e-6)
+
+
+def test_sigmoid_output_and_output_dim():
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=2, output_dim=7,
+                           output_activation="sigmoid")
+    y = ops.convert_to_numpy(moe(inputs(), training=False))
+    assert y.shape == (BATCH, LENGTH, 7)
+    assert (y > 0).all() and (y < 1).all()
+
+
+def test_statistics_track_the_last_call():
+    moe = build_moe(k=2)
+    x = inputs()
+    moe(x, training=False)
+    routing = ref.noisy_top_k_gating(
+        x.reshape(-1, DIM), ops.convert_to_numpy(moe.router.w_gate), None, 2)
+    np.testing.assert_allclose(ops.convert_to_numpy(moe.expert_load),
+                               routing["load"])
+    np.testing.assert_allclose(ops.convert_to_numpy(moe.expert_importance),
+                               routing["importance"], rtol=1e-5)
+
+
+def test_gradients_reach_router_and_experts():
+    moe = build_moe(k=2)
+    target = inputs(seed=5)
+
+    def loss_fn(outputs, losses):
+        return ops.mean(ops.square(outputs - target)) + ops.sum(
+            ops.stack(losses))
+
+    _, grads = helpers.value_and_gradients(moe, loss_fn, inputs(),
+                                           training=True)
+    for name in ("w_gate", "w_noise", "kernel_in", "kernel_out", "bias_in",
+                 "bias_out"):
+        grad = [g for path, g in grads.items() if path.endswith(name)][0]
+        assert np.abs(grad).max() > 1e-6, name
+
+
+def test_training_adds_balancing_losses_only_in_training():
+    moe = build_moe()
+    moe(inputs(), training=False)
+    assert moe.losses == []
+    moe(inputs(), training=True)
+    assert len(moe.losses) == 1 and float(moe.losses[0]) > 0.0
+
+
+def test_mixed_bfloat16():
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=2, dtype="mixed_bfloat16")
+    y = moe(ops.cast(inputs(), "bfloat16"), training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert moe.router.w_gate.dtype == "float32"
+    assert moe.experts.kernel_in.dtype == "float32"
+
+
+def functional_model(seed=0):
+    token_inputs = keras.Input((LENGTH, DIM))
+    hidden = keras.layers.Dense(DIM)(token_inputs)
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=2, seed=seed, name="moe")
+    hidden = hidden + moe(hidden)
+    outputs = keras.layers.Dense(1)(hidden)
+    return keras.Model(token_inputs, outputs)
+
+
+def test_functional_model_trains_with_jit_compile_and_round_trips(tmp_path):
+    rng = np.random.RandomState(0)
+    x = rng.randn(67, LENGTH, DIM).astype("float32")
+    # A target only a token-dependent non-linearity can fit.
+    y = np.tanh(x[..., :3]).sum(-1, keepdims=True) * np.sign(x[..., 3:4])
+    model = functional_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse",
+                  jit_compile=True)
+    initial = model.evaluate(x, y, verbose=0)
+    # 67 is not a multiple of 16: the last batch has another shape.
+    history = model.fit(x, y, batch_size=16, epochs=15, verbose=0)
+    assert history.history["loss"][-1] < 0.6 * initial
+
+    stats = model.get_layer("moe")
+    assert float(ops.sum(stats.expert_load)) > 0
+
+    path = str(tmp_path / "moe.keras")
+    model.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               restored.predict(x, verbose=0), rtol=1e-6,
+                               atol=1e-6)
+    original = model.get_layer("moe").get_config()
+    assert restored.get_layer("moe").get_config() == original
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(num_experts=0, expert_hidden_dim=8), "num_experts"),
+    (dict(num_experts=4, expert_hidden_dim=0), "expert_hidden_dim"),
+    (dict(num_experts=4, expert_hidden_dim=8, k=0), "k"),
+    (dict(num_experts=4, expert_hidden_dim=8, k=5), "k"),
+    (dict(num_experts=4, expert_hidden_dim=8, capacity_factor=0.0),
+     "capacity_factor"),
+    (dict(num_experts=4, expert_hidden_dim=8, capacity_factor=-1),
+     "capacity_factor"),
+    (dict(num_experts=4, expert_hidden_dim=8, output_dim=-3), "output_dim"),
+    (dict(num_experts=4, expert_hidden_dim=8, load_weight=-1.0),
+     "load_weight"),
+])
+def test_invalid_arguments_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        MixtureOfExperts(**kwargs)
+
+
+def test_input_dimension_mismatch_names_inputs():
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=2)
+    moe(inputs())
+    with pytest.raises(ValueError, match="`inputs`"):
+        moe(inputs(shape=(BATCH, LENGTH, DIM + 1)))
