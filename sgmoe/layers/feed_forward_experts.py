@@ -30,6 +30,11 @@ class FeedForwardExperts(keras.layers.Layer):
             per-expert Glorot uniform. A Keras initializer given here sees the
             full [E, d, h] shape.
         bias_initializer: initializer of both biases.
+        rematerialize: if true, the hidden activations [E, C, h] are not kept
+            for the backward pass but recomputed from the inputs (the paper,
+            Appendix D, did this to save memory), trading one more forward
+            matmul for memory; `keras.remat` (jax.checkpoint /
+            tf.recompute_grad).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -54,6 +59,7 @@ class FeedForwardExperts(keras.layers.Layer):
         use_bias=True,
         kernel_initializer=None,
         bias_initializer="zeros",
+        rematerialize=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,6 +75,7 @@ class FeedForwardExperts(keras.layers.Layer):
         self.kernel_initializer = (None if kernel_initializer is None else
                                    keras.initializers.get(kernel_initializer))
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.rematerialize = bool(rematerialize)
 
     def _kernel_initializer(self):
         if self.kernel_initializer is not None:
@@ -108,13 +115,23 @@ class FeedForwardExperts(keras.layers.Layer):
                 initializer=self.bias_initializer)
 
     def call(self, inputs):
-        hidden = ops.matmul(inputs, self.kernel_in)  # [E, C, h]
+        weights = [self.kernel_in, self.kernel_out]
         if self.use_bias:
-            hidden = hidden + ops.expand_dims(self.bias_in, 1)
+            weights += [self.bias_in, self.bias_out]
+        weights = [ops.cast(w, self.compute_dtype) for w in weights]
+        forward = keras.remat(self._forward) if self.rematerialize else (
+            self._forward)
+        return forward(inputs, *weights)
+
+    def _forward(self, inputs, kernel_in, kernel_out, bias_in=None,
+                 bias_out=None):
+        hidden = ops.matmul(inputs, kernel_in)  # [E, C, h]
+        if bias_in is not None:
+            hidden = hidden + ops.expand_dims(bias_in, 1)
         hidden = self.activation(hidden)
-        outputs = ops.matmul(hidden, self.kernel_out)  # [E, C, d_out]
-        if self.use_bias:
-            outputs = outputs + ops.expand_dims(self.bias_out, 1)
+        outputs = ops.matmul(hidden, kernel_out)  # [E, C, d_out]
+        if bias_out is not None:
+            outputs = outputs + ops.expand_dims(bias_out, 1)
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -133,5 +150,6 @@ class FeedForwardExperts(keras.layers.Layer):
                 keras.initializers.serialize(self.kernel_initializer)),
             "bias_initializer": keras.initializers.serialize(
                 self.bias_initializer),
+            "rematerialize": self.rematerialize,
         })
         return config

@@ -57,6 +57,8 @@ class MixtureOfExperts(keras.layers.Layer):
         use_bias: whether the experts have biases.
         kernel_initializer: expert kernel initializer; None means per-expert
             Glorot uniform (see `FeedForwardExperts`).
+        rematerialize_experts: recompute the experts' hidden activations in
+            the backward pass instead of storing them (paper, Appendix D).
         noisy: whether the gate adds trainable noise in training.
         importance_weight: w_importance of the importance loss.
         load_weight: w_load of the load loss.
@@ -91,6 +93,7 @@ class MixtureOfExperts(keras.layers.Layer):
         expert_activation="relu",
         use_bias=True,
         kernel_initializer=None,
+        rematerialize_experts=False,
         noisy=True,
         importance_weight=0.1,
         load_weight=0.1,
@@ -114,6 +117,7 @@ class MixtureOfExperts(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = (None if kernel_initializer is None else
                                    keras.initializers.get(kernel_initializer))
+        self.rematerialize_experts = bool(rematerialize_experts)
         self.noisy = bool(noisy)
         self.importance_weight = importance_weight
         self.load_weight = load_weight
@@ -129,6 +133,7 @@ class MixtureOfExperts(keras.layers.Layer):
             num_experts=self.num_experts, hidden_dim=self.expert_hidden_dim,
             output_dim=self.output_dim, activation=self.expert_activation,
             use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
+            rematerialize=self.rematerialize_experts,
             dtype=self.dtype_policy, name="experts")
 
     def build(self, input_shape):
@@ -195,6 +200,7 @@ class MixtureOfExperts(keras.layers.Layer):
             "kernel_initializer": (
                 None if self.kernel_initializer is None else
                 keras.initializers.serialize(self.kernel_initializer)),
+            "rematerialize_experts": self.rematerialize_experts,
             "noisy": self.noisy,
             "importance_weight": self.importance_weight,
             "load_weight": self.load_weight,
