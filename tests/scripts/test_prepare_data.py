@@ -6,7 +6,6 @@ import os
 import tarfile
 
 import pytest
-from absl import flags
 
 from scripts import prepare_data
 
