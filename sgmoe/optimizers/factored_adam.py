@@ -123,7 +123,8 @@ class FactoredAdam(keras.optimizers.Optimizer):
 
     def _slot(self, variable, shape, kind):
         name = variable.path.replace("/", "_") + "_" + kind
-        return self.add_variable(shape=shape, dtype=variable.dtype, name=name)
+        return self.add_variable(shape=shape, dtype=variable.dtype, name=name,
+                                 layout=_slot_layout(variable, shape))
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -170,6 +171,28 @@ class FactoredAdam(keras.optimizers.Optimizer):
             "adam_beta_1": self.adam_beta_1,
         })
         return config
+
+
+def _slot_layout(variable, shape):
+    """The variable's `keras.distribution` layout, cut down to a slot's shape.
+
+    A factored slot drops one of the variable's last two axes, and drops that
+    axis from the layout too, so an expert kernel sharded along its expert
+    axis has its [E, d] and [E, h] statistics sharded the same way. None when
+    the variable has no layout (no distribution).
+    """
+    layout = getattr(variable, "_layout", None)
+    if not isinstance(layout, keras.distribution.TensorLayout):
+        return None
+    axes = tuple(layout.axes)
+    full_shape = tuple(variable.shape)
+    if shape == full_shape:
+        return layout
+    if shape == full_shape[:-1]:
+        axes = axes[:-1]
+    else:  # the column statistic: [..., cols]
+        axes = axes[:-2] + axes[-1:]
+    return keras.distribution.TensorLayout(axes, layout.device_mesh)
 
 
 def _dense(gradient):
