@@ -46,6 +46,7 @@ from keras import ops
 
 from sgmoe.layers import dispatch
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
+from sgmoe.layers.switch_router import SwitchRouter
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_tokens", 4096, "T, tokens in the macro-batch.")
@@ -64,6 +65,10 @@ flags.DEFINE_float(
     "dense_limit_gb", 4.0,
     "Skip the every-expert-on-every-token baseline when its [E, T, h] "
     "float32 activations exceed this many GB (1e9 bytes).")
+flags.DEFINE_enum(
+    "router", "noisy_top_k", ["noisy_top_k", "switch"],
+    "noisy_top_k: the paper's gate with --k; switch: SwitchRouter (k=1, "
+    "jitter 0.01, z-loss 1e-3).")
 flags.DEFINE_bool(
     "quick", False,
     "Smoke run in seconds: T=256, d=64, h=128, experts 4,16, 2 repeats "
@@ -303,9 +308,13 @@ def benchmark_experts(num_experts, config):
     seed = keras.random.SeedGenerator(1234)
     inputs = keras.random.normal((num_tokens, model_dim), seed=seed)
 
+    router = None
+    if config["router"] == "switch":
+        router = SwitchRouter(num_experts, z_loss_weight=1e-3, jitter=0.01,
+                              seed=0)
     layer = MixtureOfExperts(
         num_experts=num_experts, expert_hidden_dim=hidden_dim, k=k,
-        capacity_factor=capacity_factor, seed=0)
+        capacity_factor=capacity_factor, seed=0, router=router)
     layer.build((num_tokens, model_dim))
 
     capacity = dispatch.expert_capacity(num_tokens, num_experts, k,
@@ -334,7 +343,7 @@ def benchmark_experts(num_experts, config):
         every_expert_seconds = None
     else:
         every_expert_weights = backend_values([
-            layer.router.w_gate, layer.experts.kernel_in,
+            layer.router.trainable_weights[0], layer.experts.kernel_in,
             layer.experts.bias_in, layer.experts.kernel_out,
             layer.experts.bias_out])
         every_expert_step = compile_value_and_grad(every_expert_loss_fn(k))
@@ -412,6 +421,9 @@ def main(argv):
                   "hidden_dim": FLAGS.hidden_dim, "k": FLAGS.k,
                   "num_experts": [int(e) for e in FLAGS.num_experts],
                   "repeats": FLAGS.repeats}
+    config["router"] = FLAGS.router
+    if FLAGS.router == "switch":
+        config["k"] = SwitchRouter.k
     config["capacity_factor"] = FLAGS.capacity_factor
     config["dense_limit_gb"] = FLAGS.dense_limit_gb
     if config["repeats"] < 1:
@@ -419,7 +431,8 @@ def main(argv):
             f"--repeats must be at least 1, received {config['repeats']}.")
 
     print(machine_description())
-    print(f"MixtureOfExperts forward+backward, training=True: "
+    print(f"MixtureOfExperts ({config['router']} router) forward+backward, "
+          f"training=True: "
           f"T={config['num_tokens']} tokens, d={config['model_dim']}, "
           f"h={config['hidden_dim']}, k={config['k']}, capacity_factor="
           f"{config['capacity_factor']:g}, float32; median of "

@@ -4,3 +4,4 @@ from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
 from sgmoe.layers.noisy_top_k_gating import NoisyTopKGating
 from sgmoe.layers.routing_result import RoutingResult
+from sgmoe.layers.switch_router import SwitchRouter

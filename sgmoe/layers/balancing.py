@@ -34,3 +34,16 @@ def count_per_expert(expert_indices, num_experts, weights=None):
     else:
         flat_weights = ops.reshape(ops.cast(weights, "float32"), (-1,))
     return ops.segment_sum(flat_weights, flat_indices, num_segments=num_experts)
+
+
+def z_loss(logits, weight):
+    """Router z-loss of ST-MoE (Zoph et al. 2022, eq. 5).
+
+    weight * mean over tokens of logsumexp(logits)^2: keeps router logits
+    small, which makes the softmax numerically stable in low precision.
+
+    Args:
+        logits: float [N, E].
+        weight: float.
+    """
+    return weight * ops.mean(ops.square(ops.logsumexp(logits, axis=-1)))

@@ -64,6 +64,12 @@ class MixtureOfExperts(keras.layers.Layer):
         load_weight: w_load of the load loss.
         noise_epsilon: floor added to the noise scale (see `NoisyTopKGating`).
         seed: seed of the gating noise.
+        router: None for the paper's `NoisyTopKGating` built from the
+            arguments above, or a router layer (e.g. `SwitchRouter`): any
+            layer with `num_experts` and `k` attributes whose call on
+            [N, d] tokens returns a `RoutingResult`. A given router brings
+            its own k and losses; `k`, `noisy`, `importance_weight`,
+            `load_weight`, `noise_epsilon` and `seed` are then not used.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -99,6 +105,7 @@ class MixtureOfExperts(keras.layers.Layer):
         load_weight=0.1,
         noise_epsilon=1e-2,
         seed=None,
+        router=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -106,6 +113,17 @@ class MixtureOfExperts(keras.layers.Layer):
             "num_experts", num_experts)
         self.expert_hidden_dim = _validation.check_positive_int(
             "expert_hidden_dim", expert_hidden_dim)
+        if isinstance(router, dict):
+            router = keras.saving.deserialize_keras_object(router)
+        if router is not None:
+            if not (isinstance(router, keras.layers.Layer)
+                    and hasattr(router, "k")
+                    and getattr(router, "num_experts", None) == num_experts):
+                raise ValueError(
+                    "`router` must be None or a router layer with "
+                    f"num_experts={num_experts} and a `k` attribute, received "
+                    f"{router!r}.")
+            k = router.k
         self.k = _validation.check_top_k(k, self.num_experts)
         self.capacity_factor = _validation.check_positive_float(
             "capacity_factor", capacity_factor)
@@ -124,7 +142,8 @@ class MixtureOfExperts(keras.layers.Layer):
         self.noise_epsilon = noise_epsilon
         self.seed = seed
 
-        self.router = NoisyTopKGating(
+        self.custom_router = router is not None
+        self.router = router if router is not None else NoisyTopKGating(
             num_experts=self.num_experts, k=self.k, noisy=noisy,
             importance_weight=importance_weight, load_weight=load_weight,
             noise_epsilon=noise_epsilon, seed=seed, dtype=self.dtype_policy,
@@ -142,7 +161,8 @@ class MixtureOfExperts(keras.layers.Layer):
             raise ValueError(
                 "The last dimension of `inputs` to MixtureOfExperts must be "
                 f"known, received shape {tuple(input_shape)}.")
-        self.router.build((None, self.input_dim))
+        if not self.router.built:
+            self.router.build((None, self.input_dim))
         self.experts.build((self.num_experts, None, self.input_dim))
         self.expert_importance = self._statistic("expert_importance",
                                                  (self.num_experts,))
@@ -206,5 +226,7 @@ class MixtureOfExperts(keras.layers.Layer):
             "load_weight": self.load_weight,
             "noise_epsilon": self.noise_epsilon,
             "seed": self.seed,
+            "router": (keras.saving.serialize_keras_object(self.router)
+                       if self.custom_router else None),
         })
         return config

@@ -92,6 +92,9 @@ class NoisyTopKGating(keras.layers.Layer):
         importance_weight: w_importance, weight of L_importance (>= 0).
         load_weight: w_load, weight of L_load (>= 0).
         noise_epsilon: added to Softplus((x W_noise)_i) (>= 0).
+        z_loss_weight: weight of the router z-loss of ST-MoE (Zoph et al.
+            2022), z_loss_weight * mean_x (logsumexp_i H(x)_i)^2 (>= 0;
+            0, the default, leaves it out as the paper does).
         seed: seed of the noise.
         **kwargs: base `keras.layers.Layer` arguments.
 
@@ -120,6 +123,7 @@ class NoisyTopKGating(keras.layers.Layer):
         importance_weight=0.1,
         load_weight=0.1,
         noise_epsilon=1e-2,
+        z_loss_weight=0.0,
         seed=None,
         **kwargs,
     ):
@@ -135,6 +139,8 @@ class NoisyTopKGating(keras.layers.Layer):
             "load_weight", load_weight)
         self.noise_epsilon = _validation.check_non_negative_float(
             "noise_epsilon", noise_epsilon)
+        self.z_loss_weight = _validation.check_non_negative_float(
+            "z_loss_weight", z_loss_weight)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -195,9 +201,11 @@ class NoisyTopKGating(keras.layers.Layer):
                 self.importance_weight * balancing.cv_squared(importance),
             "load_loss": self.load_weight * balancing.cv_squared(load),
         }
+        if self.z_loss_weight > 0:
+            auxiliary_losses["z_loss"] = balancing.z_loss(
+                logits, self.z_loss_weight)
         if training:
-            self.add_loss(auxiliary_losses["importance_loss"]
-                          + auxiliary_losses["load_loss"])
+            self.add_loss(sum(auxiliary_losses.values()))
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
 
@@ -210,9 +218,14 @@ class NoisyTopKGating(keras.layers.Layer):
             importance=tensor((self.num_experts,), dtype="float32"),
             load=tensor((self.num_experts,), dtype="float32"),
             auxiliary_losses={
-                "importance_loss": tensor((), dtype="float32"),
-                "load_loss": tensor((), dtype="float32"),
-            })
+                name: tensor((), dtype="float32")
+                for name in self._loss_names()})
+
+    def _loss_names(self):
+        names = ["importance_loss", "load_loss"]
+        if self.z_loss_weight > 0:
+            names.append("z_loss")
+        return names
 
     def get_config(self):
         config = super().get_config()
@@ -223,6 +236,7 @@ class NoisyTopKGating(keras.layers.Layer):
             "importance_weight": self.importance_weight,
             "load_weight": self.load_weight,
             "noise_epsilon": self.noise_epsilon,
+            "z_loss_weight": self.z_loss_weight,
             "seed": self.seed,
         })
         return config

@@ -1,0 +1,155 @@
+"""Switch Transformer top-1 router (Fedus et al. 2021) with optional z-loss."""
+
+import keras
+from keras import ops
+
+from sgmoe import _validation
+from sgmoe.layers import balancing
+from sgmoe.layers.routing_result import RoutingResult
+
+
+@keras.saving.register_keras_serializable(package="sgmoe")
+class SwitchRouter(keras.layers.Layer):
+    """Top-1 routing of Switch Transformer, with its load-balancing loss.
+
+    Fedus, Zoph and Shazeer 2021, "Switch Transformers", arXiv:2101.03961,
+    §2.1-2.2. For a token x with router logits h(x) = x W_r:
+
+        p(x) = Softmax(h(x)),   expert(x) = argmax_i p_i(x),
+        gate(x) = p_expert(x)(x)
+
+    The auxiliary loss (their equation 4) is
+
+        L_balance = load_balancing_weight * E * sum_i f_i * P_i
+
+    with f_i the fraction of tokens whose argmax is expert i (before any
+    capacity limit) and P_i the mean router probability of expert i; it is 1
+    times the weight under perfectly uniform routing. In training the router
+    input is multiplied by uniform noise in [1 - jitter, 1 + jitter] (the
+    paper's jitter, §2.4). With `z_loss_weight` > 0 it also adds the router
+    z-loss of ST-MoE (Zoph et al. 2022, arXiv:2202.08906, eq. 5):
+
+        L_z = z_loss_weight * mean_x (logsumexp_i h_i(x))^2
+
+    The layer always computes in float32 (the paper's "selective
+    precision"). W_r is initialised with a truncated normal of standard
+    deviation sqrt(0.1 / d) (the paper's reduced initialisation scale).
+
+    Args:
+        num_experts: E.
+        load_balancing_weight: alpha of L_balance (>= 0; paper: 0.01).
+        z_loss_weight: weight of L_z (>= 0; ST-MoE used 0.001; 0 disables).
+        jitter: multiplicative input noise amplitude in training (>= 0,
+            < 1; 0 disables).
+        seed: seed of the jitter.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor [N, d].
+        training: jitter and losses only when true.
+
+    Returns:
+        A `RoutingResult` with k = 1: `expert_indices` [N, 1],
+        `expert_weights` [N, 1], `importance` (sum of gates per expert) [E],
+        `load` (tokens per expert) [E], and `auxiliary_losses`
+        {"load_balancing_loss"} plus "z_loss" when `z_loss_weight` > 0.
+
+    Example:
+
+    >>> router = SwitchRouter(num_experts=8)
+    >>> tuple(router(keras.random.normal((10, 16))).expert_indices.shape)
+    (10, 1)
+    """
+
+    k = 1
+
+    def __init__(
+        self,
+        num_experts,
+        load_balancing_weight=0.01,
+        z_loss_weight=0.0,
+        jitter=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.num_experts = _validation.check_positive_int(
+            "num_experts", num_experts)
+        self.load_balancing_weight = _validation.check_non_negative_float(
+            "load_balancing_weight", load_balancing_weight)
+        self.z_loss_weight = _validation.check_non_negative_float(
+            "z_loss_weight", z_loss_weight)
+        self.jitter = _validation.check_non_negative_float("jitter", jitter)
+        if self.jitter >= 1.0:
+            raise ValueError(
+                f"`jitter` must be in [0, 1), received jitter={jitter!r}.")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                "`inputs` of SwitchRouter must have shape [tokens, d] with a "
+                f"known d, received shape {tuple(input_shape)}.")
+        input_dim = input_shape[-1]
+        self.kernel = self.add_weight(
+            name="kernel", shape=(input_dim, self.num_experts),
+            initializer=keras.initializers.TruncatedNormal(
+                stddev=(0.1 / input_dim) ** 0.5, seed=self.seed),
+            dtype="float32")
+        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
+
+    def call(self, inputs, training=None):
+        x = ops.cast(inputs, "float32")
+        if training and self.jitter > 0:
+            x = x * keras.random.uniform(
+                ops.shape(x), minval=1.0 - self.jitter,
+                maxval=1.0 + self.jitter, seed=self.seed_generator)
+        logits = ops.matmul(x, self.kernel)  # [N, E]
+        probabilities = ops.softmax(logits, axis=-1)
+        top_probability, top_index = ops.top_k(probabilities, 1)
+        expert_indices = ops.cast(top_index, "int32")  # [N, 1]
+        expert_weights = top_probability  # [N, 1]
+
+        load = balancing.count_per_expert(expert_indices, self.num_experts)
+        importance = balancing.count_per_expert(
+            expert_indices, self.num_experts, weights=expert_weights)
+        num_tokens = ops.cast(ops.shape(x)[0], "float32")
+        fraction_routed = load / num_tokens
+        mean_probability = ops.mean(probabilities, axis=0)
+        auxiliary_losses = {
+            "load_balancing_loss": self.load_balancing_weight
+            * self.num_experts * ops.sum(fraction_routed * mean_probability),
+        }
+        if self.z_loss_weight > 0:
+            auxiliary_losses["z_loss"] = balancing.z_loss(
+                logits, self.z_loss_weight)
+        if training:
+            self.add_loss(sum(auxiliary_losses.values()))
+        return RoutingResult(expert_indices, expert_weights, importance, load,
+                             auxiliary_losses)
+
+    def compute_output_spec(self, inputs, training=None):
+        num_tokens = inputs.shape[0]
+        tensor = keras.KerasTensor
+        losses = {"load_balancing_loss": tensor((), dtype="float32")}
+        if self.z_loss_weight > 0:
+            losses["z_loss"] = tensor((), dtype="float32")
+        return RoutingResult(
+            expert_indices=tensor((num_tokens, 1), dtype="int32"),
+            expert_weights=tensor((num_tokens, 1), dtype="float32"),
+            importance=tensor((self.num_experts,), dtype="float32"),
+            load=tensor((self.num_experts,), dtype="float32"),
+            auxiliary_losses=losses)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_experts": self.num_experts,
+            "load_balancing_weight": self.load_balancing_weight,
+            "z_loss_weight": self.z_loss_weight,
+            "jitter": self.jitter,
+            "seed": self.seed,
+        })
+        return config
