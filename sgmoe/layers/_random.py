@@ -19,8 +19,27 @@ def standard_normal(shape, seed_generator):
         return keras.random.normal(shape, seed=seed_generator)
     import tensorflow as tf
 
+    return tf.random.stateless_normal(shape, seed=_tf_seed(seed_generator),
+                                      dtype="float32", alg="philox")
+
+
+def uniform(shape, minval, maxval, seed_generator):
+    """float32 samples uniform in [minval, maxval), like
+    `keras.random.uniform(shape, minval, maxval, seed=seed_generator)`;
+    Philox on TensorFlow for the reason given in `standard_normal`."""
+    if keras.backend.backend() != "tensorflow":
+        return keras.random.uniform(shape, minval=minval, maxval=maxval,
+                                    seed=seed_generator)
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform(shape, seed=_tf_seed(seed_generator),
+                                       minval=minval, maxval=maxval,
+                                       dtype="float32", alg="philox")
+
+
+def _tf_seed(seed_generator):
+    import tensorflow as tf
+
     seed = seed_generator.next()
     # Seed states are int64 variables; XLA's stateless ops want int32 seeds.
-    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
-    return tf.random.stateless_normal(shape, seed=seed, dtype="float32",
-                                      alg="philox")
+    return tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")

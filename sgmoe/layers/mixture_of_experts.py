@@ -41,8 +41,11 @@ class MixtureOfExperts(keras.layers.Layer):
     1.25 leaves room for.
 
     Statistics of the last call are kept in non-trainable variables, for
-    monitoring: `expert_importance` [E], `expert_load` [E] and
-    `dropped_fraction` (the fraction of token-expert assignments dropped).
+    monitoring: `expert_importance` [E], `expert_load` [E],
+    `dropped_fraction` (the fraction of token-expert assignments dropped),
+    and `auxiliary_losses`, a dict holding one scalar per loss the router
+    names (e.g. "importance_loss", "load_loss"), so a monitor can log any
+    router without knowing which it is.
 
     Args:
         num_experts: number of experts E.
@@ -168,6 +171,10 @@ class MixtureOfExperts(keras.layers.Layer):
                                                  (self.num_experts,))
         self.expert_load = self._statistic("expert_load", (self.num_experts,))
         self.dropped_fraction = self._statistic("dropped_fraction", ())
+        loss_spec = self.router.compute_output_spec(
+            keras.KerasTensor((None, self.input_dim))).auxiliary_losses
+        self.auxiliary_losses = {name: self._statistic(name, ())
+                                 for name in sorted(loss_spec)}
 
     def _statistic(self, name, shape):
         return self.add_weight(name=name, shape=shape, initializer="zeros",
@@ -197,6 +204,8 @@ class MixtureOfExperts(keras.layers.Layer):
         self.expert_load.assign(routing.load)
         self.dropped_fraction.assign(
             1.0 - ops.mean(ops.cast(plan.assignment_kept, "float32")))
+        for name, variable in self.auxiliary_losses.items():
+            variable.assign(routing.auxiliary_losses[name])
         return ops.reshape(outputs,
                            tuple(leading_shape) + (outputs.shape[-1],))
 

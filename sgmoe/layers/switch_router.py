@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe.layers import _random
 from sgmoe.layers import balancing
 from sgmoe.layers.routing_result import RoutingResult
 
@@ -103,9 +104,8 @@ class SwitchRouter(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
         if training and self.jitter > 0:
-            x = x * keras.random.uniform(
-                ops.shape(x), minval=1.0 - self.jitter,
-                maxval=1.0 + self.jitter, seed=self.seed_generator)
+            x = x * _random.uniform(ops.shape(x), 1.0 - self.jitter,
+                                    1.0 + self.jitter, self.seed_generator)
         logits = ops.matmul(x, self.kernel)  # [N, E]
         probabilities = ops.softmax(logits, axis=-1)
         top_probability, top_index = ops.top_k(probabilities, 1)

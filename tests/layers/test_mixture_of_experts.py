@@ -101,6 +101,11 @@ def test_statistics_track_the_last_call():
                                routing["load"])
     np.testing.assert_allclose(ops.convert_to_numpy(moe.expert_importance),
                                routing["importance"], rtol=1e-5)
+    assert sorted(moe.auxiliary_losses) == ["importance_loss", "load_loss"]
+    for name in ("importance_loss", "load_loss"):
+        np.testing.assert_allclose(
+            float(moe.auxiliary_losses[name]), routing[name], rtol=1e-4,
+            err_msg=name)
 
 
 def test_gradients_reach_router_and_experts():

@@ -8,6 +8,7 @@ from keras import ops
 from sgmoe.layers import MixtureOfExperts
 from sgmoe.layers import NoisyTopKGating
 from sgmoe.layers import SwitchRouter
+from sgmoe.layers._random import uniform
 from tests.layers import numpy_reference as ref
 
 NUM_TOKENS, DIM, NUM_EXPERTS = 12, 8, 4
@@ -55,9 +56,8 @@ def test_switch_matches_reference(jitter):
     jittered = x
     if jitter:
         # The first uniform draw of a fresh generator with the same seed.
-        jittered = x * ops.convert_to_numpy(keras.random.uniform(
-            x.shape, minval=1 - jitter, maxval=1 + jitter,
-            seed=keras.random.SeedGenerator(3)))
+        jittered = x * ops.convert_to_numpy(uniform(
+            x.shape, 1 - jitter, 1 + jitter, keras.random.SeedGenerator(3)))
         assert not np.allclose(jittered, x)
     expected = numpy_switch(jittered, kernel, 0.01, 1e-3)
     np.testing.assert_array_equal(ops.convert_to_numpy(result.expert_indices),
@@ -148,6 +148,9 @@ def test_switch_moe_trains_with_jit_and_round_trips(tmp_path):
     path = str(tmp_path / "switch.keras")
     model.save(path)
     restored = keras.models.load_model(path, safe_mode=True)
+    assert sorted(model.get_layer("moe").auxiliary_losses) == [
+        "load_balancing_loss", "z_loss"]
+    assert float(model.get_layer("moe").auxiliary_losses["z_loss"]) > 0
     restored_router = restored.get_layer("moe").router
     assert isinstance(restored_router, SwitchRouter)
     assert restored_router.z_loss_weight == 1e-3
