@@ -52,7 +52,12 @@ class MixtureOfExperts(keras.layers.Layer):
         expert_hidden_dim: hidden units h of each expert.
         k: experts per token.
         capacity_factor: slots per expert relative to the mean load
-            tokens * k / E (> 0).
+            tokens * k / E (> 0), in training.
+        eval_capacity_factor: the same outside training (> 0); None means
+            `capacity_factor`. It is read when a call is traced, so it can be
+            changed on a built or loaded model without rebuilding it; a
+            compiled predict function must be re-traced to see a new value
+            (`model.make_predict_function(force=True)`).
         output_activation: applied to the combined output; "sigmoid"
             reproduces the paper's language model.
         output_dim: d_out of each expert; defaults to the input dimension.
@@ -97,6 +102,7 @@ class MixtureOfExperts(keras.layers.Layer):
         expert_hidden_dim,
         k=4,
         capacity_factor=1.25,
+        eval_capacity_factor=None,
         output_activation=None,
         output_dim=None,
         expert_activation="relu",
@@ -130,6 +136,10 @@ class MixtureOfExperts(keras.layers.Layer):
         self.k = _validation.check_top_k(k, self.num_experts)
         self.capacity_factor = _validation.check_positive_float(
             "capacity_factor", capacity_factor)
+        self.eval_capacity_factor = (
+            None if eval_capacity_factor is None else
+            _validation.check_positive_float("eval_capacity_factor",
+                                             eval_capacity_factor))
         self.output_activation = keras.activations.get(output_activation)
         self.output_dim = (None if output_dim is None else
                            _validation.check_positive_int("output_dim",
@@ -192,7 +202,8 @@ class MixtureOfExperts(keras.layers.Layer):
         routing = self.router(tokens, training=training)
         capacity = dispatch.expert_capacity(
             ops.shape(tokens)[0], self.num_experts, self.k,
-            self.capacity_factor)
+            self.capacity_factor if training or self.eval_capacity_factor is None
+            else self.eval_capacity_factor)
         plan = dispatch.plan_dispatch(routing.expert_indices,
                                       self.num_experts, capacity)
         expert_outputs = self.experts(dispatch.dispatch(tokens, plan))
@@ -220,6 +231,7 @@ class MixtureOfExperts(keras.layers.Layer):
             "expert_hidden_dim": self.expert_hidden_dim,
             "k": self.k,
             "capacity_factor": self.capacity_factor,
+            "eval_capacity_factor": self.eval_capacity_factor,
             "output_activation": keras.activations.serialize(
                 self.output_activation),
             "output_dim": self.output_dim,

@@ -185,6 +185,8 @@ def test_functional_model_trains_with_jit_compile_and_round_trips(tmp_path):
     (dict(num_experts=4, expert_hidden_dim=8, capacity_factor=-1),
      "capacity_factor"),
     (dict(num_experts=4, expert_hidden_dim=8, output_dim=-3), "output_dim"),
+    (dict(num_experts=4, expert_hidden_dim=8, eval_capacity_factor=0.0),
+     "eval_capacity_factor"),
     (dict(num_experts=4, expert_hidden_dim=8, load_weight=-1.0),
      "load_weight"),
 ])
@@ -198,3 +200,25 @@ def test_input_dimension_mismatch_names_inputs():
     moe(inputs())
     with pytest.raises(ValueError, match="`inputs`"):
         moe(inputs(shape=(BATCH, LENGTH, DIM + 1)))
+
+
+def test_eval_capacity_factor_applies_outside_training_and_can_change():
+    moe = build_moe(k=2, capacity_factor=0.5, eval_capacity_factor=4.0)
+    x = inputs()
+    moe(x, training=True)
+    assert float(moe.dropped_fraction) > 0.0
+    y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    assert float(moe.dropped_fraction) == 0.0
+    np.testing.assert_allclose(y, reference_output(moe, x)[0], rtol=1e-4,
+                               atol=1e-5)
+    # Changed on the built layer, no rebuild: inference now drops as in
+    # training with the same capacity.
+    moe.eval_capacity_factor = 0.5
+    y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    capacity = int(np.ceil(0.5 * BATCH * LENGTH * 2 / NUM_EXPERTS))
+    expected, kept = reference_output(moe, x, capacity=capacity)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(moe.dropped_fraction), 1 - kept.mean(),
+                               rtol=1e-6)
+    assert MixtureOfExperts.from_config(
+        moe.get_config()).eval_capacity_factor == 0.5
