@@ -67,6 +67,11 @@ class MixtureOfExperts(keras.layers.Layer):
             Glorot uniform (see `FeedForwardExperts`).
         rematerialize_experts: recompute the experts' hidden activations in
             the backward pass instead of storing them (paper, Appendix D).
+        residual_expert: if true, a Residual-MoE (Rajbhandari et al. 2022,
+            DeepSpeed-MoE, §4.1): one more feed-forward network of the same
+            shape that every token goes through, its output added to the
+            routed experts' combined output (before `output_activation`);
+            the routed experts then learn a correction to a dense layer.
         noisy: whether the gate adds trainable noise in training.
         importance_weight: w_importance of the importance loss.
         load_weight: w_load of the load loss.
@@ -109,6 +114,7 @@ class MixtureOfExperts(keras.layers.Layer):
         use_bias=True,
         kernel_initializer=None,
         rematerialize_experts=False,
+        residual_expert=False,
         noisy=True,
         importance_weight=0.1,
         load_weight=0.1,
@@ -149,6 +155,7 @@ class MixtureOfExperts(keras.layers.Layer):
         self.kernel_initializer = (None if kernel_initializer is None else
                                    keras.initializers.get(kernel_initializer))
         self.rematerialize_experts = bool(rematerialize_experts)
+        self.residual_expert = bool(residual_expert)
         self.noisy = bool(noisy)
         self.importance_weight = importance_weight
         self.load_weight = load_weight
@@ -167,6 +174,15 @@ class MixtureOfExperts(keras.layers.Layer):
             use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
             rematerialize=self.rematerialize_experts,
             dtype=self.dtype_policy, name="experts")
+        self.dense_expert = None
+        if self.residual_expert:
+            self.dense_expert = FeedForwardExperts(
+                num_experts=1, hidden_dim=self.expert_hidden_dim,
+                output_dim=self.output_dim, activation=self.expert_activation,
+                use_bias=self.use_bias,
+                kernel_initializer=self.kernel_initializer,
+                rematerialize=self.rematerialize_experts,
+                dtype=self.dtype_policy, name="dense_expert")
 
     def build(self, input_shape):
         self.input_dim = input_shape[-1]
@@ -177,6 +193,8 @@ class MixtureOfExperts(keras.layers.Layer):
         if not self.router.built:
             self.router.build((None, self.input_dim))
         self.experts.build((self.num_experts, None, self.input_dim))
+        if self.dense_expert is not None:
+            self.dense_expert.build((1, None, self.input_dim))
         self.expert_importance = self._statistic("expert_importance",
                                                  (self.num_experts,))
         self.expert_load = self._statistic("expert_load", (self.num_experts,))
@@ -209,6 +227,9 @@ class MixtureOfExperts(keras.layers.Layer):
         expert_outputs = self.experts(dispatch.dispatch(tokens, plan))
         outputs = dispatch.combine(expert_outputs, plan,
                                    routing.expert_weights)
+        if self.dense_expert is not None:
+            outputs = outputs + self.dense_expert(
+                ops.expand_dims(tokens, 0))[0]
         outputs = self.output_activation(outputs)
 
         self.expert_importance.assign(routing.importance)
@@ -242,6 +263,7 @@ class MixtureOfExperts(keras.layers.Layer):
                 None if self.kernel_initializer is None else
                 keras.initializers.serialize(self.kernel_initializer)),
             "rematerialize_experts": self.rematerialize_experts,
+            "residual_expert": self.residual_expert,
             "noisy": self.noisy,
             "importance_weight": self.importance_weight,
             "load_weight": self.load_weight,

@@ -222,3 +222,25 @@ def test_eval_capacity_factor_applies_outside_training_and_can_change():
                                rtol=1e-6)
     assert MixtureOfExperts.from_config(
         moe.get_config()).eval_capacity_factor == 0.5
+
+
+def test_residual_expert_adds_a_dense_ffn_for_every_token(tmp_path):
+    moe = build_moe(k=2, capacity_factor=0.5, residual_expert=True)
+    x = inputs()
+    y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    capacity = int(np.ceil(0.5 * BATCH * LENGTH * 2 / NUM_EXPERTS))
+    routed, kept = reference_output(moe, x, capacity=capacity)
+    dense = moe.dense_expert
+    assert tuple(dense.kernel_in.shape) == (1, DIM, HIDDEN)
+    dense_out = ref.expert_ffn(
+        x.reshape(-1, DIM), *(ops.convert_to_numpy(w)[0] for w in (
+            dense.kernel_in, dense.bias_in, dense.kernel_out,
+            dense.bias_out)))
+    np.testing.assert_allclose(y, routed + dense_out, rtol=1e-4, atol=1e-5)
+    # Fully dropped tokens still get the dense expert's output.
+    fully_dropped = ~kept.any(axis=1)
+    assert fully_dropped.any()
+    np.testing.assert_allclose(y[fully_dropped], dense_out[fully_dropped],
+                               rtol=1e-4, atol=1e-5)
+    restored = MixtureOfExperts.from_config(moe.get_config())
+    assert restored.residual_expert
