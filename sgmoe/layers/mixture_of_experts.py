@@ -162,27 +162,24 @@ class MixtureOfExperts(keras.layers.Layer):
         self.noise_epsilon = noise_epsilon
         self.seed = seed
 
-        self.custom_router = router is not None
+        self._custom_router = router is not None
         self.router = router if router is not None else NoisyTopKGating(
             num_experts=self.num_experts, k=self.k, noisy=noisy,
             importance_weight=importance_weight, load_weight=load_weight,
             noise_epsilon=noise_epsilon, seed=seed, dtype=self.dtype_policy,
             name="router")
-        self.experts = FeedForwardExperts(
-            num_experts=self.num_experts, hidden_dim=self.expert_hidden_dim,
+        self.experts = self._feed_forward(self.num_experts, "experts")
+        # Residual-MoE: one more network, applied to every token.
+        self.dense_expert = (self._feed_forward(1, "dense_expert")
+                             if self.residual_expert else None)
+
+    def _feed_forward(self, num_experts, name):
+        return FeedForwardExperts(
+            num_experts=num_experts, hidden_dim=self.expert_hidden_dim,
             output_dim=self.output_dim, activation=self.expert_activation,
             use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
             rematerialize=self.rematerialize_experts,
-            dtype=self.dtype_policy, name="experts")
-        self.dense_expert = None
-        if self.residual_expert:
-            self.dense_expert = FeedForwardExperts(
-                num_experts=1, hidden_dim=self.expert_hidden_dim,
-                output_dim=self.output_dim, activation=self.expert_activation,
-                use_bias=self.use_bias,
-                kernel_initializer=self.kernel_initializer,
-                rematerialize=self.rematerialize_experts,
-                dtype=self.dtype_policy, name="dense_expert")
+            dtype=self.dtype_policy, name=name)
 
     def build(self, input_shape):
         self.input_dim = input_shape[-1]
@@ -270,6 +267,6 @@ class MixtureOfExperts(keras.layers.Layer):
             "noise_epsilon": self.noise_epsilon,
             "seed": self.seed,
             "router": (keras.saving.serialize_keras_object(self.router)
-                       if self.custom_router else None),
+                       if self._custom_router else None),
         })
         return config
