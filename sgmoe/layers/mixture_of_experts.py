@@ -7,6 +7,9 @@ from sgmoe import _validation
 from sgmoe.layers import dispatch
 from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 from sgmoe.layers.noisy_top_k_gating import NoisyTopKGating
+from sgmoe.layers.switch_router import SwitchRouter
+
+ROUTER_NAMES = ("noisy_top_k", "switch")
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -77,8 +80,10 @@ class MixtureOfExperts(keras.layers.Layer):
         load_weight: w_load of the load loss.
         noise_epsilon: floor added to the noise scale (see `NoisyTopKGating`).
         seed: seed of the gating noise.
-        router: None for the paper's `NoisyTopKGating` built from the
-            arguments above, or a router layer (e.g. `SwitchRouter`): any
+        router: a name, "noisy_top_k" (the default, the paper's
+            `NoisyTopKGating` built from the arguments above) or "switch"
+            (`SwitchRouter` with its defaults, seeded with `seed`), or a
+            router layer (e.g. a configured `SwitchRouter`): any
             layer with `num_experts` and `k` attributes whose call on
             [N, d] tokens returns a `RoutingResult`. A given router brings
             its own k and losses; `k`, `noisy`, `importance_weight`,
@@ -120,7 +125,7 @@ class MixtureOfExperts(keras.layers.Layer):
         load_weight=0.1,
         noise_epsilon=1e-2,
         seed=None,
-        router=None,
+        router="noisy_top_k",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,7 +133,12 @@ class MixtureOfExperts(keras.layers.Layer):
             "num_experts", num_experts)
         self.expert_hidden_dim = _validation.check_positive_int(
             "expert_hidden_dim", expert_hidden_dim)
-        if isinstance(router, dict):
+        if router is None:
+            router = "noisy_top_k"
+        self.router_name = router if isinstance(router, str) else None
+        if isinstance(router, str):
+            router = self._named_router(router, seed)
+        elif isinstance(router, dict):
             router = keras.saving.deserialize_keras_object(router)
         if router is not None:
             if not (isinstance(router, keras.layers.Layer)
@@ -162,7 +172,6 @@ class MixtureOfExperts(keras.layers.Layer):
         self.noise_epsilon = noise_epsilon
         self.seed = seed
 
-        self._custom_router = router is not None
         self.router = router if router is not None else NoisyTopKGating(
             num_experts=self.num_experts, k=self.k, noisy=noisy,
             importance_weight=importance_weight, load_weight=load_weight,
@@ -172,6 +181,17 @@ class MixtureOfExperts(keras.layers.Layer):
         # Residual-MoE: one more network, applied to every token.
         self.dense_expert = (self._feed_forward(1, "dense_expert")
                              if self.residual_expert else None)
+
+    def _named_router(self, name, seed):
+        """The router layer for a name; None for the built-in noisy top-k."""
+        if name == "noisy_top_k":
+            return None
+        if name == "switch":
+            return SwitchRouter(self.num_experts, seed=seed,
+                                dtype=self.dtype_policy, name="router")
+        raise ValueError(
+            f"`router` must be one of {sorted(ROUTER_NAMES)} or a router "
+            f"layer, received router={name!r}.")
 
     def _feed_forward(self, num_experts, name):
         return FeedForwardExperts(
@@ -266,7 +286,7 @@ class MixtureOfExperts(keras.layers.Layer):
             "load_weight": self.load_weight,
             "noise_epsilon": self.noise_epsilon,
             "seed": self.seed,
-            "router": (keras.saving.serialize_keras_object(self.router)
-                       if self._custom_router else None),
+            "router": (self.router_name if self.router_name is not None else
+                       keras.saving.serialize_keras_object(self.router)),
         })
         return config

@@ -174,5 +174,18 @@ def test_invalid_arguments_name_the_argument(kwargs, argument):
 def test_moe_rejects_a_router_for_other_experts():
     with pytest.raises(ValueError, match="`router`"):
         MixtureOfExperts(8, 16, router=SwitchRouter(4))
-    with pytest.raises(ValueError, match="`router`"):
-        MixtureOfExperts(4, 16, router="switch")
+    with pytest.raises(ValueError, match="noisy_top_k', 'switch'"):
+        MixtureOfExperts(4, 16, router="gshard")
+
+
+def test_routers_by_name():
+    moe = MixtureOfExperts(4, 16, router="switch", seed=2)
+    assert isinstance(moe.router, SwitchRouter) and moe.k == 1
+    assert moe.get_config()["router"] == "switch"
+    clone = MixtureOfExperts.from_config(moe.get_config())
+    assert isinstance(clone.router, SwitchRouter) and clone.router.seed == 2
+    default = MixtureOfExperts(4, 16, k=2)
+    assert isinstance(default.router, NoisyTopKGating)
+    assert default.get_config()["router"] == "noisy_top_k"
+    assert isinstance(MixtureOfExperts(4, 16, router=None).router,
+                      NoisyTopKGating)
