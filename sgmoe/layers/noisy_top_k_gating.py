@@ -9,6 +9,8 @@ from sgmoe import _validation
 from sgmoe.layers import _random
 from sgmoe.layers import balancing
 from sgmoe.layers.routing_result import RoutingResult
+from sgmoe.layers.routing_result import check_token_matrix_shape
+from sgmoe.layers.routing_result import routing_result_spec
 
 
 def normal_cdf(x):
@@ -145,11 +147,7 @@ class NoisyTopKGating(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                "`inputs` of NoisyTopKGating must have shape [tokens, d] with a "
-                f"known d, received shape {tuple(input_shape)}.")
-        input_dim = input_shape[-1]
+        input_dim = check_token_matrix_shape("NoisyTopKGating", input_shape)
         self.w_gate = self.add_weight(
             name="w_gate", shape=(input_dim, self.num_experts),
             initializer="zeros", dtype="float32")
@@ -210,22 +208,11 @@ class NoisyTopKGating(keras.layers.Layer):
                              auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
-        num_tokens = inputs.shape[0]
-        tensor = keras.KerasTensor
-        return RoutingResult(
-            expert_indices=tensor((num_tokens, self.k), dtype="int32"),
-            expert_weights=tensor((num_tokens, self.k), dtype="float32"),
-            importance=tensor((self.num_experts,), dtype="float32"),
-            load=tensor((self.num_experts,), dtype="float32"),
-            auxiliary_losses={
-                name: tensor((), dtype="float32")
-                for name in self._loss_names()})
-
-    def _loss_names(self):
-        names = ["importance_loss", "load_loss"]
+        loss_names = ["importance_loss", "load_loss"]
         if self.z_loss_weight > 0:
-            names.append("z_loss")
-        return names
+            loss_names.append("z_loss")
+        return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
+                                   loss_names)
 
     def get_config(self):
         config = super().get_config()

@@ -7,6 +7,8 @@ from sgmoe import _validation
 from sgmoe.layers import _random
 from sgmoe.layers import balancing
 from sgmoe.layers.routing_result import RoutingResult
+from sgmoe.layers.routing_result import check_token_matrix_shape
+from sgmoe.layers.routing_result import routing_result_spec
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -89,11 +91,7 @@ class SwitchRouter(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                "`inputs` of SwitchRouter must have shape [tokens, d] with a "
-                f"known d, received shape {tuple(input_shape)}.")
-        input_dim = input_shape[-1]
+        input_dim = check_token_matrix_shape("SwitchRouter", input_shape)
         self.kernel = self.add_weight(
             name="kernel", shape=(input_dim, self.num_experts),
             initializer=keras.initializers.TruncatedNormal(
@@ -131,17 +129,11 @@ class SwitchRouter(keras.layers.Layer):
                              auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
-        num_tokens = inputs.shape[0]
-        tensor = keras.KerasTensor
-        losses = {"load_balancing_loss": tensor((), dtype="float32")}
+        loss_names = ["load_balancing_loss"]
         if self.z_loss_weight > 0:
-            losses["z_loss"] = tensor((), dtype="float32")
-        return RoutingResult(
-            expert_indices=tensor((num_tokens, 1), dtype="int32"),
-            expert_weights=tensor((num_tokens, 1), dtype="float32"),
-            importance=tensor((self.num_experts,), dtype="float32"),
-            load=tensor((self.num_experts,), dtype="float32"),
-            auxiliary_losses=losses)
+            loss_names.append("z_loss")
+        return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
+                                   loss_names)
 
     def get_config(self):
         config = super().get_config()
