@@ -27,6 +27,15 @@ def check_positive_float(name, value):
     return float(value)
 
 
+def check_unit_interval(name, value):
+    """A number in [0, 1): decay rates, noise amplitudes."""
+    value = check_non_negative_float(name, value)
+    if value >= 1.0:
+        raise ValueError(
+            f"`{name}` must be in [0, 1), received {name}={value!r}.")
+    return value
+
+
 def check_top_k(k, num_experts):
     k = check_positive_int("k", k)
     if k > num_experts:

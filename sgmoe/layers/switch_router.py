@@ -83,10 +83,7 @@ class SwitchRouter(keras.layers.Layer):
             "load_balancing_weight", load_balancing_weight)
         self.z_loss_weight = _validation.check_non_negative_float(
             "z_loss_weight", z_loss_weight)
-        self.jitter = _validation.check_non_negative_float("jitter", jitter)
-        if self.jitter >= 1.0:
-            raise ValueError(
-                f"`jitter` must be in [0, 1), received jitter={jitter!r}.")
+        self.jitter = _validation.check_unit_interval("jitter", jitter)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 

@@ -76,7 +76,7 @@ class FactoredAdam(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.beta_2 = _check_decay("beta_2", beta_2)
+        self.beta_2 = _validation.check_unit_interval("beta_2", beta_2)
         self.epsilon = _validation.check_positive_float("epsilon", epsilon)
         if factored_variables is not None:
             try:
@@ -86,7 +86,8 @@ class FactoredAdam(keras.optimizers.Optimizer):
                     "`factored_variables` must be None or a regular "
                     f"expression, received {factored_variables!r}: {error}")
         self.factored_variables = factored_variables
-        self.adam_beta_1 = _check_decay("adam_beta_1", adam_beta_1)
+        self.adam_beta_1 = _validation.check_unit_interval("adam_beta_1",
+                                                        adam_beta_1)
 
     def is_factored(self, variable):
         """Whether `variable` gets the factored update."""
@@ -204,10 +205,3 @@ def _dense(gradient):
         if isinstance(gradient, tf.IndexedSlices):
             return tf.convert_to_tensor(gradient)
     return gradient
-
-
-def _check_decay(name, value):
-    value = _validation.check_non_negative_float(name, value)
-    if value >= 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1), received {name}={value}.")
-    return value
