@@ -1,12 +1,26 @@
 """Sparse, static-shape dispatch of tokens to experts and back.
 
-Tokens are gathered into an [experts, capacity, d] buffer by sorting the
-(token, choice) assignments by expert, and gathered back by slot index. Data
-movement is O(tokens * k * d) and the buffer holds capacity * experts slots
-(about capacity_factor * tokens * k), so nothing grows with tokens * experts:
-unlike the one-hot dispatch/combine einsums of GShard-style code, whose cost
-is tokens * experts * capacity * d, and unlike running every expert on every
-token. Every shape is a function of static sizes, so it compiles under XLA
+A router's decision becomes a `DispatchPlan`: which token sits in each row of
+an expert buffer, and how each token gathers its outputs back. Three plans
+cover every router:
+
+* `plan_top_k`: tokens chose their experts (noisy top-k, Switch, GShard);
+  each expert has `capacity` rows per group of tokens, and assignments over
+  it are dropped. The buffer is [E, groups * capacity, d].
+* `plan_dropless`: tokens chose their experts and none is dropped (MegaBlocks,
+  Gale et al. 2022): each expert's assignments fill whole blocks of
+  `block_size` rows, the last one padded. The buffer is [blocks, block_size,
+  d] with the expert of every block; the number of blocks is the static bound
+  ceil((N k + min(E, N k) (block_size - 1)) / block_size).
+* `plan_expert_choice`: the router filled the experts' rows itself (expert
+  choice, strictly balanced gating): [E, C] tokens and gate values.
+
+Tokens move by sorting the (token, choice) assignments by expert and by
+gathers: data movement is O(tokens * k * d) and the buffer holds about
+capacity_factor * tokens * k rows, so nothing grows with tokens * experts,
+unlike the one-hot dispatch/combine einsums of GShard-style code
+(tokens * experts * capacity * d) or running every expert on every token.
+Every shape is a function of static sizes, so plans compile under XLA
 (`jit_compile=True` on TensorFlow, `jax.jit`).
 """
 
@@ -17,126 +31,347 @@ from typing import NamedTuple
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe.layers.routing_result import ExpertSlots
 
-# Sort keys are expert * assignments + assignment, held in int32.
+# Sort keys are bucket * assignments + assignment, held in int32.
 _MAX_SORT_KEY = 2**31 - 1
 
 
 class DispatchPlan(NamedTuple):
-    """Where each (token, choice) assignment goes, for a fixed capacity.
+    """Where tokens go in the expert buffer and how they come back.
 
     Attributes:
-        slot_token: int32 [E, C], the token held by each buffer slot (an
-            arbitrary valid index for empty slots).
-        slot_filled: bool [E, C], whether the slot holds a token.
-        assignment_slot: int32 [N, k], the flat slot e * C + c of each
-            assignment (clipped into range for dropped ones).
-        assignment_kept: bool [N, k], false where the expert was over capacity.
+        slot_token: int32 [rows, slots_per_row], the token held by each slot
+            of the buffer (an arbitrary valid index for empty slots). Row r
+            belongs to expert r, or to `block_expert[r]` when that is set.
+        slot_weight: float32, same shape: the gate value of the slot's
+            (token, expert) pair, 0 where the slot is empty.
+        slot_filled: bool, same shape: whether the slot holds a token.
+        block_expert: int32 [rows], the expert of each buffer row, or None
+            when row e is expert e.
+        assignment_slot: int32 [N, k], the flat buffer slot of each (token,
+            choice) assignment (any valid slot where it was dropped), or None
+            when the router filled the slots itself.
+        assignment_weight: float32 [N, k], the gate value of each kept
+            assignment, 0 where it was dropped (None with `assignment_slot`).
+        dropped_fraction: float32 scalar, the fraction of token-expert
+            assignments dropped (token choice), or of tokens no expert took
+            (expert choice).
     """
 
     slot_token: Any
+    slot_weight: Any
     slot_filled: Any
+    block_expert: Any
     assignment_slot: Any
-    assignment_kept: Any
+    assignment_weight: Any
+    dropped_fraction: Any
 
 
-def expert_capacity(num_tokens, num_experts, k, capacity_factor):
-    """Slots per expert: ceil(capacity_factor * tokens * k / experts).
+def expert_capacity(tokens_per_group, num_experts, k, capacity_factor,
+                    min_capacity=1):
+    """Slots per expert and group: ceil(capacity_factor * tokens * k / E).
 
-    At least 1, and at most `num_tokens` (a token picks an expert at most
-    once, so more slots could never be filled). `num_tokens` is a Python int
-    when the shape is static (JAX, or TensorFlow with a fixed batch) and a
-    scalar tensor otherwise; XLA folds the latter into a constant when it
-    compiles for concrete shapes.
+    At least `min_capacity`, and at most `tokens_per_group` (a token picks
+    an expert at most once, so more slots could never be filled).
+    `tokens_per_group` is a Python int when the shape is static (JAX, or
+    TensorFlow with a fixed batch) and a scalar tensor otherwise; XLA folds
+    the latter into a constant when it compiles for concrete shapes.
     """
     capacity_factor = _validation.check_positive_float(
         "capacity_factor", capacity_factor)
-    if isinstance(num_tokens, int):
-        capacity = math.ceil(capacity_factor * num_tokens * k / num_experts)
-        return max(1, min(num_tokens, capacity))
+    min_capacity = _validation.check_positive_int("min_capacity",
+                                                  min_capacity)
+    if isinstance(tokens_per_group, int):
+        capacity = math.ceil(capacity_factor * tokens_per_group * k
+                             / num_experts)
+        return max(1, min(tokens_per_group, max(min_capacity, capacity)))
     capacity = ops.cast(
-        ops.ceil(capacity_factor * ops.cast(num_tokens, "float32") * k
+        ops.ceil(capacity_factor * ops.cast(tokens_per_group, "float32") * k
                  / num_experts), "int32")
-    return ops.minimum(ops.maximum(capacity, 1), num_tokens)
+    return ops.maximum(
+        ops.minimum(ops.maximum(capacity, min_capacity), tokens_per_group), 1)
 
 
-def plan_dispatch(expert_indices, num_experts, capacity):
-    """Assigns each (token, choice) a slot in its expert's buffer.
+def _choice_major(values):
+    """[N, k] -> [k * N]: assignment a = j * N + n is choice j of token n."""
+    return ops.reshape(ops.transpose(values), (-1,))
 
-    Priority within an expert goes first by choice rank, then by token
-    order: every token's first choice is served before any token's second
-    choice, so overflow drops the least preferred assignments.
+
+def _token_major(values, k, num_tokens):
+    """[k * N] -> [N, k], the inverse of `_choice_major`."""
+    return ops.transpose(ops.reshape(values, (k, num_tokens)))
+
+
+def _sort_into_buckets(bucket, num_buckets):
+    """Stable counting sort of assignments by bucket.
+
+    Args:
+        bucket: int32 [A], the bucket of each assignment.
+        num_buckets: static number of buckets.
+
+    Returns:
+        (order, position, count, start): `order` [A] lists the assignments
+        sorted by bucket, then by assignment index; `position` [A] is each
+        assignment's rank within its bucket; `count` and `start` [buckets]
+        are each bucket's size and its offset in `order`.
+    """
+    num_assignments = ops.shape(bucket)[0]
+    if (isinstance(num_assignments, int)
+            and num_buckets * num_assignments > _MAX_SORT_KEY):
+        raise ValueError(
+            f"Too many token assignments ({num_assignments}) for "
+            f"{num_buckets} expert buckets in one dispatch: their product "
+            "must stay below 2**31. Split the macro-batch.")
+    assignment = ops.arange(num_assignments, dtype="int32")
+    # Unique keys make any sort stable.
+    order = ops.cast(ops.argsort(bucket * num_assignments + assignment),
+                     "int32")
+    count = ops.cast(ops.segment_sum(ops.ones_like(bucket), bucket,
+                                     num_segments=num_buckets), "int32")
+    start = ops.cumsum(count) - count
+    sorted_position = assignment - ops.take(start, ops.take(bucket, order))
+    position = ops.scatter(ops.expand_dims(order, -1), sorted_position,
+                           (num_assignments,))
+    return order, position, count, start
+
+
+def _valid_experts(expert_indices, num_experts):
+    """Choice-major experts [A] and whether each names a real expert."""
+    expert = _choice_major(ops.cast(expert_indices, "int32"))
+    valid = ops.logical_and(ops.greater_equal(expert, 0),
+                            ops.less(expert, num_experts))
+    return expert, valid
+
+
+def _fraction(count, total):
+    count = ops.cast(count, "float32")
+    return count / ops.maximum(ops.cast(total, "float32"), 1.0)
+
+
+def plan_top_k(expert_indices, expert_weights, num_experts, capacity,
+               num_groups=1):
+    """Plans token-choice dispatch with a capacity per expert and group.
+
+    Tokens are split into `num_groups` contiguous groups (GShard's groups);
+    each expert takes at most `capacity` assignments from each group.
+    Priority within an expert and group goes first by choice rank, then by
+    token order: every token's first choice is served before any token's
+    second choice, so overflow drops the least preferred assignments. An
+    index outside [0, E) means "no expert" (e.g. GShard's second expert
+    when random routing skipped it): it takes no slot and counts as neither
+    kept nor dropped.
 
     Args:
         expert_indices: int [N, k] with static k.
+        expert_weights: float [N, k], the gate values.
         num_experts: E.
-        capacity: C, slots per expert, from `expert_capacity`.
+        capacity: C, slots per expert and group, from `expert_capacity`.
+        num_groups: G, which must divide N.
 
     Returns:
-        A `DispatchPlan`.
+        A `DispatchPlan` with an [E, G * C] buffer.
     """
     k = expert_indices.shape[1]
     num_tokens = ops.shape(expert_indices)[0]
     num_assignments = num_tokens * k
-    if (isinstance(num_assignments, int)
-            and num_experts * num_assignments > _MAX_SORT_KEY):
+    expert, valid = _valid_experts(expert_indices, num_experts)
+    if num_groups > 1:
+        # Expert-major buckets e * G + g, so the [E * G, C] buffer is the
+        # [E, G * C] buffer the experts run on.
+        token_group = ops.arange(num_tokens, dtype="int32") // (
+            num_tokens // num_groups)
+        bucket = expert * num_groups + ops.tile(token_group, (k,))
+    else:
+        bucket = expert
+    num_buckets = num_experts * num_groups
+    bucket = ops.where(valid, bucket, num_buckets)
+    order, position, count, start = _sort_into_buckets(bucket,
+                                                       num_buckets + 1)
+
+    kept = ops.logical_and(valid, ops.less(position, capacity))
+    slot = ops.where(kept, bucket * capacity + position, 0)
+
+    slot_index = ops.expand_dims(ops.arange(capacity, dtype="int32"), 0)
+    slot_filled = ops.less(slot_index, ops.expand_dims(
+        ops.minimum(count[:num_buckets], capacity), 1))  # [E * G, C]
+    slot_assignment = ops.take(order, ops.minimum(
+        ops.expand_dims(start[:num_buckets], 1) + slot_index,
+        num_assignments - 1))
+    weights = ops.cast(expert_weights, "float32")
+    slot_weight = ops.where(
+        slot_filled, ops.take(_choice_major(weights), slot_assignment), 0.0)
+
+    rows = (num_experts, -1)
+    return DispatchPlan(
+        slot_token=ops.reshape(ops.mod(slot_assignment, num_tokens), rows),
+        slot_weight=ops.reshape(slot_weight, rows),
+        slot_filled=ops.reshape(slot_filled, rows),
+        block_expert=None,
+        assignment_slot=_token_major(slot, k, num_tokens),
+        assignment_weight=ops.where(_token_major(kept, k, num_tokens),
+                                    weights, 0.0),
+        dropped_fraction=1.0 - _fraction(ops.sum(ops.cast(kept, "int32")),
+                                         ops.sum(ops.cast(valid, "int32"))))
+
+
+def num_dropless_blocks(num_assignments, num_experts, block_size):
+    """Static bound on the blocks a dropless plan needs.
+
+    Each expert with n > 0 assignments fills ceil(n / block_size) blocks, at
+    most (n + block_size - 1) / block_size; at most min(E, N k) experts are
+    non-empty.
+    """
+    if isinstance(num_assignments, int):
+        padding = min(num_experts, num_assignments) * (block_size - 1)
+    else:
+        padding = ops.minimum(num_experts, num_assignments) * (block_size - 1)
+    return (num_assignments + padding + block_size - 1) // block_size
+
+
+def plan_dropless(expert_indices, expert_weights, num_experts, block_size):
+    """Plans token-choice dispatch that never drops an assignment.
+
+    Each expert's assignments (first choices first) fill consecutive blocks of
+    `block_size` rows; the expert's last block is padded with empty slots.
+    The buffer [blocks, block_size, d] holds at most N k + E (block_size - 1)
+    rows, and `block_expert` says whose weights each block uses. An index
+    outside [0, E) means "no expert", as in `plan_top_k`.
+
+    Args:
+        expert_indices: int [N, k] with static k.
+        expert_weights: float [N, k].
+        num_experts: E.
+        block_size: rows per block (> 0).
+
+    Returns:
+        A `DispatchPlan` with `block_expert` set and nothing dropped.
+    """
+    block_size = _validation.check_positive_int("block_size", block_size)
+    k = expert_indices.shape[1]
+    num_tokens = ops.shape(expert_indices)[0]
+    num_assignments = num_tokens * k
+    expert, valid = _valid_experts(expert_indices, num_experts)
+    bucket = ops.where(valid, expert, num_experts)
+    order, position, count, start = _sort_into_buckets(bucket,
+                                                       num_experts + 1)
+    count, start = count[:num_experts], start[:num_experts]
+    expert_blocks = (count + block_size - 1) // block_size
+    block_end = ops.cumsum(expert_blocks)
+    block_start = block_end - expert_blocks  # [E]
+
+    num_blocks = num_dropless_blocks(num_assignments, num_experts, block_size)
+    block_index = ops.arange(num_blocks, dtype="int32")
+    # Blocks past the last used one go to the last expert, all empty.
+    block_expert = ops.minimum(
+        ops.cast(ops.searchsorted(block_end, block_index, side="right"),
+                 "int32"), num_experts - 1)
+    row_position = (
+        ops.expand_dims(
+            (block_index - ops.take(block_start, block_expert)) * block_size,
+            1)
+        + ops.expand_dims(ops.arange(block_size, dtype="int32"), 0))
+    slot_filled = ops.less(
+        row_position, ops.expand_dims(ops.take(count, block_expert), 1))
+    slot_assignment = ops.take(order, ops.clip(
+        ops.expand_dims(ops.take(start, block_expert), 1) + row_position,
+        0, num_assignments - 1))
+    weights = ops.cast(expert_weights, "float32")
+    slot_weight = ops.where(
+        slot_filled, ops.take(_choice_major(weights), slot_assignment), 0.0)
+
+    slot = ops.where(
+        valid,
+        ops.take(block_start, ops.minimum(expert, num_experts - 1))
+        * block_size + position, 0)
+    return DispatchPlan(
+        slot_token=ops.mod(slot_assignment, num_tokens),
+        slot_weight=slot_weight,
+        slot_filled=slot_filled,
+        block_expert=block_expert,
+        assignment_slot=_token_major(slot, k, num_tokens),
+        assignment_weight=ops.where(_token_major(valid, k, num_tokens),
+                                    weights, 0.0),
+        dropped_fraction=ops.zeros((), "float32"))
+
+
+def plan_expert_choice(slot_token, slot_weight, num_tokens):
+    """Plans the dispatch a router filled itself: [E, C] tokens and gates.
+
+    A slot with gate value 0 is empty. Each token's output is the sum of its
+    slots' outputs weighted by their gates; a token in no slot gets zero.
+
+    Args:
+        slot_token: int [E, C], the token in each slot.
+        slot_weight: float [E, C], its gate value (0 for an empty slot).
+        num_tokens: N.
+    """
+    slot_token = ops.cast(slot_token, "int32")
+    slot_weight = ops.cast(slot_weight, "float32")
+    slot_filled = ops.greater(slot_weight, 0.0)
+    times_taken = ops.segment_sum(
+        ops.reshape(ops.cast(slot_filled, "float32"), (-1,)),
+        ops.reshape(slot_token, (-1,)), num_segments=num_tokens)
+    return DispatchPlan(
+        slot_token=slot_token, slot_weight=slot_weight,
+        slot_filled=slot_filled, block_expert=None, assignment_slot=None,
+        assignment_weight=None,
+        dropped_fraction=1.0 - ops.mean(
+            ops.cast(ops.greater(times_taken, 0.0), "float32")))
+
+
+def plan_routing(routing, num_tokens, num_experts, capacity_factor,
+                 min_capacity=1, num_groups=1, dropless=False,
+                 block_size=128):
+    """The `DispatchPlan` of a router's result, whichever router made it.
+
+    An `ExpertSlots` result (the router filled expert slots itself) gets
+    `plan_expert_choice`. A `RoutingResult` (tokens chose experts) gets
+    `plan_dropless` when `dropless`, else `plan_top_k` with
+    `expert_capacity(N / num_groups, E, k, capacity_factor, min_capacity)`
+    slots per expert and group.
+    """
+    if isinstance(routing, ExpertSlots):
+        return plan_expert_choice(routing.slot_token, routing.slot_weight,
+                                  num_tokens)
+    if dropless:
+        return plan_dropless(routing.expert_indices, routing.expert_weights,
+                             num_experts, block_size)
+    if isinstance(num_tokens, int) and num_tokens % num_groups:
         raise ValueError(
-            f"Too many token assignments ({num_tokens} tokens x k={k}) for "
-            f"num_experts={num_experts} in one dispatch: experts * tokens * k "
-            f"must stay below 2**31. Split the macro-batch.")
-    # Choice-major order: assignment a = j * N + n is choice j of token n.
-    assignment_expert = ops.reshape(
-        ops.transpose(ops.cast(expert_indices, "int32")), (-1,))
-    assignment = ops.arange(num_assignments, dtype="int32")
-    # Unique keys make any sort stable: by expert, then by assignment.
-    order = ops.cast(
-        ops.argsort(assignment_expert * num_assignments + assignment),
-        "int32")
-    sorted_expert = ops.take(assignment_expert, order)
-
-    tokens_per_expert = ops.cast(
-        ops.segment_sum(ops.ones_like(assignment_expert), assignment_expert,
-                        num_segments=num_experts), "int32")
-    expert_start = ops.cumsum(tokens_per_expert) - tokens_per_expert  # [E]
-    sorted_position = assignment - ops.take(expert_start, sorted_expert)
-    position = ops.scatter(ops.expand_dims(order, -1), sorted_position,
-                           (num_assignments,))
-    kept = ops.less(position, capacity)
-    slot = assignment_expert * capacity + ops.minimum(position, capacity - 1)
-
-    slot_index = ops.arange(capacity, dtype="int32")
-    slot_filled = ops.less(ops.expand_dims(slot_index, 0),
-                           ops.expand_dims(tokens_per_expert, 1))  # [E, C]
-    slot_assignment = ops.minimum(
-        ops.expand_dims(expert_start, 1) + ops.expand_dims(slot_index, 0),
-        num_assignments - 1)
-    slot_token = ops.mod(ops.take(order, slot_assignment), num_tokens)
-
-    def token_major(values):  # [k * N] -> [N, k]
-        return ops.transpose(ops.reshape(values, (k, num_tokens)))
-
-    return DispatchPlan(slot_token=slot_token, slot_filled=slot_filled,
-                        assignment_slot=token_major(slot),
-                        assignment_kept=token_major(kept))
+            f"The router's num_groups={num_groups} must divide the number of "
+            f"tokens in the macro-batch, received {num_tokens} tokens.")
+    capacity = expert_capacity(num_tokens // num_groups, num_experts,
+                               routing.expert_indices.shape[1],
+                               capacity_factor, min_capacity)
+    return plan_top_k(routing.expert_indices, routing.expert_weights,
+                      num_experts, capacity, num_groups)
 
 
 def dispatch(tokens, plan):
-    """Gathers tokens [N, d] into the expert buffer [E, C, d]; empty slots are 0."""
+    """Gathers tokens [N, d] into the expert buffer; empty slots are 0."""
     gathered = ops.take(tokens, plan.slot_token, axis=0)
     return ops.where(ops.expand_dims(plan.slot_filled, -1), gathered,
                      ops.zeros_like(gathered))
 
 
-def combine(expert_outputs, plan, expert_weights):
-    """Weighted sum of each token's kept expert outputs: [E, C, d] -> [N, d].
+def combine(expert_outputs, plan, num_tokens=None):
+    """Each token's gate-weighted sum of its expert outputs: -> [N, d_out].
 
     Dropped assignments contribute zero; a token with every assignment
     dropped gets a zero vector (a residual connection around the layer
-    carries it through).
+    carries it through). Token-choice plans gather each token's k outputs;
+    expert-choice plans (no `assignment_slot`) sum the weighted slot outputs
+    into their tokens, and need `num_tokens`.
     """
-    flat_outputs = ops.reshape(expert_outputs, (-1, expert_outputs.shape[-1]))
-    gathered = ops.take(flat_outputs, plan.assignment_slot, axis=0)  # [N, k, d]
-    weights = ops.where(plan.assignment_kept,
-                        ops.cast(expert_weights, gathered.dtype),
-                        ops.zeros((), dtype=gathered.dtype))
-    return ops.einsum("nk,nkd->nd", weights, gathered)
+    output_dim = expert_outputs.shape[-1]
+    flat_outputs = ops.reshape(expert_outputs, (-1, output_dim))
+    if plan.assignment_slot is None:
+        weighted = flat_outputs * ops.reshape(
+            ops.cast(plan.slot_weight, flat_outputs.dtype), (-1, 1))
+        return ops.segment_sum(weighted, ops.reshape(plan.slot_token, (-1,)),
+                               num_segments=num_tokens)
+    gathered = ops.take(flat_outputs, plan.assignment_slot, axis=0)  # [N,k,d]
+    return ops.einsum("nk,nkd->nd",
+                      ops.cast(plan.assignment_weight, gathered.dtype),
+                      gathered)

@@ -38,10 +38,13 @@ class FeedForwardExperts(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: [E, C, d] dispatch buffer.
+        inputs: [E, C, d] dispatch buffer, or [B, C, d] blocks with
+            `block_expert`.
+        block_expert: optional int [B], the expert whose weights each block
+            of rows uses (dropless dispatch); None means row e is expert e.
 
     Returns:
-        [E, C, d_out].
+        [E, C, d_out] (or [B, C, d_out]).
 
     Example:
 
@@ -114,11 +117,14 @@ class FeedForwardExperts(keras.layers.Layer):
                 name="bias_out", shape=(self.num_experts, output_dim),
                 initializer=self.bias_initializer)
 
-    def call(self, inputs):
+    def call(self, inputs, block_expert=None):
         weights = [self.kernel_in, self.kernel_out]
         if self.use_bias:
             weights += [self.bias_in, self.bias_out]
         weights = [ops.cast(w, self.compute_dtype) for w in weights]
+        if block_expert is not None:
+            # Row b of the input belongs to expert block_expert[b].
+            weights = [ops.take(w, block_expert, axis=0) for w in weights]
         forward = keras.remat(self._forward) if self.rematerialize else (
             self._forward)
         return forward(inputs, *weights)

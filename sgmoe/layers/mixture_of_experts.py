@@ -55,12 +55,26 @@ class MixtureOfExperts(keras.layers.Layer):
         expert_hidden_dim: hidden units h of each expert.
         k: experts per token.
         capacity_factor: slots per expert relative to the mean load
-            tokens * k / E (> 0), in training.
+            tokens * k / E (> 0), in training, for routers where tokens
+            choose experts (routers that fill expert slots themselves, like
+            `ExpertChoiceRouter`, have their own capacity). With a router
+            that splits tokens into groups (`GShardRouter`), capacity
+            applies per group: ceil(capacity_factor * tokens_per_group * k
+            / E).
         eval_capacity_factor: the same outside training (> 0); None means
             `capacity_factor`. It is read when a call is traced, so it can be
             changed on a built or loaded model without rebuilding it; a
             compiled predict function must be re-traced to see a new value
             (`model.make_predict_function(force=True)`).
+        min_capacity: the least number of slots per expert (and group),
+            whatever the capacity factor gives (GShard's minimum capacity).
+        dropless: if true, no assignment is ever dropped (MegaBlocks, Gale et
+            al. 2022): each expert's tokens fill blocks of `block_size`
+            rows, its last block padded, and every block runs with its
+            expert's weights; capacity arguments are then not used. Shapes
+            stay static: at most tokens * k + E * (block_size - 1) rows.
+        block_size: rows per block of dropless dispatch. Smaller blocks pad
+            less; larger blocks gather expert weights fewer times.
         output_activation: applied to the combined output; "sigmoid"
             reproduces the paper's language model.
         output_dim: d_out of each expert; defaults to the input dimension.
@@ -113,6 +127,9 @@ class MixtureOfExperts(keras.layers.Layer):
         k=4,
         capacity_factor=1.25,
         eval_capacity_factor=None,
+        min_capacity=1,
+        dropless=False,
+        block_size=128,
         output_activation=None,
         output_dim=None,
         expert_activation="relu",
@@ -148,14 +165,22 @@ class MixtureOfExperts(keras.layers.Layer):
                     "`router` must be None or a router layer with "
                     f"num_experts={num_experts} and a `k` attribute, received "
                     f"{router!r}.")
-            k = router.k
-        self.k = _validation.check_top_k(k, self.num_experts)
+            # The router checked its own k; None for routers that fill
+            # expert slots themselves.
+            self.k = router.k
+        else:
+            self.k = _validation.check_top_k(k, self.num_experts)
         self.capacity_factor = _validation.check_positive_float(
             "capacity_factor", capacity_factor)
         self.eval_capacity_factor = (
             None if eval_capacity_factor is None else
             _validation.check_positive_float("eval_capacity_factor",
                                              eval_capacity_factor))
+        self.min_capacity = _validation.check_positive_int("min_capacity",
+                                                           min_capacity)
+        self.dropless = bool(dropless)
+        self.block_size = _validation.check_positive_int("block_size",
+                                                         block_size)
         self.output_activation = keras.activations.get(output_activation)
         self.output_dim = (None if output_dim is None else
                            _validation.check_positive_int("output_dim",
@@ -234,16 +259,21 @@ class MixtureOfExperts(keras.layers.Layer):
         leading_shape = ops.shape(inputs)[:-1]
         tokens = ops.reshape(inputs, (-1, self.input_dim))  # [N, d]
 
+        num_tokens = ops.shape(tokens)[0]
         routing = self.router(tokens, training=training)
-        capacity = dispatch.expert_capacity(
-            ops.shape(tokens)[0], self.num_experts, self.k,
-            self.capacity_factor if training or self.eval_capacity_factor is None
-            else self.eval_capacity_factor)
-        plan = dispatch.plan_dispatch(routing.expert_indices,
-                                      self.num_experts, capacity)
-        expert_outputs = self.experts(dispatch.dispatch(tokens, plan))
-        outputs = dispatch.combine(expert_outputs, plan,
-                                   routing.expert_weights)
+        plan = dispatch.plan_routing(
+            routing, num_tokens, self.num_experts,
+            capacity_factor=(
+                self.capacity_factor
+                if training or self.eval_capacity_factor is None
+                else self.eval_capacity_factor),
+            min_capacity=self.min_capacity,
+            num_groups=getattr(self.router, "num_groups", 1),
+            dropless=self.dropless,
+            block_size=self.block_size)
+        expert_outputs = self.experts(dispatch.dispatch(tokens, plan),
+                                      block_expert=plan.block_expert)
+        outputs = dispatch.combine(expert_outputs, plan, num_tokens)
         if self.dense_expert is not None:
             outputs = outputs + self.dense_expert(
                 ops.expand_dims(tokens, 0))[0]
@@ -251,8 +281,7 @@ class MixtureOfExperts(keras.layers.Layer):
 
         self.expert_importance.assign(routing.importance)
         self.expert_load.assign(routing.load)
-        self.dropped_fraction.assign(
-            1.0 - ops.mean(ops.cast(plan.assignment_kept, "float32")))
+        self.dropped_fraction.assign(plan.dropped_fraction)
         for name, variable in self.auxiliary_losses.items():
             variable.assign(routing.auxiliary_losses[name])
         return ops.reshape(outputs,
@@ -270,6 +299,9 @@ class MixtureOfExperts(keras.layers.Layer):
             "k": self.k,
             "capacity_factor": self.capacity_factor,
             "eval_capacity_factor": self.eval_capacity_factor,
+            "min_capacity": self.min_capacity,
+            "dropless": self.dropless,
+            "block_size": self.block_size,
             "output_activation": keras.activations.serialize(
                 self.output_activation),
             "output_dim": self.output_dim,

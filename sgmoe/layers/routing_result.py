@@ -7,12 +7,21 @@ import keras
 
 
 class RoutingResult(NamedTuple):
-    """What a router decided for a macro-batch of N tokens over E experts.
+    """What a token-choice router decided for N tokens over E experts.
+
+    Each token picks k experts. Routers that fill each expert's slots
+    themselves return an `ExpertSlots` instead; the dispatcher
+    (`dispatch.plan_routing`) turns either into a plan, so a MoE layer never
+    needs to know which router it has. A router may also have a static
+    `num_groups` attribute: token-choice capacity then applies per group of
+    N / num_groups consecutive tokens (GShard).
 
     Attributes:
         expert_indices: int32 [N, k], the experts chosen for each token, in
             decreasing order of preference (column 0 is the first choice).
-        expert_weights: float32 [N, k], the non-zero gate values G(x) of those
+            An index outside [0, E) means "no expert" for that choice (e.g.
+            GShard's second expert when random routing skips it).
+        expert_weights: float32 [N, k], the gate values G(x) of those
             experts; the MoE output is the weighted sum of their outputs.
         importance: float32 [E], Importance(X) = sum over tokens of G(x).
         load: float32 [E], the (smooth, when noisy) number of tokens sent to
@@ -29,6 +38,29 @@ class RoutingResult(NamedTuple):
     auxiliary_losses: Any
 
 
+class ExpertSlots(NamedTuple):
+    """What a router that fills expert slots itself decided (expert choice).
+
+    Attributes:
+        slot_token: int32 [E, C], the token in each of expert e's C slots.
+        slot_weight: float32 [E, C], its gate value; 0 marks an empty slot.
+        importance: float32 [E], the sum of each expert's gate values.
+        load: float32 [E], the number of tokens each expert took.
+        auxiliary_losses: as in `RoutingResult`.
+    """
+
+    slot_token: Any
+    slot_weight: Any
+    importance: Any
+    load: Any
+    auxiliary_losses: Any
+
+
+def _loss_specs(loss_names):
+    return {name: keras.KerasTensor((), dtype="float32")
+            for name in loss_names}
+
+
 def routing_result_spec(num_tokens, k, num_experts, loss_names):
     """The symbolic `RoutingResult` of a router: its `compute_output_spec`."""
     tensor = keras.KerasTensor
@@ -37,8 +69,18 @@ def routing_result_spec(num_tokens, k, num_experts, loss_names):
         expert_weights=tensor((num_tokens, k), dtype="float32"),
         importance=tensor((num_experts,), dtype="float32"),
         load=tensor((num_experts,), dtype="float32"),
-        auxiliary_losses={name: tensor((), dtype="float32")
-                          for name in loss_names})
+        auxiliary_losses=_loss_specs(loss_names))
+
+
+def expert_slots_spec(num_experts, capacity, loss_names):
+    """The symbolic `ExpertSlots` of a router: its `compute_output_spec`."""
+    tensor = keras.KerasTensor
+    return ExpertSlots(
+        slot_token=tensor((num_experts, capacity), dtype="int32"),
+        slot_weight=tensor((num_experts, capacity), dtype="float32"),
+        importance=tensor((num_experts,), dtype="float32"),
+        load=tensor((num_experts,), dtype="float32"),
+        auxiliary_losses=_loss_specs(loss_names))
 
 
 def check_token_matrix_shape(router_name, input_shape):

@@ -103,15 +103,20 @@ def dense_mixture(x, indices, gates, kernels_in, biases_in, kernels_out,
     return y
 
 
-def capacity_kept(indices, num_experts, capacity):
-    """Which assignments fit: first choices of all tokens first, then seconds."""
+def capacity_kept(indices, num_experts, capacity, num_groups=1):
+    """Which assignments fit: first choices of all tokens first, then seconds.
+
+    Capacity is per expert and per group of N / G consecutive tokens; an
+    index outside [0, E) is no assignment (never kept).
+    """
     num_tokens, k = indices.shape
-    used = np.zeros(num_experts, dtype=np.int64)
+    group_size = num_tokens // num_groups
+    used = np.zeros((num_groups, num_experts), dtype=np.int64)
     kept = np.zeros((num_tokens, k), dtype=bool)
     for j in range(k):
         for n in range(num_tokens):
-            e = indices[n, j]
-            if used[e] < capacity:
+            e, g = indices[n, j], n // group_size
+            if 0 <= e < num_experts and used[g, e] < capacity:
                 kept[n, j] = True
-                used[e] += 1
+                used[g, e] += 1
     return kept

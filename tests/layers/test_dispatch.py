@@ -1,4 +1,5 @@
-"""Sparse dispatch: slot assignment, capacity and combine against NumPy."""
+"""Sparse dispatch: slot assignment, capacity, groups, dropless and expert
+choice against NumPy."""
 
 import numpy as np
 import pytest
@@ -15,70 +16,192 @@ def random_routing(num_tokens, k, num_experts, seed=0, skew=0.0):
     probs /= probs.sum()
     indices = np.stack([rng.choice(num_experts, k, replace=False, p=probs)
                         for _ in range(num_tokens)]).astype("int32")
-    weights = rng.rand(num_tokens, k).astype("float32")
+    weights = (rng.rand(num_tokens, k) + 0.1).astype("float32")
     return indices, weights
 
 
-@pytest.mark.parametrize("num_tokens, k, num_experts, capacity_factor", [
-    (12, 2, 4, 1.0), (12, 1, 4, 0.5), (30, 3, 5, 0.8), (9, 2, 8, 4.0)])
-def test_capacity_and_slots_match_reference(num_tokens, k, num_experts,
-                                            capacity_factor):
-    indices, weights = random_routing(num_tokens, k, num_experts, skew=0.7)
-    capacity = dispatch.expert_capacity(num_tokens, num_experts, k,
-                                        capacity_factor)
-    assert capacity == max(1, min(num_tokens, int(np.ceil(
-        capacity_factor * num_tokens * k / num_experts))))
-    plan = dispatch.plan_dispatch(ops.convert_to_tensor(indices), num_experts,
-                                  capacity)
-    kept = ops.convert_to_numpy(plan.assignment_kept)
-    np.testing.assert_array_equal(
-        kept, ref.capacity_kept(indices, num_experts, capacity))
+def numpy_plan(plan):
+    return {name: (None if value is None else ops.convert_to_numpy(value))
+            for name, value in plan._asdict().items()}
 
-    # Every kept assignment has its own slot in its expert's row, and that
-    # slot holds its token.
-    slots = ops.convert_to_numpy(plan.assignment_slot)
-    slot_token = ops.convert_to_numpy(plan.slot_token).ravel()
-    filled = ops.convert_to_numpy(plan.slot_filled).ravel()
+
+def check_round_trip(plan, indices, weights, kept, num_experts, block_size):
+    """Identity experts: each token gets back (sum of its kept gates) * x.
+
+    Also checks that each kept assignment has its own slot, in a row of its
+    expert, holding its token and gate, and that nothing else is filled.
+    """
+    num_tokens, k = indices.shape
+    p = numpy_plan(plan)
+    slots = p["assignment_slot"]
+    slot_token = p["slot_token"].ravel()
+    slot_weight = p["slot_weight"].ravel()
+    filled = p["slot_filled"].ravel()
     kept_slots = slots[kept]
     assert len(set(kept_slots.tolist())) == kept.sum()
-    np.testing.assert_array_equal(kept_slots // capacity, indices[kept])
+    row_expert = (np.arange(p["slot_token"].shape[0])
+                  if p["block_expert"] is None else p["block_expert"])
+    np.testing.assert_array_equal(row_expert[kept_slots // block_size],
+                                  indices[kept])
     token_of_assignment = np.repeat(np.arange(num_tokens)[:, None], k, 1)
     np.testing.assert_array_equal(slot_token[kept_slots],
                                   token_of_assignment[kept])
+    np.testing.assert_allclose(slot_weight[kept_slots], weights[kept])
     assert filled[kept_slots].all() and filled.sum() == kept.sum()
+    np.testing.assert_array_equal(slot_weight[~filled], 0.0)
+    np.testing.assert_allclose(p["assignment_weight"], weights * kept)
 
-    # Dispatch then combine with identity experts: each token gets back the
-    # weighted sum of its kept gates times itself.
     x = np.random.RandomState(1).randn(num_tokens, 6).astype("float32")
     buffer = dispatch.dispatch(ops.convert_to_tensor(x), plan)
-    assert tuple(buffer.shape) == (num_experts, capacity, 6)
     buffer_np = ops.convert_to_numpy(buffer).reshape(-1, 6)
     np.testing.assert_array_equal(buffer_np[~filled], 0.0)
-    y = ops.convert_to_numpy(dispatch.combine(buffer, plan, weights))
+    y = ops.convert_to_numpy(dispatch.combine(buffer, plan))
     expected = (weights * kept).sum(1, keepdims=True) * x
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "num_tokens, k, num_experts, capacity_factor, num_groups", [
+        (12, 2, 4, 1.0, 1), (12, 1, 4, 0.5, 1), (30, 3, 5, 0.8, 1),
+        (9, 2, 8, 4.0, 1), (12, 2, 4, 1.0, 3), (32, 2, 8, 0.75, 4)])
+def test_capacity_and_slots_match_reference(num_tokens, k, num_experts,
+                                            capacity_factor, num_groups):
+    indices, weights = random_routing(num_tokens, k, num_experts, skew=0.7)
+    group_size = num_tokens // num_groups
+    capacity = dispatch.expert_capacity(group_size, num_experts, k,
+                                        capacity_factor)
+    assert capacity == max(1, min(group_size, int(np.ceil(
+        capacity_factor * group_size * k / num_experts))))
+    plan = dispatch.plan_top_k(ops.convert_to_tensor(indices),
+                               ops.convert_to_tensor(weights), num_experts,
+                               capacity, num_groups)
+    assert tuple(plan.slot_token.shape) == (num_experts,
+                                            num_groups * capacity)
+    kept = ref.capacity_kept(indices, num_experts, capacity, num_groups)
+    np.testing.assert_allclose(ops.convert_to_numpy(plan.dropped_fraction),
+                               1.0 - kept.mean(), rtol=1e-6)
+    # Slot e * G * C + g * C + c is slot c of expert e in group g.
+    check_round_trip(plan, indices, weights, kept, num_experts,
+                     block_size=num_groups * capacity)
+    slot_group = (ops.convert_to_numpy(plan.slot_token) // group_size)
+    filled = ops.convert_to_numpy(plan.slot_filled)
+    expected_group = np.repeat(np.arange(num_groups), capacity)[None, :]
+    np.testing.assert_array_equal(
+        slot_group[filled], np.broadcast_to(expected_group, filled.shape)[
+            filled])
 
 
 def test_first_choices_outrank_second_choices():
     # Three tokens all want expert 0: token 2 as first choice, tokens 0 and 1
     # as second choice. With one slot, token 2 gets it.
     indices = np.array([[1, 0], [2, 0], [0, 1]], dtype="int32")
-    plan = dispatch.plan_dispatch(ops.convert_to_tensor(indices), 3, 1)
-    kept = ops.convert_to_numpy(plan.assignment_kept)
+    plan = dispatch.plan_top_k(ops.convert_to_tensor(indices),
+                               ops.ones((3, 2)), 3, 1)
+    kept = ops.convert_to_numpy(plan.assignment_weight) > 0
     np.testing.assert_array_equal(kept, [[True, False], [True, False],
                                          [True, False]])
 
 
+def test_out_of_range_index_means_no_expert():
+    # Tokens 1 and 3 have no second expert (index E = 3): they take no
+    # slot, so every real assignment fits in two slots per expert.
+    indices = np.array([[1, 2], [2, 3], [0, 1], [0, 3]], dtype="int32")
+    weights = np.full((4, 2), 0.5, "float32")
+    plan = dispatch.plan_top_k(ops.convert_to_tensor(indices),
+                               ops.convert_to_tensor(weights), 3, 2)
+    kept = ref.capacity_kept(indices, 3, 2)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(plan.assignment_weight) > 0, kept)
+    # The two "none" choices are neither kept nor dropped.
+    assert kept.sum() == 6
+    assert float(ops.convert_to_numpy(plan.dropped_fraction)) == 0.0
+    check_round_trip(plan, indices, weights, kept, 3, block_size=2)
+
+
+@pytest.mark.parametrize("num_tokens, k, num_experts, block_size, skew", [
+    (12, 2, 4, 4, 0.7), (30, 3, 5, 8, 2.0), (9, 2, 8, 3, 0.0),
+    (16, 1, 2, 16, 5.0), (7, 2, 16, 1, 0.3)])
+def test_dropless_keeps_every_assignment(num_tokens, k, num_experts,
+                                         block_size, skew):
+    indices, weights = random_routing(num_tokens, k, num_experts,
+                                      seed=num_experts, skew=skew)
+    plan = dispatch.plan_dropless(ops.convert_to_tensor(indices),
+                                  ops.convert_to_tensor(weights), num_experts,
+                                  block_size)
+    num_blocks = plan.slot_token.shape[0]
+    assignments = num_tokens * k
+    assert num_blocks == -(-(assignments + min(num_experts, assignments)
+                             * (block_size - 1)) // block_size)
+    assert tuple(plan.slot_token.shape) == (num_blocks, block_size)
+    kept = np.ones_like(indices, dtype=bool)
+    check_round_trip(plan, indices, weights, kept, num_experts, block_size)
+    assert float(ops.convert_to_numpy(plan.dropped_fraction)) == 0.0
+    # Each expert's rows are contiguous whole blocks, in expert order, with
+    # all its tokens first: the padding is only at each expert's end.
+    p = numpy_plan(plan)
+    counts = np.bincount(indices.ravel(), minlength=num_experts)
+    blocks = -(-counts // block_size)
+    np.testing.assert_array_equal(
+        p["block_expert"][:blocks.sum()], np.repeat(np.arange(num_experts),
+                                                    blocks))
+    for e in range(num_experts):
+        rows = p["block_expert"][:blocks.sum()] == e
+        tokens = p["slot_token"][:blocks.sum()][rows].ravel()[:counts[e]]
+        np.testing.assert_array_equal(np.sort(tokens), np.nonzero(
+            (indices == e).any(1))[0])
+
+
+def test_expert_choice_plan_sums_slots_into_tokens():
+    # Expert 0 takes tokens 2 and 0, expert 1 takes 2 and one empty slot;
+    # token 1 is taken by nobody.
+    slot_token = np.array([[2, 0], [2, 1]], "int32")
+    slot_weight = np.array([[0.5, 0.25], [0.125, 0.0]], "float32")
+    plan = dispatch.plan_expert_choice(ops.convert_to_tensor(slot_token),
+                                       ops.convert_to_tensor(slot_weight), 3)
+    x = np.arange(6, dtype="float32").reshape(3, 2) + 1.0
+    buffer = ops.convert_to_numpy(
+        dispatch.dispatch(ops.convert_to_tensor(x), plan))
+    np.testing.assert_array_equal(buffer[1, 1], 0.0)
+    np.testing.assert_array_equal(buffer[0, 0], x[2])
+    outputs = 10.0 * buffer + np.array([0.0, 1.0])  # an expert per row
+    y = ops.convert_to_numpy(dispatch.combine(
+        ops.convert_to_tensor(outputs), plan, 3))
+    expected = np.stack([0.25 * outputs[0, 1], np.zeros(2),
+                         0.5 * outputs[0, 0] + 0.125 * outputs[1, 0]])
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(plan.dropped_fraction),
+                               1.0 / 3.0, rtol=1e-6)
+
+
 def test_buffer_grows_with_tokens_times_k_not_experts():
     for num_experts in (4, 64, 512):
-        indices, _ = random_routing(64, 2, num_experts, seed=num_experts)
+        indices, weights = random_routing(64, 2, num_experts,
+                                          seed=num_experts)
         capacity = dispatch.expert_capacity(64, num_experts, 2, 1.0)
-        plan = dispatch.plan_dispatch(ops.convert_to_tensor(indices),
-                                      num_experts, capacity)
+        plan = dispatch.plan_top_k(ops.convert_to_tensor(indices),
+                                   ops.convert_to_tensor(weights),
+                                   num_experts, capacity)
         # Slots = E * ceil(T * k / E) <= T * k + E.
         assert np.prod(plan.slot_token.shape) <= 64 * 2 + num_experts
+        dropless = dispatch.plan_dropless(ops.convert_to_tensor(indices),
+                                          ops.convert_to_tensor(weights),
+                                          num_experts, block_size=4)
+        assert (np.prod(dropless.slot_token.shape)
+                <= 64 * 2 + min(num_experts, 128) * 3 + 4)
 
 
-def test_rejects_non_positive_capacity_factor():
+def test_min_capacity():
+    assert dispatch.expert_capacity(64, 16, 2, 1.0) == 8
+    assert dispatch.expert_capacity(64, 16, 2, 1.0, min_capacity=12) == 12
+    # Never more slots than tokens in the group.
+    assert dispatch.expert_capacity(8, 16, 2, 1.0, min_capacity=12) == 8
+
+
+def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="`capacity_factor`"):
         dispatch.expert_capacity(8, 4, 2, 0.0)
+    with pytest.raises(ValueError, match="`min_capacity`"):
+        dispatch.expert_capacity(8, 4, 2, 1.0, min_capacity=0)
+    with pytest.raises(ValueError, match="`block_size`"):
+        dispatch.plan_dropless(ops.zeros((4, 2), "int32"), ops.ones((4, 2)),
+                               4, 0)

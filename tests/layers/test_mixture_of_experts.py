@@ -189,6 +189,10 @@ def test_functional_model_trains_with_jit_compile_and_round_trips(tmp_path):
      "eval_capacity_factor"),
     (dict(num_experts=4, expert_hidden_dim=8, load_weight=-1.0),
      "load_weight"),
+    (dict(num_experts=4, expert_hidden_dim=8, min_capacity=0),
+     "min_capacity"),
+    (dict(num_experts=4, expert_hidden_dim=8, block_size=0), "block_size"),
+    (dict(num_experts=4, expert_hidden_dim=8, router="top_2"), "router"),
 ])
 def test_invalid_arguments_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
@@ -244,3 +248,48 @@ def test_residual_expert_adds_a_dense_ffn_for_every_token(tmp_path):
                                rtol=1e-4, atol=1e-5)
     restored = MixtureOfExperts.from_config(moe.get_config())
     assert restored.residual_expert
+
+
+def test_dropless_matches_dense_reference_where_capacity_would_drop():
+    moe = build_moe(k=2, dropless=True, block_size=3)
+    x = inputs()
+    y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    np.testing.assert_allclose(y, reference_output(moe, x)[0], rtol=1e-4,
+                               atol=1e-5)
+    assert float(moe.dropped_fraction) == 0.0
+    # The same routing with capacity 0.5 drops assignments.
+    moe.dropless = False
+    moe.capacity_factor = 0.5
+    moe(x, training=True)
+    assert float(moe.dropped_fraction) > 0.0
+    restored = MixtureOfExperts.from_config(build_moe(
+        dropless=True, block_size=3).get_config())
+    assert restored.dropless and restored.block_size == 3
+
+
+def test_dropless_trains_under_jit_compile():
+    x = inputs(shape=(32, LENGTH, DIM))
+    y = np.tanh(x[..., :1])
+    token_inputs = keras.Input((LENGTH, DIM))
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=2, dropless=True,
+                           block_size=8, seed=0)
+    model = keras.Model(token_inputs,
+                        keras.layers.Dense(1)(token_inputs + moe(token_inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse",
+                  jit_compile=True)
+    initial = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=5, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 0.7 * initial
+    assert float(moe.dropped_fraction) == 0.0
+
+
+def test_min_capacity_raises_the_slots_per_expert():
+    # capacity_factor 0.5 gives 3 slots; min_capacity=20 keeps every token.
+    moe = build_moe(k=2, capacity_factor=0.5, min_capacity=20)
+    x = inputs()
+    y = ops.convert_to_numpy(moe(x, training=True)).reshape(-1, DIM)
+    assert float(moe.dropped_fraction) == 0.0
+    y_eval = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    np.testing.assert_allclose(y_eval, reference_output(moe, x)[0],
+                               rtol=1e-4, atol=1e-5)
+    assert y.shape == y_eval.shape
