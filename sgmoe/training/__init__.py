@@ -1,0 +1,9 @@
+"""Training callbacks: TensorBoard MoE statistics, progress lines, NaN stop."""
+
+from sgmoe.training.routing_statistics import find_moe_layers
+from sgmoe.training.routing_statistics import is_moe_layer
+from sgmoe.training.routing_statistics import moe_statistics
+from sgmoe.training.moe_tensorboard import MoETensorBoard
+from sgmoe.training.progress_logger import ProgressLogger
+from sgmoe.training.stop_on_non_finite_loss import NonFiniteLossError
+from sgmoe.training.stop_on_non_finite_loss import StopOnNonFiniteLoss

@@ -1,0 +1,112 @@
+"""Plain-text progress lines for long training runs."""
+
+import keras
+
+from sgmoe import _validation
+from sgmoe.training import _logs
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """Prints one line of progress every `log_every` training steps.
+
+    Lines are plain `key=value` fields, one line per report, so they read
+    well in log files (unlike the in-place progress bar):
+
+        step=200 epoch=1 loss=4.6012 perplexity=99.60 words/s=12850.3
+
+    and at the end of each epoch a summary with the epoch's words per second
+    and the validation logs, when there are any:
+
+        epoch=1 step=250 loss=4.5523 perplexity=94.85 words/s=12790.0 val_loss=4.6230 val_perplexity=101.80
+
+    `loss` is Keras's logged loss, the mean over the epoch so far;
+    `perplexity` is the logged metric whose name contains "perplexity" if
+    there is one, else exp(loss) (which includes the auxiliary losses).
+    `words/s` counts `tokens_per_step` tokens per step over the wall-clock
+    time of the steps since the last line (the first includes compilation);
+    it is left out when `tokens_per_step` is None. Pass `verbose=0` to `fit`
+    to keep only these lines.
+
+    Args:
+        log_every: steps between two lines (a positive integer).
+        tokens_per_step: tokens per training step: a number, a callable
+            `f(logs)` returning the tokens of the steps that just ended, or
+            None.
+        print_fn: called with each line; defaults to `print` (flushed).
+
+    Example:
+
+    >>> model.fit(dataset, verbose=0, callbacks=[
+    ...     ProgressLogger(log_every=100, tokens_per_step=64 * 20)])
+    """
+
+    def __init__(self, log_every=100, tokens_per_step=None, print_fn=None):
+        super().__init__()
+        self.log_every = _validation.check_positive_int("log_every", log_every)
+        self.tokens_per_step = _logs.check_tokens_per_step(tokens_per_step)
+        self.print_fn = print_fn
+        self._steps = _logs.StepCounter()
+        self._window = _logs.Throughput(self.tokens_per_step)
+        self._epoch_throughput = _logs.Throughput(self.tokens_per_step)
+        self._last_logs = {}
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self._steps.step = _logs.initial_step(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._window.reset()
+        self._epoch_throughput.reset()
+        self._last_logs = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._steps.begin(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        previous = self._steps.step
+        num_steps = self._steps.end(batch)
+        self._window.add(num_steps, logs)
+        self._epoch_throughput.add(num_steps, logs)
+        self._last_logs = dict(logs or {})
+        if self._steps.step // self.log_every > previous // self.log_every:
+            self._print(f"step={self._steps.step}", self._last_logs,
+                        self._window)
+            self._window.reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or self._last_logs)
+        fields = self._fields(logs, self._epoch_throughput)
+        for name in sorted(logs):
+            value = _logs.as_float(logs[name])
+            if (name.startswith("val_") and value is not None
+                    and name != "val_perplexity"):
+                fields.append(f"{name}={value:.4f}")
+        val_perplexity = _logs.perplexity(logs, prefix="val_")
+        if val_perplexity is not None:
+            fields.append(f"val_perplexity={val_perplexity:.2f}")
+        self._emit(" ".join(
+            [f"epoch={epoch + 1}", f"step={self._steps.step}"] + fields))
+
+    def _print(self, head, logs, throughput):
+        epoch = f"epoch={self._epoch + 1}"
+        self._emit(" ".join([head, epoch] + self._fields(logs, throughput)))
+
+    def _fields(self, logs, throughput):
+        fields = []
+        loss = logs.get("loss")
+        if loss is not None and _logs.as_float(loss) is not None:
+            fields.append(f"loss={_logs.as_float(loss):.4f}")
+        perplexity = _logs.perplexity(logs)
+        if perplexity is not None:
+            fields.append(f"perplexity={perplexity:.2f}")
+        words_per_second = throughput.tokens_per_second()
+        if words_per_second is not None:
+            fields.append(f"words/s={words_per_second:.1f}")
+        return fields
+
+    def _emit(self, line):
+        if self.print_fn is None:
+            print(line, flush=True)
+        else:
+            self.print_fn(line)
