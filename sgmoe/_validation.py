@@ -36,9 +36,11 @@ def check_unit_interval(name, value):
     return value
 
 
-def check_top_k(k, num_experts):
-    k = check_positive_int("k", k)
+def check_top_k(k, num_experts, name="k", fan_out_name="num_experts"):
+    """1 <= k <= num_experts; `name` and `fan_out_name` go in the message."""
+    k = check_positive_int(name, k)
     if k > num_experts:
         raise ValueError(
-            f"`k` must be at most `num_experts`={num_experts}, received k={k}.")
+            f"`{name}` must be at most `{fan_out_name}`={num_experts}, "
+            f"received {name}={k}.")
     return k

@@ -1,6 +1,8 @@
 """Gating networks, experts, sparse dispatch and Mixture-of-Experts layers."""
 
 from sgmoe.layers.feed_forward_experts import FeedForwardExperts
+from sgmoe.layers.hierarchical_mixture_of_experts import (
+    HierarchicalMixtureOfExperts)
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
 from sgmoe.layers.noisy_top_k_gating import NoisyTopKGating
 from sgmoe.layers.routing_result import RoutingResult

@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe.layers import _moe_common
 from sgmoe.layers import dispatch
-from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 from sgmoe.layers.noisy_top_k_gating import NoisyTopKGating
 from sgmoe.layers.switch_router import SwitchRouter
 
@@ -148,8 +148,6 @@ class MixtureOfExperts(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_experts = _validation.check_positive_int(
             "num_experts", num_experts)
-        self.expert_hidden_dim = _validation.check_positive_int(
-            "expert_hidden_dim", expert_hidden_dim)
         if router is None:
             router = "noisy_top_k"
         self.router_name = router if isinstance(router, str) else None
@@ -170,26 +168,13 @@ class MixtureOfExperts(keras.layers.Layer):
             self.k = router.k
         else:
             self.k = _validation.check_top_k(k, self.num_experts)
-        self.capacity_factor = _validation.check_positive_float(
-            "capacity_factor", capacity_factor)
-        self.eval_capacity_factor = (
-            None if eval_capacity_factor is None else
-            _validation.check_positive_float("eval_capacity_factor",
-                                             eval_capacity_factor))
-        self.min_capacity = _validation.check_positive_int("min_capacity",
-                                                           min_capacity)
+        _moe_common.set_expert_arguments(
+            self, expert_hidden_dim, capacity_factor, eval_capacity_factor,
+            min_capacity, output_activation, output_dim, expert_activation,
+            use_bias, kernel_initializer, rematerialize_experts)
         self.dropless = bool(dropless)
         self.block_size = _validation.check_positive_int("block_size",
                                                          block_size)
-        self.output_activation = keras.activations.get(output_activation)
-        self.output_dim = (None if output_dim is None else
-                           _validation.check_positive_int("output_dim",
-                                                          output_dim))
-        self.expert_activation = keras.activations.get(expert_activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = (None if kernel_initializer is None else
-                                   keras.initializers.get(kernel_initializer))
-        self.rematerialize_experts = bool(rematerialize_experts)
         self.residual_expert = bool(residual_expert)
         self.noisy = bool(noisy)
         self.importance_weight = importance_weight
@@ -202,10 +187,12 @@ class MixtureOfExperts(keras.layers.Layer):
             importance_weight=importance_weight, load_weight=load_weight,
             noise_epsilon=noise_epsilon, seed=seed, dtype=self.dtype_policy,
             name="router")
-        self.experts = self._feed_forward(self.num_experts, "experts")
+        self.experts = _moe_common.feed_forward_experts(
+            self, self.num_experts, "experts")
         # Residual-MoE: one more network, applied to every token.
-        self.dense_expert = (self._feed_forward(1, "dense_expert")
-                             if self.residual_expert else None)
+        self.dense_expert = (
+            _moe_common.feed_forward_experts(self, 1, "dense_expert")
+            if self.residual_expert else None)
 
     def _named_router(self, name, seed):
         """The router layer for a name; None for the built-in noisy top-k."""
@@ -218,59 +205,27 @@ class MixtureOfExperts(keras.layers.Layer):
             f"`router` must be one of {sorted(ROUTER_NAMES)} or a router "
             f"layer, received router={name!r}.")
 
-    def _feed_forward(self, num_experts, name):
-        return FeedForwardExperts(
-            num_experts=num_experts, hidden_dim=self.expert_hidden_dim,
-            output_dim=self.output_dim, activation=self.expert_activation,
-            use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
-            rematerialize=self.rematerialize_experts,
-            dtype=self.dtype_policy, name=name)
-
     def build(self, input_shape):
-        self.input_dim = input_shape[-1]
-        if self.input_dim is None:
-            raise ValueError(
-                "The last dimension of `inputs` to MixtureOfExperts must be "
-                f"known, received shape {tuple(input_shape)}.")
+        self.input_dim = _moe_common.input_dim(self, input_shape)
         if not self.router.built:
             self.router.build((None, self.input_dim))
         self.experts.build((self.num_experts, None, self.input_dim))
         if self.dense_expert is not None:
             self.dense_expert.build((1, None, self.input_dim))
-        self.expert_importance = self._statistic("expert_importance",
-                                                 (self.num_experts,))
-        self.expert_load = self._statistic("expert_load", (self.num_experts,))
-        self.dropped_fraction = self._statistic("dropped_fraction", ())
         loss_spec = self.router.compute_output_spec(
             keras.KerasTensor((None, self.input_dim))).auxiliary_losses
-        self.auxiliary_losses = {name: self._statistic(name, ())
-                                 for name in sorted(loss_spec)}
-
-    def _statistic(self, name, shape):
-        return self.add_weight(name=name, shape=shape, initializer="zeros",
-                               dtype="float32", trainable=False)
+        _moe_common.add_statistics(self, self.num_experts, loss_spec)
 
     def call(self, inputs, training=None):
-        if inputs.shape[-1] != self.input_dim:
-            raise ValueError(
-                "The last dimension of `inputs` must be "
-                f"{self.input_dim} (the size MixtureOfExperts was built "
-                f"with), received inputs of shape {tuple(inputs.shape)}.")
-        leading_shape = ops.shape(inputs)[:-1]
-        tokens = ops.reshape(inputs, (-1, self.input_dim))  # [N, d]
-
+        tokens, leading_shape = _moe_common.flatten_tokens(self, inputs)
         num_tokens = ops.shape(tokens)[0]
         routing = self.router(tokens, training=training)
         plan = dispatch.plan_routing(
             routing, num_tokens, self.num_experts,
-            capacity_factor=(
-                self.capacity_factor
-                if training or self.eval_capacity_factor is None
-                else self.eval_capacity_factor),
+            capacity_factor=_moe_common.capacity_factor(self, training),
             min_capacity=self.min_capacity,
             num_groups=getattr(self.router, "num_groups", 1),
-            dropless=self.dropless,
-            block_size=self.block_size)
+            dropless=self.dropless, block_size=self.block_size)
         expert_outputs = self.experts(dispatch.dispatch(tokens, plan),
                                       block_expert=plan.block_expert)
         outputs = dispatch.combine(expert_outputs, plan, num_tokens)
@@ -278,14 +233,10 @@ class MixtureOfExperts(keras.layers.Layer):
             outputs = outputs + self.dense_expert(
                 ops.expand_dims(tokens, 0))[0]
         outputs = self.output_activation(outputs)
-
-        self.expert_importance.assign(routing.importance)
-        self.expert_load.assign(routing.load)
-        self.dropped_fraction.assign(plan.dropped_fraction)
-        for name, variable in self.auxiliary_losses.items():
-            variable.assign(routing.auxiliary_losses[name])
-        return ops.reshape(outputs,
-                           tuple(leading_shape) + (outputs.shape[-1],))
+        _moe_common.record_statistics(self, routing.importance, routing.load,
+                                      plan.dropped_fraction,
+                                      routing.auxiliary_losses)
+        return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
 
     def compute_output_shape(self, input_shape):
         output_dim = self.output_dim or input_shape[-1]
@@ -295,23 +246,10 @@ class MixtureOfExperts(keras.layers.Layer):
         config = super().get_config()
         config.update({
             "num_experts": self.num_experts,
-            "expert_hidden_dim": self.expert_hidden_dim,
             "k": self.k,
-            "capacity_factor": self.capacity_factor,
-            "eval_capacity_factor": self.eval_capacity_factor,
-            "min_capacity": self.min_capacity,
+            **_moe_common.expert_config(self),
             "dropless": self.dropless,
             "block_size": self.block_size,
-            "output_activation": keras.activations.serialize(
-                self.output_activation),
-            "output_dim": self.output_dim,
-            "expert_activation": keras.activations.serialize(
-                self.expert_activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": (
-                None if self.kernel_initializer is None else
-                keras.initializers.serialize(self.kernel_initializer)),
-            "rematerialize_experts": self.rematerialize_experts,
             "residual_expert": self.residual_expert,
             "noisy": self.noisy,
             "importance_weight": self.importance_weight,

@@ -1,6 +1,8 @@
 """Noisy top-k gating network of Shazeer et al. 2017 (§2.1, §4, Appendix A)."""
 
 import math
+from typing import Any
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -29,6 +31,8 @@ def probability_in_top_k(clean_logits, noisy_logits, noise_stddev, kth_value,
         noise_stddev: the noise scale of H(x), [N, E].
         kth_value: the k-th highest value of H(x) per token, [N, 1].
         next_value: the (k+1)-th highest value of H(x) per token, [N, 1].
+
+    Any leading shape works in place of [N].
     """
     # kth_excluding(H, k, i) is the (k+1)-th highest value of H when i is
     # among the top k (H_i strictly above the (k+1)-th value), and the k-th
@@ -36,6 +40,72 @@ def probability_in_top_k(clean_logits, noisy_logits, noise_stddev, kth_value,
     in_top_k = ops.greater(noisy_logits, next_value)
     threshold = ops.where(in_top_k, next_value, kth_value)
     return normal_cdf((clean_logits - threshold) / noise_stddev)
+
+
+class TopKGates(NamedTuple):
+    """The result of `noisy_top_k` for tokens [..., E].
+
+    Attributes:
+        expert_indices: int32 [..., k], the k experts of highest H(x).
+        weights: float32 [..., k], their gate values G(x).
+        logits: H(x) [..., E] (with noise when noise was drawn).
+        probability_in_top_k: P(x, i) [..., E] when noise was drawn, else None
+            (the load is then a count).
+    """
+
+    expert_indices: Any
+    weights: Any
+    logits: Any
+    probability_in_top_k: Any
+
+
+def noisy_top_k(clean_logits, k, noise_logits=None, noise_epsilon=1e-2,
+                seed_generator=None):
+    """Noisy top-k gates of the paper for logits over the last axis.
+
+    H(x) = clean_logits + StandardNormal() * (Softplus(noise_logits) +
+    noise_epsilon), or clean_logits when `noise_logits` is None; the gates
+    are Softmax(KeepTopK(H(x), k)), or for k = 1 the chosen expert's
+    probability under Softmax(H(x)) (see `NoisyTopKGating`).
+
+    Args:
+        clean_logits: x W_g, float32 [..., E].
+        k: static number of experts per token.
+        noise_logits: x W_noise [..., E], or None for no noise.
+        noise_epsilon: floor of the noise scale.
+        seed_generator: a `keras.random.SeedGenerator` for the noise.
+
+    Returns:
+        A `TopKGates`.
+    """
+    num_experts = clean_logits.shape[-1]
+    if noise_logits is not None:
+        noise_stddev = ops.softplus(noise_logits) + noise_epsilon
+        logits = clean_logits + noise_stddev * _random.standard_normal(
+            ops.shape(clean_logits), seed_generator)
+    else:
+        logits = clean_logits
+
+    top_values, top_indices = ops.top_k(logits, k)
+    expert_indices = ops.cast(top_indices, "int32")
+    if k == 1:
+        weights = ops.take_along_axis(ops.softmax(logits, axis=-1),
+                                      expert_indices, axis=-1)
+    else:
+        weights = ops.softmax(top_values, axis=-1)
+
+    probability = None
+    if noise_logits is not None and k < num_experts:
+        # The k-th and (k+1)-th values come from whole-tensor minima of
+        # two top-k results: slicing a top-k result makes XLA on CPU
+        # lower it to a full sort of [N, E] (520 ms instead of 14 ms at
+        # N=4096, E=1024 in bench/moe_layer.py).
+        next_values, _ = ops.top_k(logits, k + 1)
+        probability = probability_in_top_k(
+            clean_logits, logits, noise_stddev,
+            kth_value=ops.min(top_values, axis=-1, keepdims=True),
+            next_value=ops.min(next_values, axis=-1, keepdims=True))
+    return TopKGates(expert_indices, weights, logits, probability)
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -159,38 +229,17 @@ class NoisyTopKGating(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
-        clean_logits = ops.matmul(x, self.w_gate)  # [N, E]
         noisy = self.noisy and bool(training)
-        if noisy:
-            noise_stddev = (ops.softplus(ops.matmul(x, self.w_noise))
-                            + self.noise_epsilon)
-            logits = clean_logits + noise_stddev * _random.standard_normal(
-                ops.shape(clean_logits), self.seed_generator)
-        else:
-            logits = clean_logits
-
-        top_values, top_indices = ops.top_k(logits, self.k)
-        expert_indices = ops.cast(top_indices, "int32")
-        if self.k == 1:
-            expert_weights = ops.take_along_axis(
-                ops.softmax(logits, axis=-1), expert_indices, axis=-1)
-        else:
-            expert_weights = ops.softmax(top_values, axis=-1)
-
+        gates = noisy_top_k(
+            ops.matmul(x, self.w_gate), self.k,
+            noise_logits=ops.matmul(x, self.w_noise) if noisy else None,
+            noise_epsilon=self.noise_epsilon,
+            seed_generator=self.seed_generator)
+        expert_indices, expert_weights = gates.expert_indices, gates.weights
         importance = balancing.count_per_expert(
             expert_indices, self.num_experts, weights=expert_weights)
-        if noisy and self.k < self.num_experts:
-            # The k-th and (k+1)-th values come from whole-tensor minima of
-            # two top-k results: slicing a top-k result makes XLA on CPU
-            # lower it to a full sort of [N, E] (520 ms instead of 14 ms at
-            # N=4096, E=1024 in bench/moe_layer.py).
-            next_values, _ = ops.top_k(logits, self.k + 1)
-            load = ops.sum(
-                probability_in_top_k(
-                    clean_logits, logits, noise_stddev,
-                    kth_value=ops.min(top_values, axis=1, keepdims=True),
-                    next_value=ops.min(next_values, axis=1, keepdims=True)),
-                axis=0)
+        if gates.probability_in_top_k is not None:
+            load = ops.sum(gates.probability_in_top_k, axis=0)
         else:
             load = balancing.count_per_expert(expert_indices, self.num_experts)
 
@@ -201,7 +250,7 @@ class NoisyTopKGating(keras.layers.Layer):
         }
         if self.z_loss_weight > 0:
             auxiliary_losses["z_loss"] = balancing.z_loss(
-                logits, self.z_loss_weight)
+                gates.logits, self.z_loss_weight)
         if training:
             self.add_loss(sum(auxiliary_losses.values()))
         return RoutingResult(expert_indices, expert_weights, importance, load,

@@ -120,3 +120,71 @@ def capacity_kept(indices, num_experts, capacity, num_groups=1):
                 kept[n, j] = True
                 used[g, e] += 1
     return kept
+
+
+def hierarchical_mixture(x, primary_gate, primary_noise_weights,
+                         secondary_gate, secondary_noise_weights, k_primary,
+                         k_secondary, expert_weights, primary_noise=None,
+                         secondary_noise=None, primary_capacity=None,
+                         secondary_capacity=None, importance_weight=0.1,
+                         load_weight=0.1):
+    """The hierarchical MoE of Appendix B, token by token.
+
+    `secondary_gate` is [G, d, E_g]; `expert_weights` are the stacked expert
+    arrays (kernel_in, bias_in, kernel_out, bias_out) over G * E_g experts,
+    group-major. Group g's secondary gate sees its tokens in arrival order
+    (all first choices in token order, then second choices), which is the
+    order of `secondary_noise[g]` rows. Capacities of None are unlimited;
+    otherwise assignments over them are dropped, first choices first.
+
+    Returns dict(y, importance, load, importance_loss, load_loss,
+    dropped_fraction), importance and load flattened group-major.
+    """
+    num_tokens = x.shape[0]
+    num_groups, _, per_group = secondary_gate.shape
+    primary = noisy_top_k_gating(x, primary_gate, primary_noise_weights,
+                                 k_primary, noise=primary_noise)
+    primary_kept = (np.ones_like(primary["indices"], dtype=bool)
+                    if primary_capacity is None else
+                    capacity_kept(primary["indices"], num_groups,
+                                  primary_capacity))
+    y = np.zeros((num_tokens, expert_weights[2].shape[-1]))
+    importance = np.zeros((num_groups, per_group))
+    load = np.zeros((num_groups, per_group))
+    kept_assignments = 0
+    for g in range(num_groups):
+        members = [(n, j) for j in range(k_primary) for n in range(num_tokens)
+                   if primary["indices"][n, j] == g and primary_kept[n, j]]
+        if not members:
+            continue
+        group_x = x[[n for n, _ in members]]
+        noise = (None if secondary_noise is None else
+                 secondary_noise[g, :len(members)])
+        secondary = noisy_top_k_gating(
+            group_x, secondary_gate[g],
+            None if secondary_noise_weights is None else
+            secondary_noise_weights[g], k_secondary, noise=noise)
+        load[g] = primary["load"][g] * secondary["load"] / len(members)
+        kept = (np.ones_like(secondary["indices"], dtype=bool)
+                if secondary_capacity is None else
+                capacity_kept(secondary["indices"], per_group,
+                              secondary_capacity))
+        kept_assignments += kept.sum()
+        for slot, (n, j) in enumerate(members):
+            for jj in range(k_secondary):
+                e = secondary["indices"][slot, jj]
+                gate = primary["gates"][n, j] * secondary["gates"][slot, jj]
+                importance[g, e] += gate
+                if kept[slot, jj]:
+                    expert = g * per_group + e
+                    y[n] += gate * expert_ffn(
+                        x[n], *(w[expert] for w in expert_weights))
+    return {
+        "y": y,
+        "importance": importance.ravel(),
+        "load": load.ravel(),
+        "importance_loss": importance_weight * cv_squared(importance),
+        "load_loss": load_weight * cv_squared(load),
+        "dropped_fraction": 1.0 - kept_assignments / (
+            num_tokens * k_primary * k_secondary),
+    }

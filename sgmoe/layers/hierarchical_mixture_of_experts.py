@@ -1,0 +1,283 @@
+"""Hierarchical Mixture-of-Experts (Shazeer et al. 2017, Appendix B)."""
+
+import keras
+from keras import ops
+
+from sgmoe import _validation
+from sgmoe.layers import _moe_common
+from sgmoe.layers import balancing
+from sgmoe.layers import dispatch
+from sgmoe.layers.noisy_top_k_gating import noisy_top_k
+
+LOSS_NAMES = ("importance_loss", "load_loss")
+
+
+@keras.saving.register_keras_serializable(package="sgmoe")
+class HierarchicalMixtureOfExperts(keras.layers.Layer):
+    """Two-level MoE: a primary gate picks groups, each group is a MoE.
+
+    Shazeer et al. 2017, "Outrageously Large Neural Networks", Appendix B.
+    A primary noisy top-k gating network chooses `k_primary` of `num_groups`
+    groups per token; group i is a MoE of its own, with its own noisy top-k
+    gating network G_i over `experts_per_group` experts, of which it picks
+    `k_secondary`:
+
+        y_H = sum_i sum_j G_primary(x)_i * G_i(x)_j * E_{i,j}(x)
+
+    The balancing losses use the hierarchical importance and load:
+
+        Importance_H(X)_{i,j} = sum_x G_primary(x)_i * G_i(x)_j
+        Load_H(X)_{i,j} = Load_primary(X)_i * Load_i(X^(i))_j / |X^(i)|
+
+    where X^(i) are the tokens the primary gate sent to group i; the
+    product form gives the primary gate a gradient through the load.
+    L_importance = importance_weight * CV(Importance_H)^2 and L_load =
+    load_weight * CV(Load_H)^2 over all num_groups * experts_per_group
+    values. Both gates use the paper's noisy top-k (`noisy_top_k`: zero-
+    initialised W_g and W_noise, noise only in training, float32).
+
+    Cost stays sparse: the primary dispatch gathers each group's tokens into
+    a [num_groups, C1, d] buffer (C1 = capacity_factor * N * k_primary /
+    num_groups slots), the secondary gates run on those slots only (one
+    batched matmul over the groups), and the secondary dispatch gathers
+    them into [num_groups * experts_per_group, C2, d] with C2 =
+    capacity_factor * N * k_primary * k_secondary / (num_groups *
+    experts_per_group), the same static-shape sort-and-gather dispatch as
+    `MixtureOfExperts`. Group i's experts are rows i * experts_per_group to
+    (i + 1) * experts_per_group - 1 of one `FeedForwardExperts` layer, so a
+    layout that shards experts along that axis keeps each group's experts
+    together. Assignments over capacity are dropped at either level, as in
+    `MixtureOfExperts`, and counted in `dropped_fraction`; X^(i) counts the
+    tokens that reached group i.
+
+    The monitoring variables are those of `MixtureOfExperts`, over all
+    num_groups * experts_per_group experts (group-major):
+    `expert_importance` (Importance_H), `expert_load` (Load_H),
+    `dropped_fraction` (of the N * k_primary * k_secondary assignments) and
+    `auxiliary_losses` {"importance_loss", "load_loss"}.
+
+    Args:
+        num_groups: groups the primary gate chooses among.
+        experts_per_group: experts in each group.
+        k_primary: groups per token (<= num_groups).
+        k_secondary: experts per token within each chosen group (<=
+            experts_per_group).
+        expert_hidden_dim: hidden units of each expert (keyword argument).
+        capacity_factor, eval_capacity_factor, min_capacity, output_activation,
+        output_dim, expert_activation, use_bias, kernel_initializer,
+        rematerialize_experts, noisy, importance_weight, load_weight,
+        noise_epsilon, seed: as in `MixtureOfExperts`; capacity applies at
+            both levels.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor [..., d]; all leading axes are one macro-batch.
+        training: whether to add gating noise and the balancing losses.
+
+    Returns:
+        [..., d_out].
+
+    Example:
+
+    >>> moe = HierarchicalMixtureOfExperts(4, 8, expert_hidden_dim=32)
+    >>> tuple(moe(keras.random.normal((2, 5, 16))).shape)
+    (2, 5, 16)
+    """
+
+    def __init__(
+        self,
+        num_groups,
+        experts_per_group,
+        k_primary=2,
+        k_secondary=2,
+        *,
+        expert_hidden_dim,
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        min_capacity=1,
+        output_activation=None,
+        output_dim=None,
+        expert_activation="relu",
+        use_bias=True,
+        kernel_initializer=None,
+        rematerialize_experts=False,
+        noisy=True,
+        importance_weight=0.1,
+        load_weight=0.1,
+        noise_epsilon=1e-2,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_groups = _validation.check_positive_int("num_groups",
+                                                         num_groups)
+        self.experts_per_group = _validation.check_positive_int(
+            "experts_per_group", experts_per_group)
+        self.k_primary = _validation.check_top_k(
+            k_primary, self.num_groups, "k_primary", "num_groups")
+        self.k_secondary = _validation.check_top_k(
+            k_secondary, self.experts_per_group, "k_secondary",
+            "experts_per_group")
+        _moe_common.set_expert_arguments(
+            self, expert_hidden_dim, capacity_factor, eval_capacity_factor,
+            min_capacity, output_activation, output_dim, expert_activation,
+            use_bias, kernel_initializer, rematerialize_experts)
+        self.noisy = bool(noisy)
+        self.importance_weight = _validation.check_non_negative_float(
+            "importance_weight", importance_weight)
+        self.load_weight = _validation.check_non_negative_float(
+            "load_weight", load_weight)
+        self.noise_epsilon = _validation.check_non_negative_float(
+            "noise_epsilon", noise_epsilon)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.num_experts = self.num_groups * self.experts_per_group
+        self.experts = _moe_common.feed_forward_experts(
+            self, self.num_experts, "experts")
+
+    def build(self, input_shape):
+        self.input_dim = _moe_common.input_dim(self, input_shape)
+        gate_shapes = {
+            "primary": (self.input_dim, self.num_groups),
+            "secondary": (self.num_groups, self.input_dim,
+                          self.experts_per_group),
+        }
+        # Appendix A: gating weights start at zero. Float32 whatever the
+        # dtype policy: the top-k and softmax are sensitive to rounding.
+        for level, shape in gate_shapes.items():
+            for kind in ("gate", "noise") if self.noisy else ("gate",):
+                setattr(self, f"{level}_w_{kind}", self.add_weight(
+                    name=f"{level}_w_{kind}", shape=shape,
+                    initializer="zeros", dtype="float32", autocast=False))
+        self.experts.build((self.num_experts, None, self.input_dim))
+        _moe_common.add_statistics(self, self.num_experts, LOSS_NAMES)
+
+    def call(self, inputs, training=None):
+        tokens, leading_shape = _moe_common.flatten_tokens(self, inputs)
+        num_tokens = ops.shape(tokens)[0]
+        capacity_factor = _moe_common.capacity_factor(self, training)
+        noisy = self.noisy and bool(training)
+        groups, per_group = self.num_groups, self.experts_per_group
+
+        # Primary gate: tokens [N, d] -> groups, buffer [G, C1, d].
+        x = ops.cast(tokens, "float32")
+        primary = noisy_top_k(
+            ops.matmul(x, self.primary_w_gate), self.k_primary,
+            noise_logits=(ops.matmul(x, self.primary_w_noise) if noisy
+                          else None),
+            noise_epsilon=self.noise_epsilon,
+            seed_generator=self.seed_generator)
+        primary_plan = dispatch.plan_top_k(
+            primary.expert_indices, primary.weights, groups,
+            dispatch.expert_capacity(num_tokens, groups, self.k_primary,
+                                     capacity_factor, self.min_capacity))
+        group_tokens = dispatch.dispatch(tokens, primary_plan)
+        in_group = primary_plan.slot_filled  # [G, C1]
+
+        # Secondary gates: group i's network on group i's slots only.
+        group_x = ops.cast(group_tokens, "float32")
+        secondary = noisy_top_k(
+            ops.einsum("gcd,gde->gce", group_x, self.secondary_w_gate),
+            self.k_secondary,
+            noise_logits=(ops.einsum("gcd,gde->gce", group_x,
+                                     self.secondary_w_noise) if noisy
+                          else None),
+            noise_epsilon=self.noise_epsilon,
+            seed_generator=self.seed_generator)
+        # Expert j of group i is expert i * experts_per_group + j; empty
+        # slots route to no expert.
+        group_offset = ops.reshape(
+            ops.arange(groups, dtype="int32") * per_group, (groups, 1, 1))
+        expert_indices = ops.where(
+            ops.expand_dims(in_group, -1),
+            secondary.expert_indices + group_offset, self.num_experts)
+        expert_indices = ops.reshape(expert_indices, (-1, self.k_secondary))
+        secondary_weights = ops.reshape(secondary.weights,
+                                        (-1, self.k_secondary))
+        capacity = dispatch.expert_capacity(
+            num_tokens * self.k_primary, self.num_experts, self.k_secondary,
+            capacity_factor, self.min_capacity)
+        group_capacity = ops.shape(group_tokens)[1]
+        capacity = (min(capacity, group_capacity)
+                    if isinstance(capacity, int)
+                    and isinstance(group_capacity, int)
+                    else ops.minimum(capacity, group_capacity))
+        secondary_plan = dispatch.plan_top_k(
+            expert_indices, secondary_weights, self.num_experts, capacity)
+        expert_outputs = self.experts(dispatch.dispatch(
+            ops.reshape(group_tokens, (-1, self.input_dim)), secondary_plan))
+        group_outputs = dispatch.combine(expert_outputs, secondary_plan)
+        outputs = dispatch.combine(
+            ops.reshape(group_outputs, (groups, -1, group_outputs.shape[-1])),
+            primary_plan)
+        outputs = self.output_activation(outputs)
+
+        importance, load = self._importance_and_load(
+            primary, secondary, primary_plan, expert_indices,
+            secondary_weights)
+        auxiliary_losses = {
+            "importance_loss":
+                self.importance_weight * balancing.cv_squared(importance),
+            "load_loss": self.load_weight * balancing.cv_squared(load),
+        }
+        if training:
+            self.add_loss(sum(auxiliary_losses.values()))
+        # Kept assignments over all N * k_primary * k_secondary.
+        reached_groups = ops.sum(ops.cast(in_group, "float32"))
+        kept = ((1.0 - secondary_plan.dropped_fraction) * reached_groups
+                * self.k_secondary)
+        dropped_fraction = 1.0 - kept / ops.cast(
+            num_tokens * self.k_primary * self.k_secondary, "float32")
+        _moe_common.record_statistics(self, importance, load,
+                                      dropped_fraction, auxiliary_losses)
+        return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
+
+    def _importance_and_load(self, primary, secondary, primary_plan,
+                             expert_indices, secondary_weights):
+        """Importance_H and Load_H [G * E_g], from the gates of both levels."""
+        groups, per_group = self.num_groups, self.experts_per_group
+        in_group = ops.cast(primary_plan.slot_filled, "float32")  # [G, C1]
+        # G_primary(x)_i * G_i(x)_j for every (slot, choice); 0 for empty.
+        pair_weights = (ops.reshape(primary_plan.slot_weight, (-1, 1))
+                        * secondary_weights)
+        importance = balancing.count_per_expert(
+            ops.minimum(expert_indices, self.num_experts - 1),
+            self.num_experts, weights=pair_weights)
+
+        if primary.probability_in_top_k is not None:
+            primary_load = ops.sum(primary.probability_in_top_k, axis=0)
+        else:
+            primary_load = balancing.count_per_expert(
+                primary.expert_indices, groups)
+        if secondary.probability_in_top_k is not None:
+            secondary_load = ops.sum(
+                secondary.probability_in_top_k
+                * ops.expand_dims(in_group, -1), axis=1)  # [G, E_g]
+        else:
+            secondary_load = ops.reshape(balancing.count_per_expert(
+                expert_indices, self.num_experts + 1)[:self.num_experts],
+                (groups, per_group))
+        tokens_in_group = ops.maximum(ops.sum(in_group, axis=1), 1.0)  # [G]
+        load = (ops.expand_dims(primary_load / tokens_in_group, 1)
+                * secondary_load)
+        return importance, ops.reshape(load, (-1,))
+
+    def compute_output_shape(self, input_shape):
+        output_dim = self.output_dim or input_shape[-1]
+        return tuple(input_shape[:-1]) + (output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_groups": self.num_groups,
+            "experts_per_group": self.experts_per_group,
+            "k_primary": self.k_primary,
+            "k_secondary": self.k_secondary,
+            **_moe_common.expert_config(self),
+            "noisy": self.noisy,
+            "importance_weight": self.importance_weight,
+            "load_weight": self.load_weight,
+            "noise_epsilon": self.noise_epsilon,
+            "seed": self.seed,
+        })
+        return config

@@ -1,0 +1,204 @@
+"""HierarchicalMixtureOfExperts against a token-by-token NumPy reference."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from sgmoe.layers import HierarchicalMixtureOfExperts
+from sgmoe.layers._random import standard_normal
+from tests import helpers
+from tests.layers import numpy_reference as ref
+
+NUM_TOKENS, DIM, HIDDEN = 12, 16, 8
+GROUPS, PER_GROUP = 3, 4
+
+
+def build_layer(k_primary=2, k_secondary=2, capacity_factor=None, seed=3,
+                **kwargs):
+    """A built layer with random gates; capacity ample unless given."""
+    if capacity_factor is None:
+        # C1 = N and C2 = C1: nothing can be dropped.
+        capacity_factor = float(GROUPS * PER_GROUP)
+    layer = HierarchicalMixtureOfExperts(
+        GROUPS, PER_GROUP, k_primary, k_secondary, expert_hidden_dim=HIDDEN,
+        capacity_factor=capacity_factor, seed=seed, **kwargs)
+    layer.build((None, DIM))
+    rng = np.random.RandomState(seed)
+    for weight in (layer.primary_w_gate, layer.primary_w_noise,
+                   layer.secondary_w_gate, layer.secondary_w_noise):
+        weight.assign(0.7 * rng.randn(*weight.shape).astype("float32"))
+    experts = layer.experts
+    experts.bias_in.assign(0.1 * rng.randn(*experts.bias_in.shape))
+    experts.bias_out.assign(0.1 * rng.randn(*experts.bias_out.shape))
+    return layer
+
+
+def tokens(seed=1, num_tokens=NUM_TOKENS):
+    return np.random.RandomState(seed).randn(num_tokens, DIM).astype(
+        "float32")
+
+
+def reference(layer, x, training, primary_capacity=None,
+              secondary_capacity=None):
+    weights = {name: ops.convert_to_numpy(getattr(layer, name)) for name in (
+        "primary_w_gate", "primary_w_noise", "secondary_w_gate",
+        "secondary_w_noise")}
+    experts = [ops.convert_to_numpy(w) for w in (
+        layer.experts.kernel_in, layer.experts.bias_in,
+        layer.experts.kernel_out, layer.experts.bias_out)]
+    primary_noise = secondary_noise = None
+    if training:
+        # The layer's first two draws: [N, G], then [G, C1, E_g].
+        generator = keras.random.SeedGenerator(layer.seed)
+        primary_noise = ops.convert_to_numpy(
+            standard_normal((x.shape[0], GROUPS), generator))
+        slots = primary_capacity or x.shape[0]
+        secondary_noise = ops.convert_to_numpy(
+            standard_normal((GROUPS, slots, PER_GROUP), generator))
+    return ref.hierarchical_mixture(
+        x, weights["primary_w_gate"], weights["primary_w_noise"],
+        weights["secondary_w_gate"], weights["secondary_w_noise"],
+        layer.k_primary, layer.k_secondary, experts,
+        primary_noise=primary_noise, secondary_noise=secondary_noise,
+        primary_capacity=primary_capacity,
+        secondary_capacity=secondary_capacity)
+
+
+def assert_matches(layer, y, expected):
+    np.testing.assert_allclose(ops.convert_to_numpy(y), expected["y"],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.expert_importance),
+                               expected["importance"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.expert_load),
+                               expected["load"], rtol=1e-4, atol=1e-5)
+    for name in ("importance_loss", "load_loss"):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(layer.auxiliary_losses[name]),
+            expected[name], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.dropped_fraction),
+                               expected["dropped_fraction"], atol=1e-6)
+
+
+@pytest.mark.parametrize("k_primary, k_secondary", [(2, 2), (1, 3), (3, 1)])
+def test_training_matches_reference_with_noise(k_primary, k_secondary):
+    layer = build_layer(k_primary, k_secondary)
+    x = tokens()
+    y = layer(x, training=True)
+    expected = reference(layer, x, training=True)
+    assert_matches(layer, y, expected)
+    # The losses go to the layer in training, and only the two of them.
+    assert len(layer.losses) == 1
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(layer.losses[0])),
+        expected["importance_loss"] + expected["load_loss"], rtol=1e-4)
+
+
+def test_inference_matches_reference_without_noise():
+    layer = build_layer()
+    x = tokens(seed=2)
+    y = layer(x, training=False)
+    expected = reference(layer, x, training=False)
+    assert_matches(layer, y, expected)
+    assert not layer.losses
+    # Without noise, Load_H is a count: each reached group's assignments.
+    np.testing.assert_allclose(np.sum(expected["load"]),
+                               NUM_TOKENS * 2 * 2, rtol=1e-6)
+
+
+def test_capacity_drops_at_both_levels_exactly():
+    layer = build_layer(capacity_factor=0.75)
+    x = tokens(seed=4)
+    y = layer(x, training=False)
+    primary_capacity = int(np.ceil(0.75 * NUM_TOKENS * 2 / GROUPS))
+    secondary_capacity = min(primary_capacity, int(np.ceil(
+        0.75 * NUM_TOKENS * 2 * 2 / (GROUPS * PER_GROUP))))
+    expected = reference(layer, x, training=False,
+                         primary_capacity=primary_capacity,
+                         secondary_capacity=secondary_capacity)
+    assert expected["dropped_fraction"] > 0.0
+    assert_matches(layer, y, expected)
+
+
+def test_leading_axes_are_one_macro_batch():
+    layer = build_layer()
+    x = tokens(num_tokens=12)
+    flat = ops.convert_to_numpy(layer(x, training=False))
+    nested = ops.convert_to_numpy(layer(x.reshape(2, 3, 2, DIM),
+                                        training=False))
+    np.testing.assert_allclose(nested.reshape(12, DIM), flat, rtol=1e-6)
+
+
+def test_load_loss_trains_the_primary_gate():
+    layer = build_layer()
+    x = tokens()
+
+    def balancing_losses_only(outputs, losses):
+        return sum(losses)
+
+    _, grads = helpers.value_and_gradients(
+        layer, balancing_losses_only, x, training=True)
+    for name in ("primary_w_gate", "primary_w_noise", "secondary_w_gate",
+                 "secondary_w_noise"):
+        assert np.abs(grads[getattr(layer, name).path]).sum() > 0, name
+
+    def task_loss(outputs, losses):
+        return ops.sum(ops.square(outputs))
+
+    _, grads = helpers.value_and_gradients(layer, task_loss, x, training=True)
+    for weight in layer.experts.trainable_variables:
+        assert np.abs(grads[weight.path]).sum() > 0, weight.path
+
+
+def test_trains_with_jit_compile_and_round_trips(tmp_path):
+    rng = np.random.RandomState(0)
+    x = rng.randn(35, 5, DIM).astype("float32")
+    y = np.tanh(x[..., :3]).sum(-1, keepdims=True)
+    inputs = keras.Input((5, DIM))
+    moe = HierarchicalMixtureOfExperts(
+        GROUPS, PER_GROUP, expert_hidden_dim=HIDDEN, seed=0,
+        output_activation="sigmoid", name="moe")
+    model = keras.Model(inputs,
+                        keras.layers.Dense(1)(inputs + moe(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse",
+                  jit_compile=True)
+    initial = model.evaluate(x, y, verbose=0)
+    # 35 is not a multiple of 8: the last batch has another shape.
+    model.fit(x, y, batch_size=8, epochs=8, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 0.7 * initial
+    assert float(ops.sum(moe.expert_load)) > 0
+
+    path = str(tmp_path / "hmoe.keras")
+    model.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               restored.predict(x, verbose=0), rtol=1e-6,
+                               atol=1e-6)
+    assert (restored.get_layer("moe").get_config()
+            == model.get_layer("moe").get_config())
+
+
+def test_mixed_precision_gates_stay_float32():
+    layer = HierarchicalMixtureOfExperts(GROUPS, PER_GROUP,
+                                         expert_hidden_dim=HIDDEN,
+                                         dtype="mixed_bfloat16")
+    y = layer(tokens(), training=True)
+    assert y.dtype == "bfloat16"
+    assert layer.primary_w_gate.dtype == "float32"
+    assert layer.secondary_w_noise.dtype == "float32"
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(num_groups=0), "num_groups"),
+    (dict(experts_per_group=0), "experts_per_group"),
+    (dict(k_primary=4), "k_primary"),
+    (dict(k_secondary=5), "k_secondary"),
+    (dict(importance_weight=-0.1), "importance_weight"),
+    (dict(capacity_factor=0.0), "capacity_factor"),
+])
+def test_invalid_arguments_name_the_argument(kwargs, argument):
+    arguments = dict(num_groups=GROUPS, experts_per_group=PER_GROUP,
+                     expert_hidden_dim=HIDDEN)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        HierarchicalMixtureOfExperts(**arguments)
