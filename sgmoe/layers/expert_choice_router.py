@@ -1,0 +1,158 @@
+"""Expert-choice routing (Zhou et al. 2022): each expert picks its tokens."""
+
+import keras
+from keras import ops
+
+from sgmoe import _validation
+from sgmoe.layers import balancing
+from sgmoe.layers import dispatch
+from sgmoe.layers.routing_result import ExpertSlots
+from sgmoe.layers.routing_result import check_token_matrix_shape
+from sgmoe.layers.routing_result import expert_slots_spec
+
+
+@keras.saving.register_keras_serializable(package="sgmoe")
+class ExpertChoiceRouter(keras.layers.Layer):
+    """Expert-choice routing: every expert takes its top-C tokens.
+
+    Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing",
+    arXiv:2202.09368, §3.1. For the N tokens X [N, d] of a macro-batch:
+
+        S = Softmax(X W_g)              [N, E], softmax over experts
+        G, I = TopK(S^T, C)             [E, C]
+        C = ceil(capacity_factor * N / E), clamped to [1, N]
+
+    Expert e's C slots hold tokens I[e] with gate values G[e]; a token's
+    output is sum over the slots holding it of G[e, c] E_e(x). A token may be
+    taken by several experts or by none (its output is then zero and a
+    residual connection around the MoE carries it). `capacity_factor` is the
+    paper's c, the average number of experts per token. Every expert takes
+    exactly C tokens, so no balancing loss is needed; with `z_loss_weight`
+    > 0 the router z-loss of ST-MoE (Zoph et al. 2022, arXiv:2202.08906,
+    eq. 5) is added:
+
+        L_z = z_loss_weight * mean_x (logsumexp_i (x W_g)_i)^2
+
+    An expert chooses among all the tokens of the macro-batch, so a token's
+    routing depends on the other tokens, including later positions of the
+    same sequence: in a causal language model this leaks information across
+    positions in training, the caveat of the paper's Limitations section.
+
+    The layer always computes in float32. C is a Python int when the token
+    count is static, and a scalar tensor otherwise (TensorFlow with an
+    unknown batch size), which XLA folds into a constant when it compiles.
+
+    Args:
+        num_experts: E.
+        capacity_factor: c, slots per expert relative to N / E (> 0; paper:
+            2.0).
+        z_loss_weight: weight of L_z (>= 0; 0 leaves it out).
+        kernel_initializer: initializer of W_g [d, E]; None means a truncated
+            normal of standard deviation sqrt(0.1 / d), seeded with `seed`
+            (the reduced scale of Switch Transformer). A non-zero start
+            matters: with W_g = 0 every score ties and all experts would pick
+            the same first C tokens.
+        seed: seed of the default kernel initializer.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor [N, d].
+        training: the z-loss is added with `add_loss` only when true.
+
+    Returns:
+        An `ExpertSlots` with `slot_token` I [E, C], `slot_weight` G [E, C],
+        `importance` (sum of G per expert) [E], `load` (tokens each expert
+        took, C unless a gate underflows to 0) [E] and `auxiliary_losses`
+        ({"z_loss"} when `z_loss_weight` > 0, else empty).
+
+    Example:
+
+    >>> router = ExpertChoiceRouter(num_experts=4, capacity_factor=2.0)
+    >>> tuple(router(keras.random.normal((10, 16))).slot_token.shape)
+    (4, 5)
+    """
+
+    # Experts fill their own slots: tokens do not pick k experts.
+    k = None
+
+    def __init__(
+        self,
+        num_experts,
+        capacity_factor=2.0,
+        z_loss_weight=0.0,
+        kernel_initializer=None,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.num_experts = _validation.check_positive_int(
+            "num_experts", num_experts)
+        self.capacity_factor = _validation.check_positive_float(
+            "capacity_factor", capacity_factor)
+        self.z_loss_weight = _validation.check_non_negative_float(
+            "z_loss_weight", z_loss_weight)
+        self.kernel_initializer = (
+            None if kernel_initializer is None else
+            keras.initializers.get(kernel_initializer))
+        self.seed = seed
+
+    def capacity(self, num_tokens):
+        """C, the slots of each expert for `num_tokens` tokens."""
+        return dispatch.expert_capacity(num_tokens, self.num_experts, 1,
+                                        self.capacity_factor)
+
+    def build(self, input_shape):
+        input_dim = check_token_matrix_shape("ExpertChoiceRouter",
+                                             input_shape)
+        initializer = self.kernel_initializer
+        if initializer is None:
+            initializer = keras.initializers.TruncatedNormal(
+                stddev=(0.1 / input_dim) ** 0.5, seed=self.seed)
+        # autocast=False: called outside another layer under a mixed
+        # policy, Keras would read the weights in the compute dtype even
+        # though the layer itself does not autocast.
+        self.w_gate = self.add_weight(
+            name="w_gate", shape=(input_dim, self.num_experts),
+            initializer=initializer, dtype="float32", autocast=False)
+        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
+
+    def call(self, inputs, training=None):
+        x = ops.cast(inputs, "float32")
+        logits = ops.matmul(x, self.w_gate)  # [N, E]
+        scores = ops.softmax(logits, axis=-1)
+        capacity = self.capacity(ops.shape(x)[0])
+        slot_weight, slot_token = ops.top_k(ops.transpose(scores),
+                                            capacity)  # [E, C]
+        slot_token = ops.cast(slot_token, "int32")
+        importance = ops.sum(slot_weight, axis=1)
+        # A gate that underflowed to 0 marks an empty slot for the dispatcher.
+        load = ops.sum(ops.cast(ops.greater(slot_weight, 0.0), "float32"),
+                       axis=1)
+        auxiliary_losses = {}
+        if self.z_loss_weight > 0:
+            auxiliary_losses["z_loss"] = balancing.z_loss(
+                logits, self.z_loss_weight)
+        if training and auxiliary_losses:
+            self.add_loss(sum(auxiliary_losses.values()))
+        return ExpertSlots(slot_token, slot_weight, importance, load,
+                           auxiliary_losses)
+
+    def compute_output_spec(self, inputs, training=None):
+        num_tokens = inputs.shape[0]
+        capacity = None if num_tokens is None else self.capacity(num_tokens)
+        loss_names = ["z_loss"] if self.z_loss_weight > 0 else []
+        return expert_slots_spec(self.num_experts, capacity, loss_names)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_experts": self.num_experts,
+            "capacity_factor": self.capacity_factor,
+            "z_loss_weight": self.z_loss_weight,
+            "kernel_initializer": (
+                None if self.kernel_initializer is None else
+                keras.initializers.serialize(self.kernel_initializer)),
+            "seed": self.seed,
+        })
+        return config
