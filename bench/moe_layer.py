@@ -44,9 +44,13 @@ from absl import flags
 import keras
 from keras import ops
 
+from sgmoe.layers import ExpertChoiceRouter
+from sgmoe.layers import GShardRouter
+from sgmoe.layers import HierarchicalMixtureOfExperts
+from sgmoe.layers import MixtureOfExperts
+from sgmoe.layers import StrictlyBalancedGating
+from sgmoe.layers import SwitchRouter
 from sgmoe.layers import dispatch
-from sgmoe.layers.mixture_of_experts import MixtureOfExperts
-from sgmoe.layers.switch_router import SwitchRouter
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_tokens", 4096, "T, tokens in the macro-batch.")
@@ -66,9 +70,22 @@ flags.DEFINE_float(
     "Skip the every-expert-on-every-token baseline when its [E, T, h] "
     "float32 activations exceed this many GB (1e9 bytes).")
 flags.DEFINE_enum(
-    "router", "noisy_top_k", ["noisy_top_k", "switch"],
+    "router", "noisy_top_k",
+    ["noisy_top_k", "switch", "gshard", "expert_choice", "strictly_balanced",
+     "hierarchical"],
     "noisy_top_k: the paper's gate with --k; switch: SwitchRouter (k=1, "
-    "jitter 0.01, z-loss 1e-3).")
+    "jitter 0.01, z-loss 1e-3); gshard: GShardRouter (k=2, one group, random "
+    "second expert); expert_choice: ExpertChoiceRouter with capacity factor "
+    "c = --k (each token gets --k experts on average); strictly_balanced: "
+    "StrictlyBalancedGating with --k; hierarchical: "
+    "HierarchicalMixtureOfExperts with G = 2**floor(log2(E) / 2) groups of "
+    "E / G experts, k = 2 at each level.")
+flags.DEFINE_bool(
+    "dropless", False,
+    "Dropless dispatch (no capacity; blocks of --block_size rows) for the "
+    "token-choice routers. The compute floor then gets T * k rows, the "
+    "FLOPs that are really needed, so padding shows in the ratio.")
+flags.DEFINE_integer("block_size", 128, "Rows per block with --dropless.")
 flags.DEFINE_bool(
     "quick", False,
     "Smoke run in seconds: T=256, d=64, h=128, experts 4,16, 2 repeats "
@@ -175,10 +192,7 @@ def layer_train_step(layer, inputs):
             outputs, non_trainable, losses = layer.stateless_call(
                 trainable, non_trainable, x, training=True,
                 return_losses=True)
-            if len(losses) == 0:
-                raise ValueError("Expected the layer's balancing losses in "
-                                 "training, received none.")
-            return output_loss(outputs) + sum(losses), non_trainable
+            return output_loss(outputs) + sum(losses, 0.0), non_trainable
 
         grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 2), has_aux=True)
 
@@ -206,10 +220,7 @@ def layer_train_step(layer, inputs):
         with tf.GradientTape() as tape:
             tape.watch(x)
             outputs = layer(x, training=True)
-            if len(layer.losses) == 0:
-                raise ValueError("Expected the layer's balancing losses in "
-                                 "training, received none.")
-            loss = output_loss(outputs) + ops.sum(ops.stack(layer.losses))
+            loss = output_loss(outputs) + sum(layer.losses, 0.0)
         return loss, tape.gradient(loss, (layer.trainable_variables, x))
 
     return lambda: step(inputs)
@@ -299,27 +310,76 @@ def backend_values(variables):
     return [v.value for v in variables]
 
 
+def build_layer(num_experts, config):
+    """The benchmarked layer, the rows of its compute floor, and k.
+
+    The compute floor gets the rows the layer's experts compute: with
+    capacity, E * capacity (about capacity_factor * T * k); dropless,
+    T * k (the padding is the layer's overhead, not the floor's).
+    """
+    num_tokens, hidden_dim, k = (config["num_tokens"], config["hidden_dim"],
+                                 config["k"])
+    capacity_factor = config["capacity_factor"]
+    name = config["router"]
+    if name == "hierarchical":
+        groups = 2 ** int(math.log2(num_experts) // 2)
+        per_group = num_experts // groups
+        layer = HierarchicalMixtureOfExperts(
+            groups, per_group, 2, 2, expert_hidden_dim=hidden_dim,
+            capacity_factor=capacity_factor, seed=0)
+        first = dispatch.expert_capacity(num_tokens, groups, 2,
+                                         capacity_factor)
+        second = min(first, dispatch.expert_capacity(
+            num_tokens * 2, num_experts, 2, capacity_factor))
+        return layer, num_experts * second, 4
+    routers = {
+        "noisy_top_k": lambda: "noisy_top_k",
+        "switch": lambda: SwitchRouter(num_experts, z_loss_weight=1e-3,
+                                       jitter=0.01, seed=0),
+        "gshard": lambda: GShardRouter(num_experts, seed=0),
+        "expert_choice": lambda: ExpertChoiceRouter(
+            num_experts, capacity_factor=k, seed=0),
+        "strictly_balanced": lambda: StrictlyBalancedGating(
+            num_experts, k=k, seed=0),
+    }
+    router = routers[name]()
+    layer = MixtureOfExperts(
+        num_experts=num_experts, expert_hidden_dim=hidden_dim, k=k,
+        capacity_factor=capacity_factor, seed=0, router=router,
+        dropless=config["dropless"], block_size=config["block_size"])
+    if name == "expert_choice":
+        slots = min(num_tokens, math.ceil(k * num_tokens / num_experts))
+        return layer, num_experts * slots, k
+    if name == "strictly_balanced":
+        slots = min(num_tokens, math.ceil(k * num_tokens / num_experts))
+        return layer, num_experts * slots, k
+    k = layer.k
+    if config["dropless"]:
+        return layer, num_tokens * k, k
+    capacity = dispatch.expert_capacity(num_tokens, num_experts, k,
+                                        capacity_factor)
+    return layer, num_experts * capacity, k
+
+
+def gate_kernel(layer, model_dim, num_experts):
+    """The router's [d, E] gate kernel (None for the hierarchical MoE)."""
+    router = getattr(layer, "router", None)
+    for weight in [] if router is None else router.trainable_weights:
+        if tuple(weight.shape) == (model_dim, num_experts):
+            return weight
+    return None
+
+
 def benchmark_experts(num_experts, config):
     """Times one table row; returns a dict of the row's values."""
-    num_tokens, model_dim, hidden_dim, k = (
-        config["num_tokens"], config["model_dim"], config["hidden_dim"],
-        config["k"])
-    capacity_factor, repeats = config["capacity_factor"], config["repeats"]
+    num_tokens, model_dim, hidden_dim = (
+        config["num_tokens"], config["model_dim"], config["hidden_dim"])
+    repeats = config["repeats"]
     seed = keras.random.SeedGenerator(1234)
     inputs = keras.random.normal((num_tokens, model_dim), seed=seed)
 
-    router = None
-    if config["router"] == "switch":
-        router = SwitchRouter(num_experts, z_loss_weight=1e-3, jitter=0.01,
-                              seed=0)
-    layer = MixtureOfExperts(
-        num_experts=num_experts, expert_hidden_dim=hidden_dim, k=k,
-        capacity_factor=capacity_factor, seed=0, router=router)
+    layer, rows, active_per_token = build_layer(num_experts, config)
     layer.build((num_tokens, model_dim))
-
-    capacity = dispatch.expert_capacity(num_tokens, num_experts, k,
-                                        capacity_factor)
-    rows = num_experts * capacity
     dense_weights = [
         keras.random.normal((model_dim, hidden_dim), seed=seed)
         / math.sqrt(model_dim),
@@ -339,14 +399,16 @@ def benchmark_experts(num_experts, config):
     del dense_weights, dense_inputs, dense_step, streamed, stream
 
     activation_gb = num_experts * num_tokens * hidden_dim * 4 / BYTES_PER_GB
-    if activation_gb > config["dense_limit_gb"]:
+    gate = gate_kernel(layer, model_dim, num_experts)
+    if activation_gb > config["dense_limit_gb"] or gate is None:
         every_expert_seconds = None
     else:
         every_expert_weights = backend_values([
-            layer.router.trainable_weights[0], layer.experts.kernel_in,
+            gate, layer.experts.kernel_in,
             layer.experts.bias_in, layer.experts.kernel_out,
             layer.experts.bias_out])
-        every_expert_step = compile_value_and_grad(every_expert_loss_fn(k))
+        every_expert_step = compile_value_and_grad(
+            every_expert_loss_fn(active_per_token))
         every_expert_seconds = time_call(
             lambda: every_expert_step(every_expert_weights, inputs), repeats)
         del every_expert_weights, every_expert_step
@@ -355,8 +417,7 @@ def benchmark_experts(num_experts, config):
     gc.collect()
     return {
         "num_experts": num_experts,
-        "tokens_per_expert": num_tokens * k / num_experts,
-        "capacity": capacity,
+        "tokens_per_expert": num_tokens * active_per_token / num_experts,
         "moe": seconds["moe"],
         "compute_floor": seconds["compute_floor"],
         "memory_floor": seconds["memory_floor"],
@@ -365,7 +426,7 @@ def benchmark_experts(num_experts, config):
         "ratio": seconds["moe"] / max(seconds["compute_floor"],
                                       seconds["memory_floor"]),
         "every_expert": every_expert_seconds,
-        "every_expert_gb": activation_gb,
+        "every_expert_gb": None if gate is None else activation_gb,
     }
 
 
@@ -377,7 +438,9 @@ HEADERS = ("experts", "tokens/expert", "MoE ms", "compute floor ms",
 
 
 def format_row(row):
-    if row["every_expert"] is None:
+    if row["every_expert_gb"] is None:
+        every_expert = "n/a"
+    elif row["every_expert"] is None:
         every_expert = f"skipped ({row['every_expert_gb']:.1f} GB)"
     else:
         every_expert = f"{row['every_expert'] * 1e3:.1f}"
@@ -422,8 +485,10 @@ def main(argv):
                   "num_experts": [int(e) for e in FLAGS.num_experts],
                   "repeats": FLAGS.repeats}
     config["router"] = FLAGS.router
-    if FLAGS.router == "switch":
-        config["k"] = SwitchRouter.k
+    config["dropless"] = FLAGS.dropless
+    config["block_size"] = FLAGS.block_size
+    config["k"] = {"switch": SwitchRouter.k, "gshard": GShardRouter.k,
+                   "hierarchical": 4}.get(FLAGS.router, config["k"])
     config["capacity_factor"] = FLAGS.capacity_factor
     config["dense_limit_gb"] = FLAGS.dense_limit_gb
     if config["repeats"] < 1:
@@ -431,7 +496,10 @@ def main(argv):
             f"--repeats must be at least 1, received {config['repeats']}.")
 
     print(machine_description())
-    print(f"MixtureOfExperts ({config['router']} router) forward+backward, "
+    dispatch_kind = (f"dropless, blocks of {config['block_size']}"
+                     if config["dropless"] else "capacity")
+    print(f"MixtureOfExperts ({config['router']} router, {dispatch_kind}) "
+          f"forward+backward, "
           f"training=True: "
           f"T={config['num_tokens']} tokens, d={config['model_dim']}, "
           f"h={config['hidden_dim']}, k={config['k']}, capacity_factor="

@@ -332,6 +332,12 @@ def plan_routing(routing, num_tokens, num_experts, capacity_factor,
     slots per expert and group.
     """
     if isinstance(routing, ExpertSlots):
+        if dropless:
+            raise ValueError(
+                "`dropless` applies to routers where tokens choose experts; "
+                "this router fills expert slots itself (it returned "
+                "ExpertSlots), so nothing is dropped by capacity. Use "
+                "dropless=False.")
         return plan_expert_choice(routing.slot_token, routing.slot_weight,
                                   num_tokens)
     if dropless:

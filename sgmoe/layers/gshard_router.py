@@ -147,7 +147,8 @@ class GShardRouter(keras.layers.Layer):
                 stddev=(0.1 / input_dim) ** 0.5, seed=self.seed)
         self.kernel = self.add_weight(
             name="kernel", shape=(input_dim, self.num_experts),
-            initializer=initializer, dtype="float32")
+            initializer=initializer, dtype="float32",
+            autocast=False)
         self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def _check_num_tokens(self, num_tokens):

@@ -6,10 +6,21 @@ from keras import ops
 from sgmoe import _validation
 from sgmoe.layers import _moe_common
 from sgmoe.layers import dispatch
+from sgmoe.layers.expert_choice_router import ExpertChoiceRouter
+from sgmoe.layers.gshard_router import GShardRouter
 from sgmoe.layers.noisy_top_k_gating import NoisyTopKGating
+from sgmoe.layers.strictly_balanced_gating import StrictlyBalancedGating
 from sgmoe.layers.switch_router import SwitchRouter
 
-ROUTER_NAMES = ("noisy_top_k", "switch")
+# Routers by name, built with their defaults and the layer's seed
+# ("strictly_balanced" also takes the layer's k).
+_NAMED_ROUTERS = {
+    "expert_choice": ExpertChoiceRouter,
+    "gshard": GShardRouter,
+    "strictly_balanced": StrictlyBalancedGating,
+    "switch": SwitchRouter,
+}
+ROUTER_NAMES = ("noisy_top_k",) + tuple(_NAMED_ROUTERS)
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -95,13 +106,20 @@ class MixtureOfExperts(keras.layers.Layer):
         noise_epsilon: floor added to the noise scale (see `NoisyTopKGating`).
         seed: seed of the gating noise.
         router: a name, "noisy_top_k" (the default, the paper's
-            `NoisyTopKGating` built from the arguments above) or "switch"
-            (`SwitchRouter` with its defaults, seeded with `seed`), or a
-            router layer (e.g. a configured `SwitchRouter`): any
-            layer with `num_experts` and `k` attributes whose call on
-            [N, d] tokens returns a `RoutingResult`. A given router brings
-            its own k and losses; `k`, `noisy`, `importance_weight`,
-            `load_weight`, `noise_epsilon` and `seed` are then not used.
+            `NoisyTopKGating` built from the arguments above), "switch"
+            (`SwitchRouter`), "gshard" (`GShardRouter`: top-2, random
+            second expert in training), "expert_choice"
+            (`ExpertChoiceRouter`) or "strictly_balanced"
+            (`StrictlyBalancedGating` with `k`), each with its defaults and
+            seeded with `seed`; or a router layer (e.g. a configured
+            `GShardRouter(num_experts, num_groups=4)`): any layer with
+            `num_experts` and `k` attributes whose call on [N, d] tokens
+            returns a `RoutingResult` (tokens choose experts; the router may
+            set a `num_groups` attribute for group-local capacity) or an
+            `ExpertSlots` (the router fills expert slots itself; k is then
+            None). A router other than "noisy_top_k" brings its own k and
+            losses; `noisy`, `importance_weight`, `load_weight` and
+            `noise_epsilon` are then not used.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -152,7 +170,7 @@ class MixtureOfExperts(keras.layers.Layer):
             router = "noisy_top_k"
         self.router_name = router if isinstance(router, str) else None
         if isinstance(router, str):
-            router = self._named_router(router, seed)
+            router = self._named_router(router, k, seed)
         elif isinstance(router, dict):
             router = keras.saving.deserialize_keras_object(router)
         if router is not None:
@@ -194,16 +212,19 @@ class MixtureOfExperts(keras.layers.Layer):
             _moe_common.feed_forward_experts(self, 1, "dense_expert")
             if self.residual_expert else None)
 
-    def _named_router(self, name, seed):
+    def _named_router(self, name, k, seed):
         """The router layer for a name; None for the built-in noisy top-k."""
+        if name not in ROUTER_NAMES:
+            raise ValueError(
+                f"`router` must be one of {sorted(ROUTER_NAMES)} or a router "
+                f"layer, received router={name!r}.")
         if name == "noisy_top_k":
             return None
-        if name == "switch":
-            return SwitchRouter(self.num_experts, seed=seed,
-                                dtype=self.dtype_policy, name="router")
-        raise ValueError(
-            f"`router` must be one of {sorted(ROUTER_NAMES)} or a router "
-            f"layer, received router={name!r}.")
+        arguments = {"seed": seed, "dtype": self.dtype_policy,
+                     "name": "router"}
+        if name == "strictly_balanced":
+            arguments["k"] = k
+        return _NAMED_ROUTERS[name](self.num_experts, **arguments)
 
     def build(self, input_shape):
         self.input_dim = _moe_common.input_dim(self, input_shape)

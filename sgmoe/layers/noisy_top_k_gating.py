@@ -220,11 +220,12 @@ class NoisyTopKGating(keras.layers.Layer):
         input_dim = check_token_matrix_shape("NoisyTopKGating", input_shape)
         self.w_gate = self.add_weight(
             name="w_gate", shape=(input_dim, self.num_experts),
-            initializer="zeros", dtype="float32")
+            initializer="zeros", dtype="float32", autocast=False)
         if self.noisy:
             self.w_noise = self.add_weight(
                 name="w_noise", shape=(input_dim, self.num_experts),
-                initializer="zeros", dtype="float32")
+                initializer="zeros", dtype="float32",
+                autocast=False)
         self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=None):

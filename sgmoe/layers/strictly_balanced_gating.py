@@ -67,9 +67,7 @@ class StrictlyBalancedGating(keras.layers.Layer):
     Args:
         num_experts: E.
         k: the average number of experts per token, 1 <= k <= num_experts;
-            it sets m = ceil(k N / E). Kept as `experts_per_token`: the
-            attribute `k` is None, as for every router that fills expert
-            slots itself.
+            it sets m = ceil(k N / E).
         eval_capacity_factor: C_eval / m at inference (> 0).
         threshold_loss_weight: weight of L_batchwise (>= 0).
         z_loss_weight: weight of the router z-loss (>= 0; 0 leaves it out).
@@ -100,10 +98,6 @@ class StrictlyBalancedGating(keras.layers.Layer):
     (4, 5)
     """
 
-    # Experts fill their own slots: tokens do not pick k experts; the k
-    # argument (a per-token average) is kept as `experts_per_token`.
-    k = None
-
     def __init__(
         self,
         num_experts,
@@ -120,7 +114,7 @@ class StrictlyBalancedGating(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_experts = _validation.check_positive_int(
             "num_experts", num_experts)
-        self.experts_per_token = _validation.check_top_k(k, self.num_experts)
+        self.k = _validation.check_top_k(k, self.num_experts)
         self.eval_capacity_factor = _validation.check_positive_float(
             "eval_capacity_factor", eval_capacity_factor)
         self.threshold_loss_weight = _validation.check_non_negative_float(
@@ -137,7 +131,7 @@ class StrictlyBalancedGating(keras.layers.Layer):
     def tokens_per_expert(self, num_tokens):
         """m = ceil(k N / E) clamped to [1, N], the batchwise slots."""
         return dispatch.expert_capacity(num_tokens, self.num_experts,
-                                        self.experts_per_token, 1.0)
+                                        self.k, 1.0)
 
     def capacity(self, num_tokens, training=None):
         """Slots per expert: m in training, C_eval at inference."""
@@ -231,7 +225,7 @@ class StrictlyBalancedGating(keras.layers.Layer):
         config = super().get_config()
         config.update({
             "num_experts": self.num_experts,
-            "k": self.experts_per_token,
+            "k": self.k,
             "eval_capacity_factor": self.eval_capacity_factor,
             "threshold_loss_weight": self.threshold_loss_weight,
             "z_loss_weight": self.z_loss_weight,

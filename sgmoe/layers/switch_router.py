@@ -93,7 +93,7 @@ class SwitchRouter(keras.layers.Layer):
             name="kernel", shape=(input_dim, self.num_experts),
             initializer=keras.initializers.TruncatedNormal(
                 stddev=(0.1 / input_dim) ** 0.5, seed=self.seed),
-            dtype="float32")
+            dtype="float32", autocast=False)
         self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=None):

@@ -293,3 +293,38 @@ def test_min_capacity_raises_the_slots_per_expert():
     np.testing.assert_allclose(y_eval, reference_output(moe, x)[0],
                                rtol=1e-4, atol=1e-5)
     assert y.shape == y_eval.shape
+
+
+@pytest.mark.parametrize("name, router_class, k", [
+    ("switch", "SwitchRouter", 1),
+    ("gshard", "GShardRouter", 2),
+    ("expert_choice", "ExpertChoiceRouter", None),
+    ("strictly_balanced", "StrictlyBalancedGating", 3),
+])
+def test_every_named_router_builds_trains_and_serialises(name, router_class,
+                                                         k):
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=3, router=name, seed=5)
+    assert type(moe.router).__name__ == router_class
+    assert moe.k == k and moe.router.seed == 5
+    x = inputs()
+    y = moe(x, training=True)
+    assert tuple(y.shape) == x.shape
+    assert set(moe.auxiliary_losses) == set(
+        moe.router.compute_output_spec(
+            keras.KerasTensor((None, DIM))).auxiliary_losses)
+    config = moe.get_config()
+    assert config["router"] == name
+    clone = MixtureOfExperts.from_config(config)
+    assert type(clone.router).__name__ == router_class
+    clone.build(x.shape)
+    clone.set_weights(moe.get_weights())
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(clone(x, training=False)),
+        ops.convert_to_numpy(moe(x, training=False)), rtol=1e-6, atol=1e-6)
+
+
+def test_dropless_with_a_slot_filling_router_is_an_error():
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, router="expert_choice",
+                           dropless=True)
+    with pytest.raises(ValueError, match="`dropless`"):
+        moe(inputs())

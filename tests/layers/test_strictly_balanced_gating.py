@@ -207,7 +207,7 @@ def test_gate_gradients_reach_w_gate(training):
 def test_moe_equals_dense_reference(training):
     gating, w_gate, threshold = make_gating(k=1, eval_capacity_factor=1.0)
     moe = MixtureOfExperts(NUM_EXPERTS, 16, router=gating)
-    assert moe.k is None
+    assert moe.k == 1
     x = tokens().reshape(3, 4, DIM)
     y = ops.convert_to_numpy(moe(x, training=training)).reshape(-1, DIM)
     expected = ref.strictly_balanced(x.reshape(-1, DIM), w_gate, threshold,
@@ -316,7 +316,7 @@ def test_config_round_trip():
         z_loss_weight=1e-3, threshold_initializer="ones",
         kernel_initializer="zeros", seed=4)
     config = gating.get_config()
-    assert config["k"] == 3 and gating.k is None
+    assert config["k"] == 3 and gating.k == 3
     clone = StrictlyBalancedGating.from_config(config)
     assert clone.get_config() == config
     clone.build((None, DIM))

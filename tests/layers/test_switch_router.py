@@ -174,8 +174,8 @@ def test_invalid_arguments_name_the_argument(kwargs, argument):
 def test_moe_rejects_a_router_for_other_experts():
     with pytest.raises(ValueError, match="`router`"):
         MixtureOfExperts(8, 16, router=SwitchRouter(4))
-    with pytest.raises(ValueError, match="noisy_top_k', 'switch'"):
-        MixtureOfExperts(4, 16, router="gshard")
+    with pytest.raises(ValueError, match="noisy_top_k', .*'switch'"):
+        MixtureOfExperts(4, 16, router="top_2")
 
 
 def test_routers_by_name():
