@@ -85,7 +85,9 @@ flags.DEFINE_bool(
     "Dropless dispatch (no capacity; blocks of --block_size rows) for the "
     "token-choice routers. The compute floor then gets T * k rows, the "
     "FLOPs that are really needed, so padding shows in the ratio.")
-flags.DEFINE_integer("block_size", 128, "Rows per block with --dropless.")
+flags.DEFINE_integer(
+    "block_size", None,
+    "Rows per block with --dropless; default: about T * k / E, at most 128.")
 flags.DEFINE_bool(
     "quick", False,
     "Smoke run in seconds: T=256, d=64, h=128, experts 4,16, 2 repeats "
@@ -496,7 +498,7 @@ def main(argv):
             f"--repeats must be at least 1, received {config['repeats']}.")
 
     print(machine_description())
-    dispatch_kind = (f"dropless, blocks of {config['block_size']}"
+    dispatch_kind = (f"dropless, blocks of {config['block_size'] or 'auto'}"
                      if config["dropless"] else "capacity")
     print(f"MixtureOfExperts ({config['router']} router, {dispatch_kind}) "
           f"forward+backward, "

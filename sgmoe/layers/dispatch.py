@@ -229,7 +229,26 @@ def num_dropless_blocks(num_assignments, num_experts, block_size):
     return (num_assignments + padding + block_size - 1) // block_size
 
 
-def plan_dropless(expert_indices, expert_weights, num_experts, block_size):
+# The largest automatic dropless block.
+MAX_AUTO_BLOCK_SIZE = 128
+
+
+def auto_block_size(num_assignments, num_experts):
+    """Rows per dropless block: N k / E, within [1, MAX_AUTO_BLOCK_SIZE].
+
+    Padding adds at most E (block_size - 1) rows and every block gathers its
+    expert's weights, so blocks of about the mean load keep both the rows
+    (under 2 N k) and the weight traffic (about 2 E expert matrices) within
+    a small factor of what the layer must do anyway.
+    """
+    if isinstance(num_assignments, int):
+        return max(1, min(MAX_AUTO_BLOCK_SIZE,
+                          num_assignments // num_experts))
+    return ops.clip(num_assignments // num_experts, 1, MAX_AUTO_BLOCK_SIZE)
+
+
+def plan_dropless(expert_indices, expert_weights, num_experts,
+                  block_size=None):
     """Plans token-choice dispatch that never drops an assignment.
 
     Each expert's assignments (first choices first) fill consecutive blocks of
@@ -242,15 +261,18 @@ def plan_dropless(expert_indices, expert_weights, num_experts, block_size):
         expert_indices: int [N, k] with static k.
         expert_weights: float [N, k].
         num_experts: E.
-        block_size: rows per block (> 0).
+        block_size: rows per block (> 0), or None for `auto_block_size`.
 
     Returns:
         A `DispatchPlan` with `block_expert` set and nothing dropped.
     """
-    block_size = _validation.check_positive_int("block_size", block_size)
     k = expert_indices.shape[1]
     num_tokens = ops.shape(expert_indices)[0]
     num_assignments = num_tokens * k
+    if block_size is None:
+        block_size = auto_block_size(num_assignments, num_experts)
+    else:
+        block_size = _validation.check_positive_int("block_size", block_size)
     expert, valid = _valid_experts(expert_indices, num_experts)
     bucket = ops.where(valid, expert, num_experts)
     order, position, count, start = _sort_into_buckets(bucket,
@@ -322,7 +344,7 @@ def plan_expert_choice(slot_token, slot_weight, num_tokens):
 
 def plan_routing(routing, num_tokens, num_experts, capacity_factor,
                  min_capacity=1, num_groups=1, dropless=False,
-                 block_size=128):
+                 block_size=None):
     """The `DispatchPlan` of a router's result, whichever router made it.
 
     An `ExpertSlots` result (the router filled expert slots itself) gets

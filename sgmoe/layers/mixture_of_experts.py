@@ -84,8 +84,10 @@ class MixtureOfExperts(keras.layers.Layer):
             rows, its last block padded, and every block runs with its
             expert's weights; capacity arguments are then not used. Shapes
             stay static: at most tokens * k + E * (block_size - 1) rows.
-        block_size: rows per block of dropless dispatch. Smaller blocks pad
-            less; larger blocks gather expert weights fewer times.
+        block_size: rows per block of dropless dispatch, or None (the
+            default) for about the mean load tokens * k / E, at most 128
+            (`dispatch.auto_block_size`). Smaller blocks pad less; larger
+            blocks gather expert weights fewer times.
         output_activation: applied to the combined output; "sigmoid"
             reproduces the paper's language model.
         output_dim: d_out of each expert; defaults to the input dimension.
@@ -147,7 +149,7 @@ class MixtureOfExperts(keras.layers.Layer):
         eval_capacity_factor=None,
         min_capacity=1,
         dropless=False,
-        block_size=128,
+        block_size=None,
         output_activation=None,
         output_dim=None,
         expert_activation="relu",
@@ -191,8 +193,9 @@ class MixtureOfExperts(keras.layers.Layer):
             min_capacity, output_activation, output_dim, expert_activation,
             use_bias, kernel_initializer, rematerialize_experts)
         self.dropless = bool(dropless)
-        self.block_size = _validation.check_positive_int("block_size",
-                                                         block_size)
+        self.block_size = (None if block_size is None else
+                           _validation.check_positive_int("block_size",
+                                                          block_size))
         self.residual_expert = bool(residual_expert)
         self.noisy = bool(noisy)
         self.importance_weight = importance_weight

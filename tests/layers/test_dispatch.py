@@ -205,3 +205,19 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="`block_size`"):
         dispatch.plan_dropless(ops.zeros((4, 2), "int32"), ops.ones((4, 2)),
                                4, 0)
+
+
+def test_auto_block_size_keeps_rows_within_twice_the_assignments():
+    assert dispatch.auto_block_size(8192, 8) == 128
+    assert dispatch.auto_block_size(8192, 1024) == 8
+    assert dispatch.auto_block_size(16, 64) == 1
+    for num_experts in (4, 64, 512):
+        indices, weights = random_routing(256, 2, num_experts,
+                                          seed=num_experts)
+        plan = dispatch.plan_dropless(ops.convert_to_tensor(indices),
+                                      ops.convert_to_tensor(weights),
+                                      num_experts)
+        assert np.prod(plan.slot_token.shape) <= 2 * 512 + num_experts
+        check_round_trip(plan, indices, weights,
+                         np.ones_like(indices, dtype=bool), num_experts,
+                         block_size=plan.slot_token.shape[1])
