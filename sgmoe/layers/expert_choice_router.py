@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
-from sgmoe.layers import balancing
+from sgmoe.layers import _router_common
 from sgmoe.layers import dispatch
 from sgmoe.layers.routing_result import ExpertSlots
 from sgmoe.layers.routing_result import check_token_matrix_shape
@@ -105,16 +105,8 @@ class ExpertChoiceRouter(keras.layers.Layer):
     def build(self, input_shape):
         input_dim = check_token_matrix_shape("ExpertChoiceRouter",
                                              input_shape)
-        initializer = self.kernel_initializer
-        if initializer is None:
-            initializer = keras.initializers.TruncatedNormal(
-                stddev=(0.1 / input_dim) ** 0.5, seed=self.seed)
-        # autocast=False: called outside another layer under a mixed
-        # policy, Keras would read the weights in the compute dtype even
-        # though the layer itself does not autocast.
-        self.w_gate = self.add_weight(
-            name="w_gate", shape=(input_dim, self.num_experts),
-            initializer=initializer, dtype="float32", autocast=False)
+        self.w_gate = _router_common.gate_kernel(
+            self, "w_gate", input_dim, self.kernel_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=None):
@@ -129,19 +121,15 @@ class ExpertChoiceRouter(keras.layers.Layer):
         # A gate that underflowed to 0 marks an empty slot for the dispatcher.
         load = ops.sum(ops.cast(ops.greater(slot_weight, 0.0), "float32"),
                        axis=1)
-        auxiliary_losses = {}
-        if self.z_loss_weight > 0:
-            auxiliary_losses["z_loss"] = balancing.z_loss(
-                logits, self.z_loss_weight)
-        if training and auxiliary_losses:
-            self.add_loss(sum(auxiliary_losses.values()))
+        auxiliary_losses = _router_common.add_losses(self, {}, logits,
+                                                     training)
         return ExpertSlots(slot_token, slot_weight, importance, load,
                            auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
         num_tokens = inputs.shape[0]
         capacity = None if num_tokens is None else self.capacity(num_tokens)
-        loss_names = ["z_loss"] if self.z_loss_weight > 0 else []
+        loss_names = _router_common.loss_names(self, [])
         return expert_slots_spec(self.num_experts, capacity, loss_names)
 
     def get_config(self):

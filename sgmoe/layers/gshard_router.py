@@ -5,6 +5,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.layers import _random
+from sgmoe.layers import _router_common
 from sgmoe.layers import balancing
 from sgmoe.layers.routing_result import RoutingResult
 from sgmoe.layers.routing_result import check_token_matrix_shape
@@ -141,14 +142,8 @@ class GShardRouter(keras.layers.Layer):
 
     def build(self, input_shape):
         input_dim = check_token_matrix_shape("GShardRouter", input_shape)
-        initializer = self.kernel_initializer
-        if initializer is None:
-            initializer = keras.initializers.TruncatedNormal(
-                stddev=(0.1 / input_dim) ** 0.5, seed=self.seed)
-        self.kernel = self.add_weight(
-            name="kernel", shape=(input_dim, self.num_experts),
-            initializer=initializer, dtype="float32",
-            autocast=False)
+        self.kernel = _router_common.gate_kernel(
+            self, "kernel", input_dim, self.kernel_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def _check_num_tokens(self, num_tokens):
@@ -206,19 +201,14 @@ class GShardRouter(keras.layers.Layer):
             "load_balancing_loss": self.load_balancing_weight
             * ops.mean(group_loss),
         }
-        if self.z_loss_weight > 0:
-            auxiliary_losses["z_loss"] = balancing.z_loss(
-                logits, self.z_loss_weight)
-        if training:
-            self.add_loss(sum(auxiliary_losses.values()))
+        _router_common.add_losses(self, auxiliary_losses, logits,
+                                  training)
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
         self._check_num_tokens(inputs.shape[0])
-        loss_names = ["load_balancing_loss"]
-        if self.z_loss_weight > 0:
-            loss_names.append("z_loss")
+        loss_names = _router_common.loss_names(self, ["load_balancing_loss"])
         return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
                                    loss_names)
 

@@ -9,6 +9,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.layers import _random
+from sgmoe.layers import _router_common
 from sgmoe.layers import balancing
 from sgmoe.layers.routing_result import RoutingResult
 from sgmoe.layers.routing_result import check_token_matrix_shape
@@ -249,18 +250,14 @@ class NoisyTopKGating(keras.layers.Layer):
                 self.importance_weight * balancing.cv_squared(importance),
             "load_loss": self.load_weight * balancing.cv_squared(load),
         }
-        if self.z_loss_weight > 0:
-            auxiliary_losses["z_loss"] = balancing.z_loss(
-                gates.logits, self.z_loss_weight)
-        if training:
-            self.add_loss(sum(auxiliary_losses.values()))
+        _router_common.add_losses(self, auxiliary_losses, gates.logits,
+                                  training)
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
-        loss_names = ["importance_loss", "load_loss"]
-        if self.z_loss_weight > 0:
-            loss_names.append("z_loss")
+        loss_names = _router_common.loss_names(
+            self, ["importance_loss", "load_loss"])
         return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
                                    loss_names)
 

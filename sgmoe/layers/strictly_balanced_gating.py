@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
-from sgmoe.layers import balancing
+from sgmoe.layers import _router_common
 from sgmoe.layers import dispatch
 from sgmoe.layers.routing_result import ExpertSlots
 from sgmoe.layers.routing_result import check_token_matrix_shape
@@ -149,16 +149,8 @@ class StrictlyBalancedGating(keras.layers.Layer):
     def build(self, input_shape):
         input_dim = check_token_matrix_shape("StrictlyBalancedGating",
                                              input_shape)
-        initializer = self.kernel_initializer
-        if initializer is None:
-            initializer = keras.initializers.TruncatedNormal(
-                stddev=(0.1 / input_dim) ** 0.5, seed=self.seed)
-        # autocast=False: called outside another layer under a mixed
-        # policy, Keras would read the weights in the compute dtype even
-        # though the layer itself does not autocast.
-        self.w_gate = self.add_weight(
-            name="w_gate", shape=(input_dim, self.num_experts),
-            initializer=initializer, dtype="float32", autocast=False)
+        self.w_gate = _router_common.gate_kernel(
+            self, "w_gate", input_dim, self.kernel_initializer)
         self.threshold = self.add_weight(
             name="threshold", shape=(self.num_experts,),
             initializer=self.threshold_initializer, dtype="float32",
@@ -204,11 +196,8 @@ class StrictlyBalancedGating(keras.layers.Layer):
         importance = ops.sum(slot_weight, axis=1)
         load = ops.sum(ops.cast(filled, "float32"), axis=1)
         auxiliary_losses = {"batchwise_threshold_loss": threshold_loss}
-        if self.z_loss_weight > 0:
-            auxiliary_losses["z_loss"] = balancing.z_loss(
-                logits, self.z_loss_weight)
-        if training:
-            self.add_loss(sum(auxiliary_losses.values()))
+        _router_common.add_losses(self, auxiliary_losses, logits,
+                                  training)
         return ExpertSlots(slot_token, slot_weight, importance, load,
                            auxiliary_losses)
 
@@ -216,9 +205,8 @@ class StrictlyBalancedGating(keras.layers.Layer):
         num_tokens = inputs.shape[0]
         capacity = (None if num_tokens is None else
                     self.capacity(num_tokens, training))
-        loss_names = ["batchwise_threshold_loss"]
-        if self.z_loss_weight > 0:
-            loss_names.append("z_loss")
+        loss_names = _router_common.loss_names(
+            self, ["batchwise_threshold_loss"])
         return expert_slots_spec(self.num_experts, capacity, loss_names)
 
     def get_config(self):

@@ -5,6 +5,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.layers import _random
+from sgmoe.layers import _router_common
 from sgmoe.layers import balancing
 from sgmoe.layers.routing_result import RoutingResult
 from sgmoe.layers.routing_result import check_token_matrix_shape
@@ -89,11 +90,7 @@ class SwitchRouter(keras.layers.Layer):
 
     def build(self, input_shape):
         input_dim = check_token_matrix_shape("SwitchRouter", input_shape)
-        self.kernel = self.add_weight(
-            name="kernel", shape=(input_dim, self.num_experts),
-            initializer=keras.initializers.TruncatedNormal(
-                stddev=(0.1 / input_dim) ** 0.5, seed=self.seed),
-            dtype="float32", autocast=False)
+        self.kernel = _router_common.gate_kernel(self, "kernel", input_dim)
         self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=None):
@@ -117,18 +114,13 @@ class SwitchRouter(keras.layers.Layer):
             "load_balancing_loss": self.load_balancing_weight
             * self.num_experts * ops.sum(fraction_routed * mean_probability),
         }
-        if self.z_loss_weight > 0:
-            auxiliary_losses["z_loss"] = balancing.z_loss(
-                logits, self.z_loss_weight)
-        if training:
-            self.add_loss(sum(auxiliary_losses.values()))
+        _router_common.add_losses(self, auxiliary_losses, logits,
+                                  training)
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
-        loss_names = ["load_balancing_loss"]
-        if self.z_loss_weight > 0:
-            loss_names.append("z_loss")
+        loss_names = _router_common.loss_names(self, ["load_balancing_loss"])
         return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
                                    loss_names)
 
