@@ -1,0 +1,13 @@
+"""Language models built from sgmoe layers, their presets and metrics."""
+
+from sgmoe.models.deep_feed_forward import DeepFeedForward
+from sgmoe.models.fine_tuning import is_moe_layer
+from sgmoe.models.fine_tuning import moe_layers
+from sgmoe.models.fine_tuning import set_moe_layers_trainable
+from sgmoe.models.fine_tuning import set_non_moe_layers_trainable
+from sgmoe.models.model_size import count_parameters
+from sgmoe.models.model_size import ops_per_timestep
+from sgmoe.models.moe_language_model import MoELanguageModel
+from sgmoe.models.perplexity import Perplexity
+from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
+from sgmoe.models.sampled_softmax import SampledSoftmax

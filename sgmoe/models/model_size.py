@@ -1,0 +1,128 @@
+"""Parameters and ops per timestep of a `MoELanguageModel` configuration,
+counted from the configuration alone (nothing is built or allocated).
+
+The counts follow Shazeer et al. 2017, Table 7: parameters "excluding
+embedding and softmax", and ops per timestep as multiply-adds of the weight
+matrices a token goes through in training, excluding the softmax. Per layer,
+with d = model_dim, u = LSTM cells, h = expert_hidden_dim:
+
+- LSTM (u = d): 4u(d + u) weights + 4u biases; 4u(d + u) ops.
+- LSTM with projection (u != d, LSTMP): 4u(d + d) + 4u + u d; 4u(2d) + u d.
+- flat MoE, E experts, top k: experts E (2 d h) [+ E (h + d) biases],
+  gating W_g and W_noise 2 d E; ops k (2 d h) + 2 d E.
+- hierarchical MoE, G groups of E_g: experts as above with E = G E_g,
+  gating 2 d G (primary) + 2 G d E_g (secondary); ops k_primary k_secondary
+  (2 d h) + 2 d G + k_primary (2 d E_g): a token's secondary gates are those
+  of its k_primary groups only.
+- "feed_forward" (n hidden layers of h): d h + (n - 1) h^2 + h d
+  [+ n h + d biases], the same in ops.
+
+Gating ops count both W_g and W_noise (the noisy gate of training); biases
+and elementwise work are not ops.
+"""
+
+import inspect
+
+from sgmoe.models import language_model_presets
+from sgmoe.models.moe_language_model import MoELanguageModel
+from sgmoe.models.moe_language_model import resolve_experts
+
+
+def _architecture(config):
+    """The constructor arguments of a config (dict, model or preset name),
+    defaults filled in and experts resolved."""
+    if isinstance(config, str):
+        if config not in language_model_presets.PRESETS:
+            raise ValueError(
+                f"Unknown preset {config!r}, expected one of "
+                f"{sorted(language_model_presets.PRESETS)}.")
+        config = language_model_presets.PRESETS[config]
+    if hasattr(config, "get_config"):
+        config = config.get_config()
+    parameters = inspect.signature(MoELanguageModel.__init__).parameters
+    resolved = {name: p.default for name, p in parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    resolved.update(config)
+    resolved["num_experts"], resolved["experts_per_group"] = (
+        resolve_experts(resolved["num_experts"], resolved["num_groups"],
+                        resolved["experts_per_group"]))
+    return resolved
+
+
+def _lstm(c):
+    d = c["model_dim"]
+    u = c["lstm_units"] or d
+    if u == d:
+        return 4 * u * (d + u) + 4 * u, 4 * u * (d + u)
+    return 4 * u * (2 * d) + 4 * u + u * d, 4 * u * (2 * d) + u * d
+
+
+def _moe(c):
+    d, h = c["model_dim"], c["expert_hidden_dim"]
+    experts = c["num_experts"]
+    per_expert = 2 * d * h
+    parameters = experts * per_expert
+    if c["expert_use_bias"]:
+        parameters += experts * (h + d)
+    if c["num_groups"] is None:
+        gating = 2 * d * experts
+        return (parameters + gating,
+                c["k"] * per_expert + gating)
+    groups, per_group = c["num_groups"], c["experts_per_group"]
+    gating = 2 * d * groups + 2 * groups * d * per_group
+    ops = (c["k_primary"] * c["k_secondary"] * per_expert + 2 * d * groups
+           + c["k_primary"] * 2 * d * per_group)
+    return parameters + gating, ops
+
+
+def _feed_forward(c):
+    d, h = c["model_dim"], c["expert_hidden_dim"]
+    n = c["feed_forward_hidden_layers"]
+    weights = d * h + (n - 1) * h * h + h * d
+    biases = n * h + d if c["expert_use_bias"] else 0
+    return weights + biases, weights
+
+
+_COUNTERS = {"lstm": _lstm, "moe": _moe, "feed_forward": _feed_forward}
+
+
+def _totals(config):
+    c = _architecture(config)
+    parameters = ops = 0
+    for layer_type in c["layer_types"]:
+        layer_parameters, layer_ops = _COUNTERS[layer_type](c)
+        parameters += layer_parameters
+        ops += layer_ops
+    return c, parameters, ops
+
+
+def count_parameters(config, include_embedding_and_softmax=False):
+    """Trainable parameters of a configuration, without building it.
+
+    Args:
+        config: constructor arguments of `MoELanguageModel` (a dict such as
+            `model.get_config()`), a preset name, or a model.
+        include_embedding_and_softmax: also count the embedding (V d) and
+            the softmax (V d + V); the paper's Table 7 leaves them out.
+
+    Returns:
+        int. Equals the size of the model's `trainable_weights` once built
+        (the MoE statistics are non-trainable weights and are not counted).
+    """
+    c, parameters, _ = _totals(config)
+    if include_embedding_and_softmax:
+        v, d = c["vocabulary_size"], c["model_dim"]
+        parameters += v * d + v * d + v
+    return parameters
+
+
+def ops_per_timestep(config):
+    """Multiply-adds per token of everything but embedding and softmax.
+
+    Args:
+        config: as for `count_parameters`.
+
+    Returns:
+        int: the paper's "ops/timestep" (Table 7).
+    """
+    return _totals(config)[2]

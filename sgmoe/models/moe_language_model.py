@@ -1,0 +1,489 @@
+"""The LSTM-MoE language model of Shazeer et al. 2017 (Appendix C.1)."""
+
+import json
+import os
+
+import keras
+from keras import ops
+
+from sgmoe import _validation
+from sgmoe.layers.hierarchical_mixture_of_experts import (
+    HierarchicalMixtureOfExperts)
+from sgmoe.layers.mixture_of_experts import MixtureOfExperts
+from sgmoe.models import fine_tuning
+from sgmoe.models import language_model_presets
+from sgmoe.models.deep_feed_forward import DeepFeedForward
+from sgmoe.models.perplexity import token_weights
+from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
+from sgmoe.models.sampled_softmax import SampledSoftmax
+
+LAYER_TYPES = ("lstm", "moe", "feed_forward")
+PRESET_CONFIG_FILE = "config.json"
+PRESET_WEIGHTS_FILE = "model.weights.h5"
+
+
+def resolve_experts(num_experts, num_groups, experts_per_group):
+    """(num_experts, experts_per_group) of a flat or hierarchical MoE.
+
+    Flat (num_groups None): experts_per_group must be None. Hierarchical:
+    experts_per_group defaults to num_experts / num_groups, num_experts to
+    num_groups * experts_per_group, and given values must agree.
+    """
+    if num_experts is not None:
+        num_experts = _validation.check_positive_int("num_experts",
+                                                     num_experts)
+    if num_groups is None:
+        if experts_per_group is not None:
+            raise ValueError(
+                "`experts_per_group` is only used with `num_groups` (a "
+                "hierarchical MoE), received num_groups=None, "
+                f"experts_per_group={experts_per_group!r}.")
+        return num_experts, None
+    num_groups = _validation.check_positive_int("num_groups", num_groups)
+    if experts_per_group is None:
+        if num_experts is None or num_experts % num_groups:
+            raise ValueError(
+                "A hierarchical MoE needs `experts_per_group`, or "
+                "`num_experts` divisible by `num_groups`; received "
+                f"num_experts={num_experts!r}, num_groups={num_groups}.")
+        return num_experts, num_experts // num_groups
+    experts_per_group = _validation.check_positive_int("experts_per_group",
+                                                       experts_per_group)
+    if num_experts not in (None, num_groups * experts_per_group):
+        raise ValueError(
+            f"`num_experts` must be num_groups * experts_per_group = "
+            f"{num_groups * experts_per_group}, received "
+            f"num_experts={num_experts}.")
+    return num_groups * experts_per_group, experts_per_group
+
+
+@keras.saving.register_keras_serializable(package="sgmoe")
+class MoELanguageModel(keras.Model):
+    """Embedding -> LSTM -> MoE -> LSTM -> softmax (Shazeer et al. 2017).
+
+    The 1 Billion Word model of "Outrageously Large Neural Networks"
+    (arXiv:1701.06538, Appendix C.1): a word embedding, then the layers of
+    `layer_types` (by default an LSTM, a sparsely-gated MoE and an LSTM), all
+    `model_dim` wide, then a softmax over the vocabulary. Every layer's
+    output but the softmax's goes through dropout, and every layer after the
+    embedding is residual:
+
+        x_0 = dropout(embed(ids))
+        x_l = x_{l-1} + dropout(layer_l(x_{l-1}))
+        logits = x_L W_softmax^T + b
+
+    The MoE layer's output passes through a sigmoid before dropout
+    (`output_activation="sigmoid"`), and the MoE sees every timestep of the
+    batch at once (its input [batch, time, d] is one macro-batch of
+    batch * time tokens). Experts are d -> `expert_hidden_dim` ReLU -> d.
+    With `num_groups` the MoE is hierarchical (`HierarchicalMixtureOfExperts`,
+    k_primary groups, then k_secondary experts in each); otherwise flat
+    (`MixtureOfExperts`, k experts). Its balancing losses join the training
+    loss.
+
+    Layer types: "lstm" is `keras.layers.LSTM(lstm_units)`, or, when
+    `lstm_units` differs from `model_dim`, an LSTM with a projection back to
+    `model_dim` (`ProjectedLSTMCell`, as the paper's LSTM-2048-512 and
+    MoE-143M); "moe" is the MoE layer; "feed_forward" is a dense network with
+    `feed_forward_hidden_layers` ReLU layers of `expert_hidden_dim` units and
+    a sigmoid output, the single-expert "MoE" of the paper's MoE-1-Wide and
+    MoE-1-Deep baselines.
+
+    Loss: the model computes its own loss, the mean token cross-entropy over
+    the non-padding targets, plus the MoE balancing losses; compile it with
+    `loss=None` (a compiled loss replaces the cross-entropy of the exact
+    softmax). With `num_sampled`, training uses the importance-sampled
+    softmax of `SampledSoftmax` (the paper's large-vocabulary training) and
+    never computes the full [batch, time, V] logits: in training the model's
+    output is then {"hidden_states": [batch, time, d]} and compiled metrics
+    are updated only in evaluation. Evaluation and prediction always use the
+    exact softmax. Use `Perplexity` as a metric.
+
+    `MoELanguageModel.from_preset(name)` builds the paper's configurations
+    (Table 7) and `save_to_preset` / `from_preset(directory)` store and load
+    a trained model. `count_parameters` and `ops_per_timestep` count a
+    configuration without building it.
+
+    Args:
+        vocabulary_size: V, words of the embedding and the softmax.
+        model_dim: width of the embedding, the LSTM outputs and the MoE
+            input and output (512 in the paper).
+        layer_types: the layers between embedding and softmax, each "lstm",
+            "moe" or "feed_forward".
+        lstm_units: memory cells of each LSTM; None means `model_dim`. Other
+            values add a projection to `model_dim` (LSTMP).
+        num_experts: experts of a flat MoE; of a hierarchical one, the total
+            (num_groups * experts_per_group).
+        k: experts per token of a flat MoE (4 in the paper).
+        num_groups: groups of a hierarchical MoE (16 in the paper); None
+            means a flat MoE.
+        experts_per_group: experts in each group; defaults to
+            num_experts / num_groups.
+        k_primary: groups per token of a hierarchical MoE (2 in the paper).
+        k_secondary: experts per token in each chosen group (2 in the
+            paper).
+        expert_hidden_dim: hidden units of each expert (1024 in the paper),
+            and of the "feed_forward" layers.
+        expert_use_bias: whether experts (and "feed_forward" layers) have
+            biases. The paper counts 512 * 1024 + 1024 * 512 parameters per
+            expert, so its presets have none.
+        feed_forward_hidden_layers: hidden layers of a "feed_forward" layer.
+        capacity_factor: expert capacity factor in training.
+        eval_capacity_factor: the same outside training; None means
+            `capacity_factor`.
+        importance_weight: w_importance of the MoE balancing loss.
+        load_weight: w_load of the MoE balancing loss.
+        dropout: DropProb, dropout rate after every layer but the softmax.
+        num_sampled: candidates of the sampled softmax in training; None
+            trains with the exact softmax.
+        sampler: proposal of the sampled softmax, "log_uniform" (ids sorted
+            by decreasing frequency) or "uniform".
+        padding_id: target id left out of the loss; None counts every token.
+        seed: seed of dropout, gating noise and candidate sampling.
+        **kwargs: base `keras.Model` arguments (name, dtype, ...).
+
+    Call arguments:
+        inputs: int word ids [batch, time].
+        training: whether to apply dropout, gating noise and (with
+            `num_sampled`) return hidden states for the sampled loss.
+
+    Returns:
+        logits [batch, time, V] (float32), or {"hidden_states": [batch,
+        time, d]} in training with `num_sampled`.
+
+    Example:
+
+    >>> model = MoELanguageModel.from_preset("tiny_moe")
+    >>> model.compile(optimizer="adam", metrics=[Perplexity()])
+    >>> tuple(model(ops.ones((2, 5), "int32")).shape)
+    (2, 5, 100)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        model_dim=512,
+        layer_types=("lstm", "moe", "lstm"),
+        lstm_units=None,
+        num_experts=None,
+        k=4,
+        num_groups=None,
+        experts_per_group=None,
+        k_primary=2,
+        k_secondary=2,
+        expert_hidden_dim=1024,
+        expert_use_bias=True,
+        feed_forward_hidden_layers=1,
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        importance_weight=0.1,
+        load_weight=0.1,
+        dropout=0.0,
+        num_sampled=None,
+        sampler="log_uniform",
+        padding_id=None,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "moe_language_model")
+        super().__init__(**kwargs)
+        self.vocabulary_size = _validation.check_positive_int(
+            "vocabulary_size", vocabulary_size)
+        self.model_dim = _validation.check_positive_int("model_dim",
+                                                        model_dim)
+        if isinstance(layer_types, str) or not all(
+                t in LAYER_TYPES for t in layer_types):
+            raise ValueError(
+                f"`layer_types` must be a sequence of {list(LAYER_TYPES)}, "
+                f"received layer_types={layer_types!r}.")
+        self.layer_types = tuple(layer_types)
+        self.lstm_units = (None if lstm_units is None else
+                           _validation.check_positive_int("lstm_units",
+                                                          lstm_units))
+        self.num_experts, self.experts_per_group = resolve_experts(
+            num_experts, num_groups, experts_per_group)
+        self.num_groups = num_groups
+        if "moe" in self.layer_types and self.num_experts is None:
+            raise ValueError(
+                "A 'moe' layer needs `num_experts` (or `num_groups` and "
+                "`experts_per_group`), received num_experts=None.")
+        self.k = k
+        self.k_primary = k_primary
+        self.k_secondary = k_secondary
+        self.expert_hidden_dim = expert_hidden_dim
+        self.expert_use_bias = bool(expert_use_bias)
+        self.feed_forward_hidden_layers = feed_forward_hidden_layers
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.importance_weight = importance_weight
+        self.load_weight = load_weight
+        self.dropout = _validation.check_non_negative_float("dropout",
+                                                            dropout)
+        if self.dropout >= 1.0:
+            raise ValueError(
+                f"`dropout` must be in [0, 1), received dropout={dropout!r}.")
+        self.num_sampled = num_sampled
+        self.sampler = sampler
+        if padding_id is not None and (isinstance(padding_id, bool)
+                                       or not isinstance(padding_id, int)):
+            raise ValueError(
+                "`padding_id` must be None or an integer id, received "
+                f"padding_id={padding_id!r}.")
+        self.padding_id = padding_id
+        self.seed = seed
+
+        self.embedding = keras.layers.Embedding(
+            self.vocabulary_size, self.model_dim, dtype=self.dtype_policy,
+            name="embedding")
+        self.embedding_dropout = keras.layers.Dropout(
+            self.dropout, seed=self._seed(0), dtype=self.dtype_policy,
+            name="embedding_dropout")
+        names = self._layer_names()
+        # Appended in pairs so that summaries list them in order.
+        self.blocks, self.block_dropouts = [], []
+        for i, (layer_type, name) in enumerate(zip(self.layer_types, names)):
+            self.blocks.append(self._make_layer(layer_type, name, i + 1))
+            self.block_dropouts.append(keras.layers.Dropout(
+                self.dropout, seed=self._seed(i + 1), dtype=self.dtype_policy,
+                name=f"{name}_dropout"))
+        self.softmax = SampledSoftmax(
+            self.vocabulary_size, num_sampled=num_sampled, sampler=sampler,
+            seed=self._seed(len(names) + 1), dtype=self.dtype_policy,
+            name="softmax")
+
+    def _seed(self, offset):
+        return None if self.seed is None else self.seed + 1000 * offset
+
+    def _layer_names(self):
+        """"lstm_1", "moe", "lstm_2": a type's index only if it repeats."""
+        names, seen = [], {}
+        for layer_type in self.layer_types:
+            seen[layer_type] = seen.get(layer_type, 0) + 1
+            repeated = self.layer_types.count(layer_type) > 1
+            names.append(f"{layer_type}_{seen[layer_type]}" if repeated
+                         else layer_type)
+        return names
+
+    def _make_layer(self, layer_type, name, index):
+        dim, policy = self.model_dim, self.dtype_policy
+        if layer_type == "lstm":
+            units = self.lstm_units or dim
+            if units == dim:
+                return keras.layers.LSTM(units, return_sequences=True,
+                                         dtype=policy, name=name)
+            return keras.layers.RNN(
+                ProjectedLSTMCell(units, dim, dtype=policy),
+                return_sequences=True, dtype=policy, name=name)
+        if layer_type == "feed_forward":
+            return DeepFeedForward(
+                self.expert_hidden_dim,
+                num_hidden_layers=self.feed_forward_hidden_layers,
+                output_activation="sigmoid", use_bias=self.expert_use_bias,
+                dtype=policy, name=name)
+        moe_arguments = dict(
+            expert_hidden_dim=self.expert_hidden_dim,
+            capacity_factor=self.capacity_factor,
+            eval_capacity_factor=self.eval_capacity_factor,
+            output_activation="sigmoid", use_bias=self.expert_use_bias,
+            importance_weight=self.importance_weight,
+            load_weight=self.load_weight, seed=self._seed(100 + index),
+            dtype=policy, name=name)
+        if self.num_groups is None:
+            return MixtureOfExperts(self.num_experts, k=self.k,
+                                    **moe_arguments)
+        return HierarchicalMixtureOfExperts(
+            self.num_groups, self.experts_per_group, self.k_primary,
+            self.k_secondary, **moe_arguments)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self.embedding.build(input_shape)
+        hidden_shape = input_shape + (self.model_dim,)
+        for layer in self.blocks:
+            layer.build(hidden_shape)
+        self.softmax.build(hidden_shape)
+
+    def call(self, inputs, training=None):
+        x = self.embedding_dropout(self.embedding(inputs), training=training)
+        for layer, dropout in zip(self.blocks, self.block_dropouts):
+            x = x + dropout(layer(x, training=training), training=training)
+        if training and self.num_sampled is not None:
+            return {"hidden_states": x}
+        return self.softmax(x)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.vocabulary_size,)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        """Mean token cross-entropy over non-padding targets + MoE losses.
+
+        Sampled in training with `num_sampled` (y_pred is then the hidden
+        states); exact otherwise, unless a loss was given to `compile`.
+        """
+        if isinstance(y_pred, dict):
+            token_losses = self.softmax.sampled_loss(
+                y_pred["hidden_states"], y)
+        elif getattr(self, "_compile_loss", None) is not None:
+            return super().compute_loss(x, y, y_pred, sample_weight,
+                                        training=training)
+        else:
+            token_losses = keras.losses.sparse_categorical_crossentropy(
+                y, y_pred, from_logits=True)
+        weights = token_weights(y, self.padding_id, sample_weight)
+        loss = ops.divide_no_nan(ops.sum(token_losses * weights),
+                                 ops.sum(weights))
+        for extra in self.losses:
+            loss = loss + ops.cast(ops.sum(extra), "float32")
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if not isinstance(y_pred, dict):
+            return super().compute_metrics(x, y, y_pred, sample_weight)
+        # Sampled-softmax training: no logits for the compiled metrics, so
+        # they are left out of the logs rather than shown stale.
+        return self._metric_results(include_compiled=False)
+
+    def get_metrics_result(self):
+        compiled = getattr(self, "_compile_metrics", None)
+        # Compiled metrics are built by their first update, which
+        # sampled-softmax training never makes.
+        return self._metric_results(
+            include_compiled=compiled is None or compiled.built)
+
+    def _metric_results(self, include_compiled):
+        compiled = getattr(self, "_compile_metrics", None)
+        logs = {}
+        for metric in self.metrics:
+            if metric is compiled and not include_compiled:
+                continue
+            result = metric.result()
+            logs.update(result if isinstance(result, dict)
+                        else {metric.name: result})
+        return logs
+
+    def moe_layers(self):
+        """The model's MoE layers (see `fine_tuning.moe_layers`)."""
+        return fine_tuning.moe_layers(self)
+
+    def summary(self, line_length=None, positions=None, print_fn=None,
+                expand_nested=False, show_trainable=False, layer_range=None):
+        """Keras's summary, then one line per MoE layer: its experts, their
+        parameters in total and per expert, its gating parameters and how
+        many experts each token uses."""
+        super().summary(line_length=line_length, positions=positions,
+                        print_fn=print_fn, expand_nested=expand_nested,
+                        show_trainable=show_trainable,
+                        layer_range=layer_range)
+        lines = [describe_moe_layer(layer) for layer in self.moe_layers()]
+        if lines:
+            (print_fn or print)("\n".join(
+                ["Mixture-of-Experts layers:"] + lines))
+
+    # Presets.
+
+    @classmethod
+    def presets(cls):
+        """Names of the built-in presets."""
+        return sorted(language_model_presets.PRESETS)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A model from a built-in preset or a `save_to_preset` directory.
+
+        Args:
+            name: a preset name (see `presets()`: the paper's Table 7 models
+                "moe_4" ... "moe_143m", the baselines and tiny presets) or a
+                directory written by `save_to_preset`, whose weights are
+                loaded.
+            **overrides: constructor arguments replacing the preset's (e.g.
+                vocabulary_size, dropout). With a directory, overrides must
+                keep the weight shapes.
+        """
+        if isinstance(name, os.PathLike) or (
+                isinstance(name, str) and os.path.isdir(name)):
+            directory = os.fspath(name)
+            with open(os.path.join(directory, PRESET_CONFIG_FILE)) as file:
+                stored = json.load(file)
+            config = dict(stored["config"], **overrides)
+            model = cls.from_config(config)
+            model.build(tuple(stored.get("input_shape", (None, None))))
+            model.load_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+            return model
+        if name not in language_model_presets.PRESETS:
+            raise ValueError(
+                f"Unknown preset {name!r}: not a directory, and not one of "
+                f"{cls.presets()}.")
+        return cls(**dict(language_model_presets.PRESETS[name], **overrides))
+
+    def save_to_preset(self, directory):
+        """Writes config.json and model.weights.h5 for `from_preset`."""
+        if not self.built:
+            raise ValueError(
+                "Build the model (call it or model.build((None, None))) "
+                "before save_to_preset.")
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as file:
+            json.dump({
+                "class_name": keras.saving.get_registered_name(type(self)),
+                "config": self.get_config(),
+                "input_shape": [None, None],
+                "keras_version": keras.__version__,
+            }, file, indent=2)
+        self.save_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "vocabulary_size": self.vocabulary_size,
+            "model_dim": self.model_dim,
+            "layer_types": list(self.layer_types),
+            "lstm_units": self.lstm_units,
+            "num_experts": self.num_experts,
+            "k": self.k,
+            "num_groups": self.num_groups,
+            "experts_per_group": self.experts_per_group,
+            "k_primary": self.k_primary,
+            "k_secondary": self.k_secondary,
+            "expert_hidden_dim": self.expert_hidden_dim,
+            "expert_use_bias": self.expert_use_bias,
+            "feed_forward_hidden_layers": self.feed_forward_hidden_layers,
+            "capacity_factor": self.capacity_factor,
+            "eval_capacity_factor": self.eval_capacity_factor,
+            "importance_weight": self.importance_weight,
+            "load_weight": self.load_weight,
+            "dropout": self.dropout,
+            "num_sampled": self.num_sampled,
+            "sampler": self.sampler,
+            "padding_id": self.padding_id,
+            "seed": self.seed,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def describe_moe_layer(layer):
+    """One line: experts, k, expert shape, expert and gating parameters."""
+    experts = getattr(layer, "experts", None)
+    if not hasattr(experts, "num_experts"):
+        total = sum(int(ops.size(w)) for w in layer.trainable_weights)
+        return (f" {layer.name} ({type(layer).__name__}): "
+                f"{int(ops.size(layer.expert_load))} experts; parameters "
+                f"{total:,}")
+    expert_weights = sum(int(ops.size(w)) for w in experts.trainable_weights)
+    all_weights = sum(int(ops.size(w)) for w in layer.trainable_weights)
+    num_experts = experts.num_experts
+    shape = (f"{layer.input_dim} -> {experts.hidden_dim} -> "
+             f"{experts.output_dim or layer.input_dim}")
+    if hasattr(layer, "num_groups") and hasattr(layer, "k_primary"):
+        routing = (f"{layer.num_groups} groups x {layer.experts_per_group} "
+                   f"experts, k={layer.k_primary}x{layer.k_secondary}")
+    else:
+        routing = f"{num_experts} experts, k={layer.k}"
+    return (f" {layer.name} ({type(layer).__name__}): {routing}, experts "
+            f"{shape}; expert parameters {expert_weights:,} "
+            f"({expert_weights // num_experts:,} per expert), gating "
+            f"{all_weights - expert_weights:,}")
