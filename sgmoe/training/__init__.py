@@ -7,3 +7,6 @@ from sgmoe.training.moe_tensorboard import MoETensorBoard
 from sgmoe.training.progress_logger import ProgressLogger
 from sgmoe.training.stop_on_non_finite_loss import NonFiniteLossError
 from sgmoe.training.stop_on_non_finite_loss import StopOnNonFiniteLoss
+from sgmoe.training.checkpointer import CheckpointError
+from sgmoe.training.checkpointer import CheckpointState
+from sgmoe.training.checkpointer import Checkpointer
