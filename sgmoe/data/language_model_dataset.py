@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from sgmoe.data import _pipeline
 from sgmoe.data import text_files
+from sgmoe.data.word_vocabulary import WordVocabulary
 
 
 def language_model_dataset(
@@ -92,6 +93,7 @@ def language_model_dataset(
     ...     from_logits=True, ignore_class=0), ...)
     >>> model.fit(train, steps_per_epoch=1000)
     """
+    _pipeline.check_vocabulary(vocabulary, WordVocabulary)
     _pipeline.check_pipeline_arguments(
         batch_size, max_length, num_shards, shard_index, skip_batches,
         block_size, seed)

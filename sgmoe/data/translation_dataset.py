@@ -5,6 +5,7 @@ import tensorflow as tf
 from sgmoe.data import _pipeline
 from sgmoe.data import text_files
 from sgmoe.data.data_error import DataError
+from sgmoe.data.subword_vocabulary import SubwordVocabulary
 
 
 def translation_dataset(
@@ -73,6 +74,7 @@ def translation_dataset(
     ...     repeat=True, seed=1)
     >>> model.fit(train, steps_per_epoch=1000)  # model((source, target_in))
     """
+    _pipeline.check_vocabulary(vocabulary, SubwordVocabulary)
     _pipeline.check_pipeline_arguments(
         batch_size, max_length, num_shards, shard_index, skip_batches,
         block_size, seed)

@@ -39,7 +39,7 @@ class WordVocabulary:
     >>> vocabulary.save("runs/brown_lm")  # runs/brown_lm/vocabulary.txt
     >>> vocabulary = WordVocabulary.load("runs/brown_lm")
     >>> vocabulary.encode(["the cat sat"]).to_list()
-    [[5, 1982, 2407]]
+    [[4, 4481, 677]]
     """
 
     PAD, BOS, EOS, UNK = "<pad>", "<S>", "</S>", "<UNK>"

@@ -205,3 +205,6 @@ def test_arguments_are_checked(tmp_path, kwargs, message):
     arguments = {"batch_size": 2, "max_length": 16, **kwargs}
     with pytest.raises(ValueError, match=message):
         language_model_dataset(path, WordVocabulary(["a"]), **arguments)
+    with pytest.raises(ValueError, match="`vocabulary` must be a "
+                       "WordVocabulary, received dict"):
+        language_model_dataset(path, {"a": 4}, 2, 16)

@@ -88,7 +88,8 @@ def write_malformed(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_every_entry_point_raises_one_line_naming_the_file(tmp_path, case):
+def test_every_entry_point_raises_one_line_naming_the_file(
+        tmp_path, case, ding_vocabulary):
     path, expected = write_malformed(tmp_path, case)
     good = write_text(tmp_path / "good.txt", ["a b", "c d", "e f"])
     vocabulary = WordVocabulary(["a", "b"])
@@ -100,9 +101,9 @@ def test_every_entry_point_raises_one_line_naming_the_file(tmp_path, case):
         "language_model_dataset": lambda: language_model_dataset(
             path, vocabulary, 2, 8, max_line_length=50),
         "translation_dataset (source)": lambda: translation_dataset(
-            path, good, None, 2, 8, max_line_length=50),
+            path, good, ding_vocabulary, 2, 8, max_line_length=50),
         "translation_dataset (target)": lambda: translation_dataset(
-            good, path, None, 2, 8, max_line_length=50),
+            good, path, ding_vocabulary, 2, 8, max_line_length=50),
         "SubwordVocabulary.train": lambda: SubwordVocabulary.train(
             [good, path], vocab_size=40, max_line_length=50, num_threads=1),
     }

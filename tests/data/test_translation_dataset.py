@@ -133,3 +133,12 @@ def test_sharding_and_resuming_pairs(ding_vocabulary):
     texts = [set(ding_vocabulary.detokenize(batch[0][0]).numpy())
              for batch in firsts]
     assert not texts[0] & texts[1]
+
+
+def test_a_word_vocabulary_is_refused(tmp_path):
+    from sgmoe.data import WordVocabulary
+
+    path = write_text(tmp_path / "a.txt", ["a"])
+    with pytest.raises(ValueError, match="`vocabulary` must be a "
+                       "SubwordVocabulary, received WordVocabulary"):
+        translation_dataset(path, path, WordVocabulary(["a"]), 2, 8)
