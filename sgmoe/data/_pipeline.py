@@ -1,5 +1,4 @@
-"""tf.data building blocks shared by the language-model and translation
-pipelines."""
+"""tf.data building blocks shared by the LM and translation pipelines."""
 
 import numbers
 
@@ -165,10 +164,10 @@ def is_blank(line):
 
 
 def examples_in_chunks(lines, chunk_fn):
-    """Maps `chunk_fn` over chunks of lines: filtering and tokenizing 1,024
-    lines at a time costs far less than one line at a time.
+    """Maps `chunk_fn` over chunks of 1,024 lines (or tuples of lines).
 
-    `chunk_fn` maps a vector of lines (or a tuple of vectors) to a tuple of
+    Filtering and tokenizing a chunk at a time costs far less than one line
+    at a time. `chunk_fn` maps a vector of lines (or a tuple of vectors) to a tuple of
     ragged id tensors [examples, (length)], one row per example it keeps.
     """
     return lines.batch(_CHUNK_SIZE).map(
@@ -241,8 +240,9 @@ def batches_by_length(examples, length_fn, boundaries, batch_size,
             padded.append(tf.ensure_shape(dense, [rows, None]))
         return tuple(padded)
 
+    parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True}
     blocks = examples.rebatch(block_size).enumerate()
-    return blocks.map(cut_block).unbatch().map(pad)
+    return blocks.map(cut_block, **parallel).unbatch().map(pad, **parallel)
 
 
 def finish(dataset, skip_batches):
