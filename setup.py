@@ -25,6 +25,8 @@ setuptools.setup(
         # TensorFlow 2.21 no longer pulls TensorBoard in.
         "tensorboard==2.21.0",
         "absl-py>=2.1",
+        # Learns the shared subword vocabulary of translation data.
+        "sentencepiece==0.2.3",
         "numpy>=1.26",
     ],
     extras_require={

@@ -1,154 +1,223 @@
-"""Trains a small LSTM-MoE language model on the bundled Brown corpus.
+"""Trains an LSTM-MoE language model (Shazeer et al. 2017, Appendix C.1).
 
-The paper's architecture in miniature (Shazeer et al. 2017, Appendix C.1):
-embedding -> LSTM -> MoE -> LSTM -> softmax, with dropout after each layer
-and residual connections, the MoE output through a sigmoid, and the MoE
-seeing every timestep of the batch at once. With no flags it trains on
-data/brown.train.txt.gz for a few minutes on a 2-core CPU and prints the
-validation perplexity.
+A thin script over the library: `sgmoe.data` reads and batches the text,
+`sgmoe.models.MoELanguageModel.from_preset` builds the model, and
+`sgmoe.training` checkpoints, logs and monitors it. With no flags it trains
+the `small_moe` preset (16 experts, k = 4) on the bundled Brown corpus for a
+few minutes on a 2-core CPU and prints the validation perplexity.
 
   python scripts/train_lm.py
-  python scripts/train_lm.py --num_experts=32 --train_steps=1000
+  python scripts/train_lm.py --model_dir=/tmp/lm   # again: resumes
+  python scripts/train_lm.py --preset=moe_256_h \\
+      --train_files="$LM1B/training-monolingual.tokenized.shuffled/news.en-*" \\
+      --eval_files="$LM1B/heldout-monolingual.tokenized.shuffled/news.en.heldout-00000-of-00050" \\
+      --min_count=3 --vocabulary_size=0 --optimizer=factored_adam
+
+With --model_dir, checkpoints are written every --checkpoint_every steps and
+the same command resumes from the last one; the vocabulary and TensorBoard
+event files (`tensorboard --logdir MODEL_DIR/logs`) go there too.
 """
 
-import gzip
-import math
 import os
 import sys
 import time
-from collections import Counter
+import warnings
 
 from absl import app
 from absl import flags
+
+# TensorFlow's C++ notices (XLA ignoring assert ops, CPU features) are not
+# for the user of a training script.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                         "data")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("train_file", os.path.join(DATA_DIR, "brown.train.txt.gz"),
-                    "Tokenized training text, one sentence per line (.gz ok).")
-flags.DEFINE_string("eval_file", os.path.join(DATA_DIR, "brown.valid.txt.gz"),
-                    "Tokenized evaluation text, one sentence per line.")
-flags.DEFINE_integer("vocab_size", 8000,
-                     "Most frequent training words kept; others map to <UNK>.")
-flags.DEFINE_integer("sequence_length", 32, "Tokens per training example.")
-flags.DEFINE_integer("batch_size", 32, "Sequences per batch.")
-flags.DEFINE_integer("train_steps", 600, "Optimizer steps.")
-flags.DEFINE_integer("model_dim", 128, "Embedding, LSTM and MoE width.")
-flags.DEFINE_integer("num_experts", 16, "Experts in the MoE layer.")
-flags.DEFINE_integer("expert_hidden_dim", 256, "Hidden units per expert.")
-flags.DEFINE_integer("k", 4, "Experts per token.")
-flags.DEFINE_float("capacity_factor", 1.25, "Expert capacity factor.")
-flags.DEFINE_float("dropout", 0.1, "Dropout after each layer.")
-flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate.")
-flags.DEFINE_integer("seed", 1, "Random seed.")
-flags.DEFINE_boolean("jit_compile", True, "Compile the train step with XLA.")
-
-BOS, EOS, UNK = "<S>", "</S>", "<UNK>"
-
-
-def read_sentences(path):
-    """Sentences of a text file as lists of words; exits on unusable input."""
-    if not os.path.isfile(path):
-        sys.exit(f"train_lm: no such file: {path}")
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as text:
-            sentences = [line.split() for line in text if line.strip()]
-    except (UnicodeDecodeError, OSError, EOFError) as error:
-        sys.exit(f"train_lm: cannot read {path}: {error}")
-    if not sentences:
-        sys.exit(f"train_lm: {path} holds no sentences")
-    return sentences
-
-
-def build_vocabulary(sentences, size):
-    """Word -> id: the special tokens, then words by descending count."""
-    counts = Counter(word for sentence in sentences for word in sentence)
-    words = [w for w, _ in counts.most_common(max(0, size - 3))]
-    return {w: i for i, w in enumerate([BOS, EOS, UNK] + words)}
-
-
-def to_windows(sentences, vocabulary, length):
-    """Concatenates <S> sentence </S> ids and cuts [length + 1] windows."""
-    import numpy as np
-
-    unk = vocabulary[UNK]
-    stream = []
-    for sentence in sentences:
-        stream.append(vocabulary[BOS])
-        stream.extend(vocabulary.get(w, unk) for w in sentence)
-        stream.append(vocabulary[EOS])
-    num_windows = (len(stream) - 1) // length
-    if num_windows < 1:
-        sys.exit(f"train_lm: too little text for sequence_length={length}")
-    ids = np.asarray(stream[:num_windows * length + 1], dtype="int32")
-    inputs = ids[:-1].reshape(num_windows, length)
-    targets = ids[1:].reshape(num_windows, length)
-    return inputs, targets
+flags.DEFINE_string("preset", "small_moe",
+                    "MoELanguageModel preset (see MoELanguageModel.presets()).")
+flags.DEFINE_string(
+    "train_files", os.path.join(DATA_DIR, "brown.train.txt.gz"),
+    "Comma-separated globs of tokenized training text, one sentence per "
+    "line (.gz read as gzip).")
+flags.DEFINE_string(
+    "eval_files", os.path.join(DATA_DIR, "brown.valid.txt.gz"),
+    "Comma-separated globs of tokenized evaluation text.")
+flags.DEFINE_string(
+    "model_dir", None,
+    "Checkpoints, vocabulary and TensorBoard logs; a run started again with "
+    "the same MODEL_DIR resumes from its last checkpoint. None: no files.")
+flags.DEFINE_integer("train_steps", 600, "Optimizer steps in all.")
+flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
+flags.DEFINE_integer("max_length", 48,
+                     "Longest sentence in tokens (with <S>); longer ones are "
+                     "left out.")
+flags.DEFINE_integer("vocabulary_size", 8000,
+                     "Largest vocabulary (special tokens included); 0: no "
+                     "limit.")
+flags.DEFINE_integer("min_count", 1,
+                     "Words seen fewer times in training map to <UNK>.")
+flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
+flags.DEFINE_enum("optimizer", "adam", ["adam", "factored_adam"],
+                  "adam: keras Adam; factored_adam: the paper's Appendix D "
+                  "optimizer (sgmoe.optimizers.FactoredAdam).")
+flags.DEFINE_integer("seed", 1, "Seed of weights, gating noise and shuffling.")
+flags.DEFINE_bool("mixed_precision", False,
+                  "Train under the mixed_bfloat16 policy (routers stay "
+                  "float32).")
+flags.DEFINE_integer("log_every", 100,
+                     "Steps between progress lines (one Keras epoch); must "
+                     "divide --train_steps and --checkpoint_every.")
+flags.DEFINE_integer("checkpoint_every", 100,
+                     "Steps between checkpoints (with --model_dir).")
+flags.DEFINE_integer("num_experts", None, "Overrides the preset's experts.")
+flags.DEFINE_integer("k", None, "Overrides the preset's experts per token.")
+flags.DEFINE_integer("model_dim", None, "Overrides the preset's width.")
+flags.DEFINE_integer("expert_hidden_dim", None,
+                     "Overrides the preset's expert hidden units.")
+flags.DEFINE_bool("jit_compile", True, "Compile the train step with XLA.")
 
 
-def build_model(vocab_size):
+def fail(message):
+    sys.exit(f"train_lm: {message}")
+
+
+def check_flags():
+    for name in ("train_steps", "batch_size", "max_length", "log_every",
+                 "checkpoint_every"):
+        if getattr(FLAGS, name) < 1:
+            fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
+    if FLAGS.train_steps % FLAGS.log_every:
+        fail(f"--log_every={FLAGS.log_every} must divide "
+             f"--train_steps={FLAGS.train_steps}")
+    if FLAGS.model_dir and FLAGS.checkpoint_every % FLAGS.log_every:
+        fail(f"--log_every={FLAGS.log_every} must divide "
+             f"--checkpoint_every={FLAGS.checkpoint_every}")
+
+
+def vocabulary_for(data):
+    """The model directory's vocabulary, or one built from the training text."""
+    saved = FLAGS.model_dir and os.path.isfile(
+        os.path.join(FLAGS.model_dir, "vocabulary.txt"))
+    if saved:
+        return data.WordVocabulary.load(FLAGS.model_dir)
+    vocabulary = data.WordVocabulary.build(
+        FLAGS.train_files, max_size=FLAGS.vocabulary_size or None,
+        min_count=FLAGS.min_count)
+    if FLAGS.model_dir:
+        os.makedirs(FLAGS.model_dir, exist_ok=True)
+        vocabulary.save(FLAGS.model_dir)
+    return vocabulary
+
+
+def mean_tokens_per_sentence(data):
+    """Words + </S> per training sentence, for the words/s figures."""
+    words = sentences = 0
+    for path in data.expand_file_patterns(FLAGS.train_files):
+        for line in data.read_text_lines(path):
+            if line.strip():
+                words += len(line.split()) + 1
+                sentences += 1
+    return words / max(sentences, 1)
+
+
+def build_model(models, optimizers, vocabulary_size):
     import keras
 
-    import sgmoe
-
-    dim, rate = FLAGS.model_dim, FLAGS.dropout
-    tokens = keras.Input((FLAGS.sequence_length,), dtype="int32")
-    x = keras.layers.Embedding(vocab_size, dim)(tokens)
-    x = keras.layers.Dropout(rate)(x)
-    h = keras.layers.LSTM(dim, return_sequences=True)(x)
-    x = x + keras.layers.Dropout(rate)(h)
-    h = sgmoe.layers.MixtureOfExperts(
-        FLAGS.num_experts, FLAGS.expert_hidden_dim, k=FLAGS.k,
-        capacity_factor=FLAGS.capacity_factor, output_activation="sigmoid",
-        seed=FLAGS.seed, name="moe")(x)
-    x = x + keras.layers.Dropout(rate)(h)
-    h = keras.layers.LSTM(dim, return_sequences=True)(x)
-    x = x + keras.layers.Dropout(rate)(h)
-    logits = keras.layers.Dense(vocab_size, name="softmax")(x)
-    return keras.Model(tokens, logits, name="moe_lm")
+    overrides = {name: getattr(FLAGS, name) for name in (
+        "num_experts", "k", "model_dim", "expert_hidden_dim")
+        if getattr(FLAGS, name) is not None}
+    model = models.MoELanguageModel.from_preset(
+        FLAGS.preset, vocabulary_size=vocabulary_size, padding_id=0,
+        seed=FLAGS.seed, **overrides)
+    if FLAGS.optimizer == "factored_adam":
+        optimizer = optimizers.FactoredAdam(FLAGS.learning_rate)
+    else:
+        optimizer = keras.optimizers.Adam(FLAGS.learning_rate)
+    model.compile(optimizer=optimizer,
+                  metrics=[models.Perplexity(padding_id=0)],
+                  jit_compile=FLAGS.jit_compile)
+    model(keras.ops.zeros((1, 8), dtype="int32"))  # builds the weights
+    return model
 
 
 def main(argv):
     del argv
+    check_flags()
+    # Keras warns whenever an evaluation dataset of unknown length ends,
+    # which is how every evaluation here ends.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
     import keras
 
-    keras.utils.set_random_seed(FLAGS.seed)
-    train_sentences = read_sentences(FLAGS.train_file)
-    eval_sentences = read_sentences(FLAGS.eval_file)
-    vocabulary = build_vocabulary(train_sentences, FLAGS.vocab_size)
-    train_x, train_y = to_windows(train_sentences, vocabulary,
-                                  FLAGS.sequence_length)
-    eval_x, eval_y = to_windows(eval_sentences, vocabulary,
-                                FLAGS.sequence_length)
-    print(f"vocabulary {len(vocabulary)} words; {train_x.size} training and "
-          f"{eval_x.size} evaluation tokens; backend {keras.backend.backend()}")
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    from sgmoe import data
+    from sgmoe import models
+    from sgmoe import optimizers
+    from sgmoe import training
 
-    model = build_model(len(vocabulary))
-    model.compile(
-        optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=FLAGS.jit_compile)
-    steps_per_epoch = min(FLAGS.train_steps, len(train_x) // FLAGS.batch_size)
-    epochs = math.ceil(FLAGS.train_steps / steps_per_epoch)
-    initial = model.evaluate(eval_x, eval_y, batch_size=FLAGS.batch_size,
-                             verbose=0)
+    keras.utils.set_random_seed(FLAGS.seed)
+    try:
+        vocabulary = vocabulary_for(data)
+        tokens_per_step = FLAGS.batch_size * mean_tokens_per_sentence(data)
+        eval_data = data.language_model_dataset(
+            FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
+    except data.DataError as error:
+        fail(error)
+    model = build_model(models, optimizers, len(vocabulary))
+    print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
+          f"{keras.backend.backend()}, {model.count_params():,} parameters")
+
+    callbacks = [training.StopOnNonFiniteLoss(),
+                 training.ProgressLogger(FLAGS.log_every, tokens_per_step)]
+    state = None
+    if FLAGS.model_dir:
+        checkpointer = training.Checkpointer(
+            FLAGS.model_dir, checkpoint_every=FLAGS.checkpoint_every)
+        state = checkpointer.restore(model)
+        callbacks += [
+            checkpointer,
+            training.MoETensorBoard(os.path.join(FLAGS.model_dir, "logs"),
+                                    update_freq=FLAGS.log_every,
+                                    tokens_per_step=tokens_per_step)]
+    first_step = state.step if state else 0
+    if state:
+        print(f"resumed from {state.path} at step {first_step}")
+    else:
+        untrained = model.evaluate(eval_data, verbose=0,
+                                   return_dict=True)["perplexity"]
+
+    # One endless, seeded stream: batch i is the same in every run, so a
+    # resumed run skips the batches its checkpoint had consumed.
+    train_data = data.language_model_dataset(
+        FLAGS.train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
+        shuffle=True, seed=FLAGS.seed, repeat=True,
+        skip_batches=state.data_position if state else 0)
+    epochs = FLAGS.train_steps // FLAGS.log_every
     start = time.time()
-    model.fit(train_x, train_y, batch_size=FLAGS.batch_size, epochs=epochs,
-              steps_per_epoch=steps_per_epoch, shuffle=True, verbose=2)
+    try:
+        model.fit(train_data, steps_per_epoch=FLAGS.log_every, epochs=epochs,
+                  initial_epoch=(state.initial_epoch(FLAGS.log_every)
+                                 if state else 0),
+                  verbose=0, callbacks=callbacks)
+    except training.NonFiniteLossError as error:
+        fail(error)
     seconds = time.time() - start
-    loss = model.evaluate(eval_x, eval_y, batch_size=FLAGS.batch_size,
-                          verbose=0)
-    moe = model.get_layer("moe")
-    load = keras.ops.convert_to_numpy(moe.expert_load)
-    print(f"trained {epochs * steps_per_epoch} steps in {seconds:.0f}s "
-          f"({epochs * steps_per_epoch * FLAGS.batch_size * FLAGS.sequence_length / seconds:.0f} words/s)")
-    print(f"MoE load on the last evaluation batch: max/mean "
-          f"{load.max() / load.mean():.2f}, dropped fraction "
-          f"{float(moe.dropped_fraction):.3f}")
-    print(f"validation perplexity: {math.exp(loss):.1f} "
-          f"(untrained: {math.exp(initial):.1f})")
+    steps = FLAGS.train_steps - first_step
+    perplexity = model.evaluate(eval_data, verbose=0,
+                                return_dict=True)["perplexity"]
+    if steps:
+        print(f"trained {steps} steps in {seconds:.0f}s "
+              f"({steps * tokens_per_step / seconds:.0f} words/s)")
+    for name, layer in training.find_moe_layers(model).items():
+        load = keras.ops.convert_to_numpy(layer.expert_load)
+        print(f"{name}: load max/mean {load.max() / load.mean():.2f} on the "
+              f"last evaluation batch")
+    if state:
+        print(f"validation perplexity: {perplexity:.1f}")
+    else:
+        print(f"validation perplexity: {perplexity:.1f} "
+              f"(untrained: {untrained:.1f})")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,10 @@ class ProgressLogger(keras.callbacks.Callback):
         self._window.add(num_steps, logs)
         self._epoch_throughput.add(num_steps, logs)
         self._last_logs = dict(logs or {})
-        if self._steps.step // self.log_every > previous // self.log_every:
+        # The last batch of an epoch gets the epoch line instead.
+        ends_epoch = batch + 1 == (self.params or {}).get("steps")
+        if (self._steps.step // self.log_every > previous // self.log_every
+                and not ends_epoch):
             self._print(f"step={self._steps.step}", self._last_logs,
                         self._window)
             self._window.reset()

@@ -15,10 +15,13 @@ def run(*flags):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_short_run_learns_the_bundled_corpus():
-    result = run("--train_steps=40", "--vocab_size=500", "--model_dim=32",
-                 "--expert_hidden_dim=32", "--num_experts=4", "--k=2",
-                 "--sequence_length=16")
+TINY = ("--vocabulary_size=500", "--model_dim=32", "--expert_hidden_dim=32",
+        "--num_experts=4", "--k=2", "--log_every=20", "--checkpoint_every=20")
+
+
+def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
+    model_dir = str(tmp_path / "lm")
+    result = run("--train_steps=40", f"--model_dir={model_dir}", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     match = re.search(r"validation perplexity: ([\d.]+) \(untrained: ([\d.]+)\)",
                       result.stdout)
@@ -26,25 +29,44 @@ def test_short_run_learns_the_bundled_corpus():
     trained, untrained = map(float, match.groups())
     # Untrained is about the vocabulary size; 40 steps learn word frequencies.
     assert untrained > 400 and trained < 0.5 * untrained
+    assert re.search(r"^epoch=2 step=40 loss=", result.stdout, re.M)
+    assert sorted(os.listdir(model_dir)) == ["checkpoints", "logs",
+                                             "vocabulary.txt"]
+
+    # The same command with more steps continues from the last checkpoint.
+    result = run("--train_steps=60", f"--model_dir={model_dir}", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"resumed from .*step-40 at step 40", result.stdout)
+    assert "trained 20 steps" in result.stdout
+    assert re.search(r"^epoch=3 step=60 loss=", result.stdout, re.M)
+    resumed = float(re.search(r"validation perplexity: ([\d.]+)",
+                              result.stdout).group(1))
+    assert resumed < untrained
 
 
-def test_missing_file_exits_with_one_line(tmp_path):
-    result = run(f"--train_file={tmp_path}/nothing.txt")
+def last_line(result):
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"train_lm: no such file: {tmp_path}/nothing.txt")
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_missing_files_exit_with_one_line(tmp_path):
+    assert last_line(run(f"--train_files={tmp_path}/nothing.txt")) == (
+        f"train_lm: {tmp_path}/nothing.txt: no such file")
+    assert last_line(run(f"--eval_files={tmp_path}/*.txt")) == (
+        f"train_lm: {tmp_path}/*.txt: no file matches this pattern")
 
 
 def test_empty_and_undecodable_files_exit_with_one_line(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    result = run(f"--train_file={empty}")
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"train_lm: {empty} holds no sentences")
+    assert last_line(run(f"--train_files={empty}")) == (
+        f"train_lm: {empty}: holds only blank lines")
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"caf\xe9 au lait\n")
-    result = run(f"--train_file={binary}")
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"train_lm: cannot read {binary}")
+    assert last_line(run(f"--train_files={binary}")).startswith(
+        f"train_lm: {binary}:1: not valid UTF-8")
+
+
+def test_bad_flags_exit_with_one_line():
+    assert last_line(run("--train_steps=50", "--log_every=20")) == (
+        "train_lm: --log_every=20 must divide --train_steps=50")

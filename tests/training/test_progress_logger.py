@@ -32,13 +32,14 @@ def test_prints_fields_every_log_every_steps(monkeypatch, capsys):
             log_every=2, tokens_per_step=TOKENS_PER_STEP)])
 
     lines = [parse(line) for line in capsys.readouterr().out.splitlines()]
-    # Steps 2 and 4, the end of epoch 1 (step 5), steps 6, 8, 10 and the
-    # end of epoch 2 (step 10 again, with the validation logs).
+    # Steps 2 and 4, the end of epoch 1 (step 5), steps 6 and 8, and the
+    # end of epoch 2 (step 10, with the validation logs): the last step of
+    # an epoch gets the epoch line only.
     assert [line.get("step") for line in lines] == [
-        "2", "4", "5", "6", "8", "10", "10"]
-    assert [line["epoch"] for line in lines] == ["1"] * 3 + ["2"] * 4
+        "2", "4", "5", "6", "8", "10"]
+    assert [line["epoch"] for line in lines] == ["1"] * 3 + ["2"] * 3
     assert ["val_loss" in line for line in lines] == [
-        False, False, True, False, False, False, True]
+        False, False, True, False, False, True]
     expected_words_per_second = TOKENS_PER_STEP / STEP_SECONDS
     for line in lines:
         assert float(line["words/s"]) == pytest.approx(
@@ -46,12 +47,12 @@ def test_prints_fields_every_log_every_steps(monkeypatch, capsys):
         # Printed with 4 and 2 decimals.
         assert float(line["perplexity"]) == pytest.approx(
             np.exp(float(line["loss"])), rel=1e-4, abs=6e-3)
-    for index, step in [(0, 2), (1, 4), (3, 6), (4, 8), (5, 10)]:
+    for index, step in [(0, 2), (1, 4), (3, 6), (4, 8)]:
         assert set(lines[index]) == {"step", "epoch", "loss", "perplexity",
                                      "words/s"}
         loss = recorder.steps[step]["logs"]["loss"]
         assert float(lines[index]["loss"]) == pytest.approx(loss, abs=1e-4)
-    for index, epoch in [(2, 0), (6, 1)]:
+    for index, epoch in [(2, 0), (5, 1)]:
         line = lines[index]
         assert float(line["loss"]) == pytest.approx(
             history.history["loss"][epoch], abs=1e-4)
@@ -69,7 +70,7 @@ def test_print_fn_and_no_token_count():
     x = np.ones((4, 4), "float32")
     model.fit(x, x[:, :1], batch_size=2, epochs=1, verbose=0,
               callbacks=[ProgressLogger(log_every=1, print_fn=lines.append)])
-    assert [parse(line)["step"] for line in lines] == ["1", "2", "2"]
+    assert [parse(line)["step"] for line in lines] == ["1", "2"]
     assert all("words/s" not in parse(line) for line in lines)
 
 
@@ -81,8 +82,9 @@ def test_counts_every_step_of_an_execution():
     x = np.ones((12, 4), "float32")
     model.fit(x, x[:, :1], batch_size=2, epochs=1, verbose=0,
               callbacks=[ProgressLogger(log_every=2, print_fn=lines.append)])
-    # Keras reports steps 1-3 and 4-6 at once: lines after steps 3 and 6.
-    assert [parse(line)["step"] for line in lines] == ["3", "6", "6"]
+    # Keras reports steps 1-3 and 4-6 at once: lines after steps 3 and 6
+    # (the epoch line).
+    assert [parse(line)["step"] for line in lines] == ["3", "6"]
 
 
 def test_rejects_bad_arguments():
