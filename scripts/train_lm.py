@@ -199,7 +199,7 @@ def main(argv):
         model.fit(train_data, steps_per_epoch=FLAGS.log_every, epochs=epochs,
                   initial_epoch=(state.initial_epoch(FLAGS.log_every)
                                  if state else 0),
-                  verbose=0, callbacks=callbacks)
+                  shuffle=False, verbose=0, callbacks=callbacks)
     except training.NonFiniteLossError as error:
         fail(error)
     seconds = time.time() - start
