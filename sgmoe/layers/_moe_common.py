@@ -11,7 +11,8 @@ from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 def set_expert_arguments(moe, expert_hidden_dim, capacity_factor,
                          eval_capacity_factor, min_capacity,
                          output_activation, output_dim, expert_activation,
-                         use_bias, kernel_initializer, rematerialize_experts):
+                         use_bias, kernel_initializer, rematerialize_experts,
+                         expert_dropout):
     """Validates and keeps the expert and capacity arguments of a MoE layer."""
     moe.expert_hidden_dim = _validation.check_positive_int(
         "expert_hidden_dim", expert_hidden_dim)
@@ -31,6 +32,8 @@ def set_expert_arguments(moe, expert_hidden_dim, capacity_factor,
     moe.kernel_initializer = (None if kernel_initializer is None else
                               keras.initializers.get(kernel_initializer))
     moe.rematerialize_experts = bool(rematerialize_experts)
+    moe.expert_dropout = _validation.check_unit_interval("expert_dropout",
+                                                         expert_dropout)
 
 
 def capacity_factor(moe, training):
@@ -46,8 +49,8 @@ def feed_forward_experts(moe, num_experts, name):
         num_experts=num_experts, hidden_dim=moe.expert_hidden_dim,
         output_dim=moe.output_dim, activation=moe.expert_activation,
         use_bias=moe.use_bias, kernel_initializer=moe.kernel_initializer,
-        rematerialize=moe.rematerialize_experts, dtype=moe.dtype_policy,
-        name=name)
+        rematerialize=moe.rematerialize_experts, dropout=moe.expert_dropout,
+        seed=moe.seed, dtype=moe.dtype_policy, name=name)
 
 
 def input_dim(moe, input_shape):
@@ -114,4 +117,5 @@ def expert_config(moe):
             None if moe.kernel_initializer is None else
             keras.initializers.serialize(moe.kernel_initializer)),
         "rematerialize_experts": moe.rematerialize_experts,
+        "expert_dropout": moe.expert_dropout,
     }

@@ -35,6 +35,11 @@ class FeedForwardExperts(keras.layers.Layer):
             Appendix D, did this to save memory), trading one more forward
             matmul for memory; `keras.remat` (jax.checkpoint /
             tf.recompute_grad).
+        dropout: rate of dropout on the hidden activations in training, in
+            [0, 1) (a dropout inside the experts, apart from the model's;
+            useful when fine-tuning large expert layers). Not with
+            `rematerialize`: the recomputed pass would need the same mask.
+        seed: seed of the dropout.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -63,6 +68,8 @@ class FeedForwardExperts(keras.layers.Layer):
         kernel_initializer=None,
         bias_initializer="zeros",
         rematerialize=False,
+        dropout=0.0,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,6 +86,14 @@ class FeedForwardExperts(keras.layers.Layer):
                                    keras.initializers.get(kernel_initializer))
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.rematerialize = bool(rematerialize)
+        self.dropout = _validation.check_unit_interval("dropout", dropout)
+        if self.dropout and self.rematerialize:
+            raise ValueError(
+                "`dropout` inside the experts cannot be combined with "
+                f"`rematerialize`=True, received dropout={dropout}.")
+        self.seed = seed
+        self.seed_generator = (keras.random.SeedGenerator(seed)
+                               if self.dropout else None)
 
     def _kernel_initializer(self):
         if self.kernel_initializer is not None:
@@ -117,7 +132,7 @@ class FeedForwardExperts(keras.layers.Layer):
                 name="bias_out", shape=(self.num_experts, output_dim),
                 initializer=self.bias_initializer)
 
-    def call(self, inputs, block_expert=None):
+    def call(self, inputs, block_expert=None, training=None):
         weights = [self.kernel_in, self.kernel_out]
         if self.use_bias:
             weights += [self.bias_in, self.bias_out]
@@ -125,16 +140,19 @@ class FeedForwardExperts(keras.layers.Layer):
         if block_expert is not None:
             # Row b of the input belongs to expert block_expert[b].
             weights = [ops.take(w, block_expert, axis=0) for w in weights]
-        forward = keras.remat(self._forward) if self.rematerialize else (
-            self._forward)
-        return forward(inputs, *weights)
+        if self.rematerialize:
+            return keras.remat(self._forward)(inputs, *weights)
+        return self._forward(inputs, *weights, training=training)
 
     def _forward(self, inputs, kernel_in, kernel_out, bias_in=None,
-                 bias_out=None):
+                 bias_out=None, training=None):
         hidden = ops.matmul(inputs, kernel_in)  # [E, C, h]
         if bias_in is not None:
             hidden = hidden + ops.expand_dims(bias_in, 1)
         hidden = self.activation(hidden)
+        if training and self.dropout:
+            hidden = keras.random.dropout(hidden, self.dropout,
+                                          seed=self.seed_generator)
         outputs = ops.matmul(hidden, kernel_out)  # [E, C, d_out]
         if bias_out is not None:
             outputs = outputs + ops.expand_dims(bias_out, 1)
@@ -157,5 +175,7 @@ class FeedForwardExperts(keras.layers.Layer):
             "bias_initializer": keras.initializers.serialize(
                 self.bias_initializer),
             "rematerialize": self.rematerialize,
+            "dropout": self.dropout,
+            "seed": self.seed,
         })
         return config

@@ -65,9 +65,9 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         expert_hidden_dim: hidden units of each expert (keyword argument).
         capacity_factor, eval_capacity_factor, min_capacity, output_activation,
         output_dim, expert_activation, use_bias, kernel_initializer,
-        rematerialize_experts, noisy, importance_weight, load_weight,
-        noise_epsilon, seed: as in `MixtureOfExperts`; capacity applies at
-            both levels.
+        rematerialize_experts, expert_dropout, noisy, importance_weight,
+        load_weight, noise_epsilon, seed: as in `MixtureOfExperts`; capacity
+            applies at both levels.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -101,6 +101,7 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         use_bias=True,
         kernel_initializer=None,
         rematerialize_experts=False,
+        expert_dropout=0.0,
         noisy=True,
         importance_weight=0.1,
         load_weight=0.1,
@@ -121,7 +122,8 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         _moe_common.set_expert_arguments(
             self, expert_hidden_dim, capacity_factor, eval_capacity_factor,
             min_capacity, output_activation, output_dim, expert_activation,
-            use_bias, kernel_initializer, rematerialize_experts)
+            use_bias, kernel_initializer, rematerialize_experts,
+            expert_dropout)
         self.noisy = bool(noisy)
         self.importance_weight = _validation.check_non_negative_float(
             "importance_weight", importance_weight)
@@ -204,8 +206,10 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
                     else ops.minimum(capacity, group_capacity))
         secondary_plan = dispatch.plan_top_k(
             expert_indices, secondary_weights, self.num_experts, capacity)
-        expert_outputs = self.experts(dispatch.dispatch(
-            ops.reshape(group_tokens, (-1, self.input_dim)), secondary_plan))
+        expert_outputs = self.experts(
+            dispatch.dispatch(ops.reshape(group_tokens, (-1, self.input_dim)),
+                              secondary_plan),
+            training=training)
         group_outputs = dispatch.combine(expert_outputs, secondary_plan)
         outputs = dispatch.combine(
             ops.reshape(group_outputs, (groups, -1, group_outputs.shape[-1])),

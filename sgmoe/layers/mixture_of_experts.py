@@ -97,6 +97,9 @@ class MixtureOfExperts(keras.layers.Layer):
             Glorot uniform (see `FeedForwardExperts`).
         rematerialize_experts: recompute the experts' hidden activations in
             the backward pass instead of storing them (paper, Appendix D).
+        expert_dropout: dropout rate on the experts' hidden activations in
+            training, in [0, 1): a dropout inside the experts, apart from
+            the model's (not with `rematerialize_experts`).
         residual_expert: if true, a Residual-MoE (Rajbhandari et al. 2022,
             DeepSpeed-MoE, §4.1): one more feed-forward network of the same
             shape that every token goes through, its output added to the
@@ -156,6 +159,7 @@ class MixtureOfExperts(keras.layers.Layer):
         use_bias=True,
         kernel_initializer=None,
         rematerialize_experts=False,
+        expert_dropout=0.0,
         residual_expert=False,
         noisy=True,
         importance_weight=0.1,
@@ -191,7 +195,8 @@ class MixtureOfExperts(keras.layers.Layer):
         _moe_common.set_expert_arguments(
             self, expert_hidden_dim, capacity_factor, eval_capacity_factor,
             min_capacity, output_activation, output_dim, expert_activation,
-            use_bias, kernel_initializer, rematerialize_experts)
+            use_bias, kernel_initializer, rematerialize_experts,
+            expert_dropout)
         self.dropless = bool(dropless)
         self.block_size = (None if block_size is None else
                            _validation.check_positive_int("block_size",
@@ -251,11 +256,12 @@ class MixtureOfExperts(keras.layers.Layer):
             num_groups=getattr(self.router, "num_groups", 1),
             dropless=self.dropless, block_size=self.block_size)
         expert_outputs = self.experts(dispatch.dispatch(tokens, plan),
-                                      block_expert=plan.block_expert)
+                                      block_expert=plan.block_expert,
+                                      training=training)
         outputs = dispatch.combine(expert_outputs, plan, num_tokens)
         if self.dense_expert is not None:
             outputs = outputs + self.dense_expert(
-                ops.expand_dims(tokens, 0))[0]
+                ops.expand_dims(tokens, 0), training=training)[0]
         outputs = self.output_activation(outputs)
         _moe_common.record_statistics(self, routing.importance, routing.load,
                                       plan.dropped_fraction,

@@ -328,3 +328,17 @@ def test_dropless_with_a_slot_filling_router_is_an_error():
                            dropless=True)
     with pytest.raises(ValueError, match="`dropless`"):
         moe(inputs())
+
+
+def test_expert_dropout_reaches_the_experts_in_training_only():
+    moe = build_moe(k=2, expert_dropout=0.5)
+    assert moe.experts.dropout == 0.5
+    x = inputs()
+    y_eval = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    np.testing.assert_allclose(y_eval, reference_output(moe, x)[0],
+                               rtol=1e-4, atol=1e-5)
+    moe.router.noisy = False  # only the dropout differs in training
+    y_train = ops.convert_to_numpy(moe(x, training=True)).reshape(-1, DIM)
+    assert not np.allclose(y_train, y_eval, atol=1e-4)
+    assert MixtureOfExperts.from_config(
+        moe.get_config()).expert_dropout == 0.5
