@@ -36,6 +36,31 @@ def count_per_expert(expert_indices, num_experts, weights=None):
     return ops.segment_sum(flat_weights, flat_indices, num_segments=num_experts)
 
 
+def load_balancing_loss(first_choice, probabilities, num_groups=1):
+    """E * sum_e f_e * P_e, averaged over groups of consecutive tokens.
+
+    The balancing loss of Switch Transformer (Fedus et al. 2021, eq. 4; one
+    group) and of GShard (Lepikhin et al. 2020, E^2 * mean_e(f_e * P_e) per
+    group): f_e is the fraction of a group's tokens whose first choice is
+    expert e, P_e the mean router probability of e over the group. It is 1
+    under perfectly uniform routing. The one-hot is [N, E], like the
+    probabilities the router already holds.
+
+    Args:
+        first_choice: int [N], each token's first expert.
+        probabilities: float32 [N, E], the router's softmax.
+        num_groups: G, which divides N.
+    """
+    num_experts = probabilities.shape[-1]
+    grouped_shape = (num_groups, -1, num_experts)
+    fraction_routed = ops.mean(ops.reshape(
+        ops.one_hot(first_choice, num_experts), grouped_shape), axis=1)
+    mean_probability = ops.mean(ops.reshape(probabilities, grouped_shape),
+                                axis=1)  # [G, E]
+    return num_experts * ops.mean(
+        ops.sum(fraction_routed * mean_probability, axis=-1))
+
+
 def z_loss(logits, weight):
     """Router z-loss of ST-MoE (Zoph et al. 2022, eq. 5).
 

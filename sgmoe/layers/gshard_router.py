@@ -189,17 +189,10 @@ class GShardRouter(keras.layers.Layer):
         importance = balancing.count_per_expert(
             top_index, self.num_experts, weights=expert_weights)
 
-        grouped_shape = (self.num_groups, -1, self.num_experts)
-        fraction_routed = ops.mean(ops.reshape(
-            ops.one_hot(top_index[:, 0], self.num_experts), grouped_shape),
-            axis=1)  # [G, E]
-        mean_probability = ops.mean(ops.reshape(probabilities, grouped_shape),
-                                    axis=1)  # [G, E]
-        group_loss = self.num_experts * ops.sum(
-            fraction_routed * mean_probability, axis=-1)  # [G]
         auxiliary_losses = {
             "load_balancing_loss": self.load_balancing_weight
-            * ops.mean(group_loss),
+            * balancing.load_balancing_loss(top_index[:, 0], probabilities,
+                                            self.num_groups),
         }
         _router_common.add_losses(self, auxiliary_losses, logits,
                                   training)

@@ -107,12 +107,10 @@ class SwitchRouter(keras.layers.Layer):
         load = balancing.count_per_expert(expert_indices, self.num_experts)
         importance = balancing.count_per_expert(
             expert_indices, self.num_experts, weights=expert_weights)
-        num_tokens = ops.cast(ops.shape(x)[0], "float32")
-        fraction_routed = load / num_tokens
-        mean_probability = ops.mean(probabilities, axis=0)
         auxiliary_losses = {
             "load_balancing_loss": self.load_balancing_weight
-            * self.num_experts * ops.sum(fraction_routed * mean_probability),
+            * balancing.load_balancing_loss(expert_indices[:, 0],
+                                            probabilities),
         }
         _router_common.add_losses(self, auxiliary_losses, logits,
                                   training)
