@@ -6,7 +6,7 @@ import re
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 
-def tested_examples():
+def marked_examples():
     with open(README, encoding="utf-8") as readme:
         text = readme.read()
     return re.findall(r"<!-- tested example -->\n```python\n(.*?)```", text,
@@ -14,7 +14,7 @@ def tested_examples():
 
 
 def test_transformer_block_example_trains():
-    examples = tested_examples()
+    examples = marked_examples()
     assert len(examples) == 1
     namespace = {}
     exec(compile(examples[0], "README.md", "exec"), namespace)

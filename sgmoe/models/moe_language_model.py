@@ -1,8 +1,5 @@
 """The LSTM-MoE language model of Shazeer et al. 2017 (Appendix C.1)."""
 
-import json
-import os
-
 import keras
 from keras import ops
 
@@ -10,16 +7,14 @@ from sgmoe import _validation
 from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
-from sgmoe.models import fine_tuning
 from sgmoe.models import language_model_presets
+from sgmoe.models import moe_model
 from sgmoe.models.deep_feed_forward import DeepFeedForward
 from sgmoe.models.perplexity import token_weights
 from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
 from sgmoe.models.sampled_softmax import SampledSoftmax
 
 LAYER_TYPES = ("lstm", "moe", "feed_forward")
-PRESET_CONFIG_FILE = "config.json"
-PRESET_WEIGHTS_FILE = "model.weights.h5"
 
 
 def resolve_experts(num_experts, num_groups, experts_per_group):
@@ -58,7 +53,7 @@ def resolve_experts(num_experts, num_groups, experts_per_group):
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class MoELanguageModel(keras.Model):
+class MoELanguageModel(moe_model.MoEModel):
     """Embedding -> LSTM -> MoE -> LSTM -> softmax (Shazeer et al. 2017).
 
     The 1 Billion Word model of "Outrageously Large Neural Networks"
@@ -158,6 +153,8 @@ class MoELanguageModel(keras.Model):
     >>> tuple(model(ops.ones((2, 5), "int32")).shape)
     (2, 5, 100)
     """
+
+    preset_input_shape = (None, None)
 
     def __init__(
         self,
@@ -362,24 +359,6 @@ class MoELanguageModel(keras.Model):
                         else {metric.name: result})
         return logs
 
-    def moe_layers(self):
-        """The model's MoE layers (see `fine_tuning.moe_layers`)."""
-        return fine_tuning.moe_layers(self)
-
-    def summary(self, line_length=None, positions=None, print_fn=None,
-                expand_nested=False, show_trainable=False, layer_range=None):
-        """Keras's summary, then one line per MoE layer: its experts, their
-        parameters in total and per expert, its gating parameters and how
-        many experts each token uses."""
-        super().summary(line_length=line_length, positions=positions,
-                        print_fn=print_fn, expand_nested=expand_nested,
-                        show_trainable=show_trainable,
-                        layer_range=layer_range)
-        lines = [describe_moe_layer(layer) for layer in self.moe_layers()]
-        if lines:
-            (print_fn or print)("\n".join(
-                ["Mixture-of-Experts layers:"] + lines))
-
     # Presets.
 
     @classmethod
@@ -400,37 +379,13 @@ class MoELanguageModel(keras.Model):
                 vocabulary_size, dropout). With a directory, overrides must
                 keep the weight shapes.
         """
-        if isinstance(name, os.PathLike) or (
-                isinstance(name, str) and os.path.isdir(name)):
-            directory = os.fspath(name)
-            with open(os.path.join(directory, PRESET_CONFIG_FILE)) as file:
-                stored = json.load(file)
-            config = dict(stored["config"], **overrides)
-            model = cls.from_config(config)
-            model.build(tuple(stored.get("input_shape", (None, None))))
-            model.load_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
-            return model
+        if moe_model.is_preset_directory(name):
+            return cls.from_preset_directory(name, **overrides)
         if name not in language_model_presets.PRESETS:
             raise ValueError(
                 f"Unknown preset {name!r}: not a directory, and not one of "
                 f"{cls.presets()}.")
         return cls(**dict(language_model_presets.PRESETS[name], **overrides))
-
-    def save_to_preset(self, directory):
-        """Writes config.json and model.weights.h5 for `from_preset`."""
-        if not self.built:
-            raise ValueError(
-                "Build the model (call it or model.build((None, None))) "
-                "before save_to_preset.")
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as file:
-            json.dump({
-                "class_name": keras.saving.get_registered_name(type(self)),
-                "config": self.get_config(),
-                "input_shape": [None, None],
-                "keras_version": keras.__version__,
-            }, file, indent=2)
-        self.save_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
 
     def get_config(self):
         config = super().get_config()
@@ -463,27 +418,3 @@ class MoELanguageModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def describe_moe_layer(layer):
-    """One line: experts, k, expert shape, expert and gating parameters."""
-    experts = getattr(layer, "experts", None)
-    if not hasattr(experts, "num_experts"):
-        total = sum(int(ops.size(w)) for w in layer.trainable_weights)
-        return (f" {layer.name} ({type(layer).__name__}): "
-                f"{int(ops.size(layer.expert_load))} experts; parameters "
-                f"{total:,}")
-    expert_weights = sum(int(ops.size(w)) for w in experts.trainable_weights)
-    all_weights = sum(int(ops.size(w)) for w in layer.trainable_weights)
-    num_experts = experts.num_experts
-    shape = (f"{layer.input_dim} -> {experts.hidden_dim} -> "
-             f"{experts.output_dim or layer.input_dim}")
-    if hasattr(layer, "num_groups") and hasattr(layer, "k_primary"):
-        routing = (f"{layer.num_groups} groups x {layer.experts_per_group} "
-                   f"experts, k={layer.k_primary}x{layer.k_secondary}")
-    else:
-        routing = f"{num_experts} experts, k={layer.k}"
-    return (f" {layer.name} ({type(layer).__name__}): {routing}, experts "
-            f"{shape}; expert parameters {expert_weights:,} "
-            f"({expert_weights // num_experts:,} per expert), gating "
-            f"{all_weights - expert_weights:,}")

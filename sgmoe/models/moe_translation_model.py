@@ -10,7 +10,7 @@ from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
 from sgmoe.models import beam_search as search
-from sgmoe.models import fine_tuning
+from sgmoe.models import moe_model
 from sgmoe.models import translation_model_presets
 from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
 from sgmoe.models.tanh_product_attention import TanhProductAttention
@@ -22,7 +22,7 @@ MOE_DEFAULTS = {"expert_hidden_dim": 2048, "output_activation": "sigmoid"}
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class MoETranslationModel(keras.Model):
+class MoETranslationModel(moe_model.MoEModel):
     """GNMT-style encoder-decoder with MoE layers (Shazeer et al. 2017).
 
     "Outrageously Large Neural Networks" (arXiv:1701.06538), §5.3 and
@@ -549,10 +549,6 @@ class MoETranslationModel(keras.Model):
 
     # Presets and inspection.
 
-    def moe_layers(self):
-        """The model's MoE layers (encoder first)."""
-        return fine_tuning.moe_layers(self)
-
     @classmethod
     def presets(cls):
         """Names of the built-in presets."""
@@ -560,15 +556,19 @@ class MoETranslationModel(keras.Model):
 
     @classmethod
     def from_preset(cls, name, **overrides):
-        """A model from a built-in preset.
+        """A model from a built-in preset or a `save_to_preset` directory.
 
         Args:
             name: one of `presets()`: "moe_32" (flat MoEs of 32 experts,
                 k = 4, strictly balanced gating), "moe_512_h" and
                 "moe_2048_h" (hierarchical, k = 2 at each level),
-                "gnmt_baseline" (no MoE) and the tiny presets.
+                "gnmt_baseline" (no MoE) and the tiny presets; or a
+                directory written by `save_to_preset`, whose weights are
+                loaded.
             **overrides: constructor arguments replacing the preset's.
         """
+        if moe_model.is_preset_directory(name):
+            return cls.from_preset_directory(name, **overrides)
         if name not in translation_model_presets.PRESETS:
             raise ValueError(
                 f"Unknown preset {name!r}, expected one of {cls.presets()}.")

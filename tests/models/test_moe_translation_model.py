@@ -389,3 +389,20 @@ def test_keras_save_and_reload_in_fresh_process(tmp_path):
     np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-5,
                                atol=1e-5)
     assert str(outputs["config"]) == str(sorted(model.get_config().items()))
+
+
+def test_preset_directory_round_trip_and_summary(tmp_path):
+    model = tiny_model("tiny_pyramid")
+    randomize(model)
+    expected = logits_of(model, SOURCE, TARGET_INPUT)
+    model.save_to_preset(str(tmp_path / "preset"))
+    restored = MoETranslationModel.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(logits_of(restored, SOURCE, TARGET_INPUT),
+                               expected, rtol=1e-5, atol=1e-5)
+    printed = []
+    model.summary(print_fn=lambda text, **kwargs: printed.append(text))
+    moe_lines = printed[-1].splitlines()
+    assert moe_lines[0] == "Mixture-of-Experts layers:"
+    # The pyramid: 4 experts in the encoder's MoE, 8 in the decoder's.
+    assert [" 4 experts" in moe_lines[1], " 8 experts" in moe_lines[2]] == [
+        True, True]

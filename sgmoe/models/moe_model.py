@@ -1,0 +1,104 @@
+"""What every sgmoe model shares: its MoE layers in `summary()`, and
+preset directories (`save_to_preset`, `from_preset(directory)`)."""
+
+import json
+import os
+
+import keras
+from keras import ops
+
+from sgmoe.models import fine_tuning
+
+PRESET_CONFIG_FILE = "config.json"
+PRESET_WEIGHTS_FILE = "model.weights.h5"
+
+
+def is_preset_directory(name):
+    """Whether `name` is a directory (a `save_to_preset` output)."""
+    return isinstance(name, os.PathLike) or (
+        isinstance(name, str) and os.path.isdir(name))
+
+
+class MoEModel(keras.Model):
+    """A `keras.Model` with MoE-aware summary and preset directories.
+
+    Subclasses build with `build(None)` or from the input shape they store
+    in `preset_input_shape`.
+    """
+
+    # The input shape `save_to_preset` records for `build`; None builds a
+    # model whose `build` needs no shape.
+    preset_input_shape = None
+
+    def moe_layers(self):
+        """The model's MoE layers (see `fine_tuning.moe_layers`)."""
+        return fine_tuning.moe_layers(self)
+
+    def summary(self, line_length=None, positions=None, print_fn=None,
+                expand_nested=False, show_trainable=False, layer_range=None):
+        """Keras's summary, then one line per MoE layer: its experts, their
+        parameters in total and per expert, its gating parameters and how
+        many experts each token uses."""
+        super().summary(line_length=line_length, positions=positions,
+                        print_fn=print_fn, expand_nested=expand_nested,
+                        show_trainable=show_trainable,
+                        layer_range=layer_range)
+        lines = [describe_moe_layer(layer) for layer in self.moe_layers()]
+        if lines:
+            (print_fn or print)("\n".join(
+                ["Mixture-of-Experts layers:"] + lines))
+
+    def save_to_preset(self, directory):
+        """Writes config.json and model.weights.h5 for `from_preset`."""
+        if not self.built:
+            raise ValueError(
+                "Build the model (call it on a batch) before save_to_preset.")
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as file:
+            json.dump({
+                "class_name": keras.saving.get_registered_name(type(self)),
+                "config": self.get_config(),
+                "input_shape": self.preset_input_shape,
+                "keras_version": keras.__version__,
+            }, file, indent=2)
+        self.save_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+
+    @classmethod
+    def from_preset_directory(cls, directory, **overrides):
+        """The model `save_to_preset` wrote, with its weights.
+
+        `overrides` replace constructor arguments and must keep the weight
+        shapes.
+        """
+        directory = os.fspath(directory)
+        with open(os.path.join(directory, PRESET_CONFIG_FILE)) as file:
+            stored = json.load(file)
+        model = cls.from_config(dict(stored["config"], **overrides))
+        input_shape = stored.get("input_shape")
+        model.build(None if input_shape is None else tuple(input_shape))
+        model.load_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+        return model
+
+
+def describe_moe_layer(layer):
+    """One line: experts, k, expert shape, expert and gating parameters."""
+    experts = getattr(layer, "experts", None)
+    if not hasattr(experts, "num_experts"):
+        total = sum(int(ops.size(w)) for w in layer.trainable_weights)
+        return (f" {layer.name} ({type(layer).__name__}): "
+                f"{int(ops.size(layer.expert_load))} experts; parameters "
+                f"{total:,}")
+    expert_weights = sum(int(ops.size(w)) for w in experts.trainable_weights)
+    all_weights = sum(int(ops.size(w)) for w in layer.trainable_weights)
+    num_experts = experts.num_experts
+    shape = (f"{layer.input_dim} -> {experts.hidden_dim} -> "
+             f"{experts.output_dim or layer.input_dim}")
+    if hasattr(layer, "num_groups") and hasattr(layer, "k_primary"):
+        routing = (f"{layer.num_groups} groups x {layer.experts_per_group} "
+                   f"experts, k={layer.k_primary}x{layer.k_secondary}")
+    else:
+        routing = f"{num_experts} experts, k={layer.k}"
+    return (f" {layer.name} ({type(layer).__name__}): {routing}, experts "
+            f"{shape}; expert parameters {expert_weights:,} "
+            f"({expert_weights // num_experts:,} per expert), gating "
+            f"{all_weights - expert_weights:,}")
