@@ -349,10 +349,8 @@ def build_layer(num_experts, config):
         num_experts=num_experts, expert_hidden_dim=hidden_dim, k=k,
         capacity_factor=capacity_factor, seed=0, router=router,
         dropless=config["dropless"], block_size=config["block_size"])
-    if name == "expert_choice":
-        slots = min(num_tokens, math.ceil(k * num_tokens / num_experts))
-        return layer, num_experts * slots, k
-    if name == "strictly_balanced":
+    if name in ("expert_choice", "strictly_balanced"):
+        # Each expert fills ceil(k * T / E) slots.
         slots = min(num_tokens, math.ceil(k * num_tokens / num_experts))
         return layer, num_experts * slots, k
     k = layer.k

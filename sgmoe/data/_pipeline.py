@@ -5,6 +5,7 @@ import numbers
 import tensorflow as tf
 
 from sgmoe import _validation
+from sgmoe.data import text_files
 
 # The characters Python's str.split() splits at: Unicode White_Space plus the
 # ASCII separators \x1c-\x1f. tensorflow-text's WhitespaceTokenizer cuts
@@ -18,8 +19,14 @@ _FILE_ORDER_STREAM, _BLOCK_STREAM, _BATCH_ORDER_STREAM = 0, 1, 2
 _CHUNK_SIZE = 1024
 
 
-def check_pipeline_arguments(batch_size, max_length, num_shards, shard_index,
-                             skip_batches, block_size, seed):
+def pipeline_settings(batch_size, max_length, num_shards, shard_index,
+                      skip_batches, block_size, seed, on_malformed,
+                      bucket_boundaries, repeat, drop_remainder):
+    """Checks a dataset's arguments; returns (boundaries, drop_remainder).
+
+    `drop_remainder` None means: drop a last short batch only when the
+    dataset repeats.
+    """
     _validation.check_positive_int("batch_size", batch_size)
     _validation.check_positive_int("max_length", max_length)
     _validation.check_positive_int("num_shards", num_shards)
@@ -34,6 +41,11 @@ def check_pipeline_arguments(batch_size, max_length, num_shards, shard_index,
         raise ValueError(
             f"`shard_index` must be less than `num_shards`={num_shards}, "
             f"received shard_index={shard_index}.")
+    text_files.check_on_malformed(on_malformed)
+    boundaries = bucket_boundaries_for(bucket_boundaries, max_length)
+    if drop_remainder is None:
+        drop_remainder = bool(repeat)
+    return boundaries, drop_remainder
 
 
 def check_vocabulary(vocabulary, expected_class):

@@ -94,13 +94,10 @@ def language_model_dataset(
     >>> model.fit(train, steps_per_epoch=1000)
     """
     _pipeline.check_vocabulary(vocabulary, WordVocabulary)
-    _pipeline.check_pipeline_arguments(
+    boundaries, drop_remainder = _pipeline.pipeline_settings(
         batch_size, max_length, num_shards, shard_index, skip_batches,
-        block_size, seed)
-    text_files.check_on_malformed(on_malformed)
-    boundaries = _pipeline.bucket_boundaries_for(bucket_boundaries, max_length)
-    if drop_remainder is None:
-        drop_remainder = bool(repeat)
+        block_size, seed, on_malformed, bucket_boundaries, repeat,
+        drop_remainder)
 
     files = text_files.expand_file_patterns(file_patterns)
     files, shard_lines = _pipeline.shard_files(files, num_shards, shard_index)

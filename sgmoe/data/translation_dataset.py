@@ -75,13 +75,10 @@ def translation_dataset(
     >>> model.fit(train, steps_per_epoch=1000)  # model((source, target_in))
     """
     _pipeline.check_vocabulary(vocabulary, SubwordVocabulary)
-    _pipeline.check_pipeline_arguments(
+    boundaries, drop_remainder = _pipeline.pipeline_settings(
         batch_size, max_length, num_shards, shard_index, skip_batches,
-        block_size, seed)
-    text_files.check_on_malformed(on_malformed)
-    boundaries = _pipeline.bucket_boundaries_for(bucket_boundaries, max_length)
-    if drop_remainder is None:
-        drop_remainder = bool(repeat)
+        block_size, seed, on_malformed, bucket_boundaries, repeat,
+        drop_remainder)
 
     sources = text_files.expand_file_patterns(source_patterns)
     targets = text_files.expand_file_patterns(target_patterns)

@@ -21,9 +21,8 @@ Gating ops count both W_g and W_noise (the noisy gate of training); biases
 and elementwise work are not ops.
 """
 
-import inspect
-
 from sgmoe.models import language_model_presets
+from sgmoe.models import moe_model
 from sgmoe.models.moe_language_model import MoELanguageModel
 from sgmoe.models.moe_language_model import resolve_experts
 
@@ -31,18 +30,8 @@ from sgmoe.models.moe_language_model import resolve_experts
 def _architecture(config):
     """The constructor arguments of a config (dict, model or preset name),
     defaults filled in and experts resolved."""
-    if isinstance(config, str):
-        if config not in language_model_presets.PRESETS:
-            raise ValueError(
-                f"Unknown preset {config!r}, expected one of "
-                f"{sorted(language_model_presets.PRESETS)}.")
-        config = language_model_presets.PRESETS[config]
-    if hasattr(config, "get_config"):
-        config = config.get_config()
-    parameters = inspect.signature(MoELanguageModel.__init__).parameters
-    resolved = {name: p.default for name, p in parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    resolved.update(config)
+    resolved = moe_model.constructor_arguments(
+        MoELanguageModel, config, language_model_presets.PRESETS)
     resolved["num_experts"], resolved["experts_per_group"] = (
         resolve_experts(resolved["num_experts"], resolved["num_groups"],
                         resolved["experts_per_group"]))

@@ -1,6 +1,7 @@
 """What every sgmoe model shares: its MoE layers in `summary()`, and
 preset directories (`save_to_preset`, `from_preset(directory)`)."""
 
+import inspect
 import json
 import os
 
@@ -17,6 +18,30 @@ def is_preset_directory(name):
     """Whether `name` is a directory (a `save_to_preset` output)."""
     return isinstance(name, os.PathLike) or (
         isinstance(name, str) and os.path.isdir(name))
+
+
+def constructor_arguments(model_class, config, presets):
+    """Every constructor argument of a config, defaults filled in.
+
+    Args:
+        model_class: the model class whose `__init__` defaults fill gaps.
+        config: a dict of arguments, a model (its `get_config()`) or the
+            name of one of `presets`.
+        presets: {name: arguments} of the model class.
+    """
+    if isinstance(config, str):
+        if config not in presets:
+            raise ValueError(
+                f"Unknown preset {config!r}, expected one of "
+                f"{sorted(presets)}.")
+        config = presets[config]
+    if hasattr(config, "get_config"):
+        config = config.get_config()
+    parameters = inspect.signature(model_class.__init__).parameters
+    resolved = {name: p.default for name, p in parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    resolved.update(config)
+    return resolved
 
 
 class MoEModel(keras.Model):

@@ -18,8 +18,7 @@ attention_dim:
   gating 2 (d G + G d E_g) (noisy at both levels; half without noise).
 """
 
-import inspect
-
+from sgmoe.models import moe_model
 from sgmoe.models import translation_model_presets
 from sgmoe.models.moe_translation_model import MOE_DEFAULTS
 from sgmoe.models.moe_translation_model import MoETranslationModel
@@ -28,19 +27,8 @@ _SINGLE_MATRIX_ROUTERS = ("switch", "gshard", "expert_choice")
 
 
 def _configuration(config):
-    if isinstance(config, str):
-        if config not in translation_model_presets.PRESETS:
-            raise ValueError(
-                f"Unknown preset {config!r}, expected one of "
-                f"{sorted(translation_model_presets.PRESETS)}.")
-        config = translation_model_presets.PRESETS[config]
-    if hasattr(config, "get_config"):
-        config = config.get_config()
-    parameters = inspect.signature(MoETranslationModel.__init__).parameters
-    resolved = {name: p.default for name, p in parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    resolved.update(config)
-    return resolved
+    return moe_model.constructor_arguments(
+        MoETranslationModel, config, translation_model_presets.PRESETS)
 
 
 def _lstm(input_dim, units, output_dim):
