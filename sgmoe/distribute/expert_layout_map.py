@@ -1,0 +1,64 @@
+"""Layout rules: expert weights split along the expert axis over "model"."""
+
+import keras
+
+from sgmoe.distribute.mesh_spec import BATCH_AXIS
+from sgmoe.distribute.mesh_spec import MESH_AXES
+from sgmoe.distribute.mesh_spec import MODEL_AXIS
+
+# The expert layer of every sgmoe MoE layer is a `FeedForwardExperts` named
+# "experts"; a standalone one keeps its default name, "feed_forward_experts"
+# with a numeric suffix. A Residual-MoE's "dense_expert" (one expert) does not
+# match and stays replicated.
+_EXPERT_LAYER = r"(.*/)?(feed_forward_)?experts(_[0-9]+)?"
+
+EXPERT_KERNEL_PATTERN = _EXPERT_LAYER + r"/kernel_(in|out)"
+EXPERT_BIAS_PATTERN = _EXPERT_LAYER + r"/bias_(in|out)"
+EXPERT_OUTPUT_PATTERN = _EXPERT_LAYER + r"/output"
+
+
+def expert_layout_map(mesh):
+    """The `LayoutMap` of sgmoe models: experts over "model", rest replicated.
+
+    GShard's layout (Lepikhin et al. 2020; mesh-tensorflow's "experts" ->
+    "model" rule): the stacked expert weights of every `FeedForwardExperts`
+    layer (`kernel_in` [E, d, h], `kernel_out` [E, h, d], `bias_in` [E, h],
+    `bias_out` [E, d]) are split along their expert axis E over the "model"
+    axis, so device m of a model group holds experts m * E / M ... (m + 1) *
+    E / M - 1, and so do their optimizer slots (Keras and `FactoredAdam` give
+    a slot its variable's layout). A hierarchical MoE stores group i's
+    experts as rows i * E_g ... (i + 1) * E_g - 1 of one expert layer, so
+    its G groups lie along the "model" axis: with G = M, position i holds
+    group i; with G a multiple of M, G / M whole groups each.
+
+    The experts' output buffer [E, C, d] is split over both axes (E over
+    "model", the C slots over "batch"), so each device runs its experts on
+    its share of their slots: expert FLOPs are divided over every device
+    rather than repeated on each "batch" row. Everything else (embeddings,
+    LSTMs, routers and gates, a Residual-MoE's dense expert, the softmax)
+    matches no rule and is replicated; `keras.distribution.ModelParallel`
+    splits the batch over "batch".
+
+    E must be divisible by the size of the "model" axis. Dropless dispatch
+    (`dropless=True`) gathers each block's expert weights, so under expert
+    sharding it moves weights rather than tokens: use capacity-based
+    dispatch with a "model" axis.
+
+    Args:
+        mesh: a `keras.distribution.DeviceMesh` with the axes "batch" and
+            "model" (from `device_mesh`).
+
+    Returns:
+        A `keras.distribution.LayoutMap`.
+    """
+    if not isinstance(mesh, keras.distribution.DeviceMesh) or any(
+            axis not in mesh.axis_names for axis in MESH_AXES):
+        raise ValueError(
+            "`mesh` must be a keras.distribution.DeviceMesh with the axes "
+            f"{list(MESH_AXES)} (see sgmoe.distribute.device_mesh), received "
+            f"mesh={mesh!r}.")
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map[EXPERT_KERNEL_PATTERN] = (MODEL_AXIS, None, None)
+    layout_map[EXPERT_BIAS_PATTERN] = (MODEL_AXIS, None)
+    layout_map[EXPERT_OUTPUT_PATTERN] = (MODEL_AXIS, BATCH_AXIS, None)
+    return layout_map

@@ -1,0 +1,89 @@
+"""A ready `keras.distribution.ModelParallel` for sgmoe models (JAX)."""
+
+import keras
+
+from sgmoe.distribute.device_mesh import device_mesh
+from sgmoe.distribute.expert_layout_map import expert_layout_map
+from sgmoe.distribute.mesh_spec import BATCH_AXIS
+from sgmoe.distribute.mesh_spec import MODEL_AXIS
+
+JAX_ONLY_MESSAGE = (
+    "keras.distribution shards only on the JAX backend: on TensorFlow its "
+    "ModelParallel is a prototype that silently places every weight on one "
+    "device, so expert weights would not be sharded. Run with "
+    "KERAS_BACKEND=jax to shard experts over the \"model\" axis; on "
+    "TensorFlow, sgmoe.distribute.distribution_for_flags(\"batch:N\") gives "
+    "data parallelism through tf.distribute.")
+
+
+def model_parallel(mesh, devices=None):
+    """Data-parallel gates, model-parallel experts: a `ModelParallel`.
+
+    The batch is split over the mesh's "batch" axis, expert weights (and
+    their optimizer slots) along their expert axis over "model"
+    (`expert_layout_map`), everything else is replicated. Create the model
+    and its optimizer under `distribution.scope()`, or after
+    `keras.distribution.set_distribution(distribution)`; `fit` then splits
+    each batch over "batch" (and over processes after
+    `jax.distributed.initialize`), and XLA's SPMD partitioner (GSPMD, the
+    engine GShard was built on) inserts the collectives that move the
+    dispatched tokens to their experts' devices and back.
+
+    The computation is the single-device one: each MoE layer still routes
+    the whole global batch as one macro-batch, with the same capacity, so a
+    step gives the single-device loss and updates (up to float rounding).
+
+    JAX backend only (see `distribution_for_flags` for TensorFlow).
+
+    Args:
+        mesh: a spec, "batch:2,model:4" or {"batch": 2, "model": 4}, or a
+            `keras.distribution.DeviceMesh` with the axes "batch" and
+            "model".
+        devices: devices of a spec's mesh (see `device_mesh`); default all.
+
+    Returns:
+        A `keras.distribution.ModelParallel` with batch_dim_name "batch".
+        Creating an expert weight under it raises a ValueError naming the
+        weight when the "model" axis does not divide its number of experts.
+
+    Raises:
+        ValueError: naming `mesh`, for an invalid spec, a spec that does
+            not match the device count, or a backend other than JAX.
+
+    Example:
+
+    >>> distribution = model_parallel("batch:2,model:4")  # 8 devices
+    >>> with distribution.scope():
+    ...     model = MoELanguageModel.from_preset("tiny_moe_h")
+    ...     model.compile(optimizer="adam")
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            f"`mesh`={mesh!r} asks for keras.distribution sharding on the "
+            f"{keras.backend.backend()} backend. " + JAX_ONLY_MESSAGE)
+    if not isinstance(mesh, keras.distribution.DeviceMesh):
+        mesh = device_mesh(mesh, devices)
+    return _ExpertModelParallel(layout_map=expert_layout_map(mesh),
+                                batch_dim_name=BATCH_AXIS)
+
+
+class _ExpertModelParallel(keras.distribution.ModelParallel):
+    """ModelParallel that names an expert weight the mesh cannot split."""
+
+    def get_variable_layout(self, variable):
+        layout = super().get_variable_layout(variable)
+        if not isinstance(layout, keras.distribution.TensorLayout):
+            return layout
+        model_size = self.device_mesh.shape[
+            self.device_mesh.axis_names.index(MODEL_AXIS)]
+        for axis, name in enumerate(layout.axes):
+            if name == MODEL_AXIS and variable.shape[axis] % model_size:
+                raise ValueError(
+                    f"The expert weight {variable.path!r} of shape "
+                    f"{tuple(variable.shape)} has {variable.shape[axis]} "
+                    f"experts, which the mesh's \"model\" axis of size "
+                    f"{model_size} does not divide. Use a number of experts "
+                    "divisible by the \"model\" axis (for a hierarchical "
+                    "MoE, num_groups * experts_per_group), or a smaller "
+                    "\"model\" axis in `mesh`.")
+        return layout

@@ -1,0 +1,150 @@
+"""Mesh specs, device meshes, layout rules and the TensorFlow behaviour of
+`--mesh` (in the test process: no sharding needed)."""
+
+import keras
+import pytest
+
+from sgmoe.distribute import device_mesh
+from sgmoe.distribute import distribution_for_flags
+from sgmoe.distribute import expert_layout_map
+from sgmoe.distribute import model_parallel
+from sgmoe.distribute import parse_mesh_spec
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+EIGHT_DEVICES = [f"cpu:{i}" for i in range(8)]
+
+
+# Loops rather than parametrized tests: the suite's per-test teardown
+# (keras.backend.clear_session) costs more than these checks.
+VALID_SPECS = [
+    ("batch:2,model:4", {"batch": 2, "model": 4}),
+    ("model:4,batch:2", {"batch": 2, "model": 4}),
+    (" batch : 8 ", {"batch": 8, "model": 1}),
+    ("model:8", {"batch": 1, "model": 8}),
+    ({"model": 2}, {"batch": 1, "model": 2}),
+]
+INVALID_SPECS = [
+    ("", "non-empty"),
+    (None, "non-empty"),
+    (8, "non-empty"),
+    ("batch", "no size"),
+    ("batch:2,", "no size"),
+    ("gpu:2", "unknown axis 'gpu'"),
+    ("batch:2,batch:4", "twice"),
+    ("batch:0", "not a positive integer"),
+    ("model:-2", "not a positive integer"),
+    ("batch:2.5", "not a positive integer"),
+    ("batch:two", "not a positive integer"),
+    ({"model": 0}, "not a positive integer"),
+]
+
+
+def test_parse_mesh_spec():
+    for mesh, expected in VALID_SPECS:
+        parsed = parse_mesh_spec(mesh)
+        assert parsed == expected, mesh
+        assert list(parsed) == ["batch", "model"]
+
+
+def test_invalid_specs_raise_naming_mesh():
+    for mesh, problem in INVALID_SPECS:
+        with pytest.raises(ValueError, match="`mesh`") as error:
+            parse_mesh_spec(mesh)
+        assert problem in str(error.value), mesh
+        # The same check guards every entry point.
+        if mesh:
+            with pytest.raises(ValueError, match=problem):
+                distribution_for_flags(mesh)
+
+
+def test_device_mesh_has_named_batch_and_model_axes():
+    mesh = device_mesh("batch:2,model:4", devices=EIGHT_DEVICES)
+    assert mesh.shape == (2, 4)
+    assert mesh.axis_names == ("batch", "model")
+    assert mesh.devices[1, 0] == "cpu:4"
+    assert device_mesh("model:8", devices=EIGHT_DEVICES).shape == (1, 8)
+
+
+def test_device_mesh_must_use_every_device():
+    with pytest.raises(ValueError, match="`mesh` batch:2,model:2 has 4 "
+                                         "devices, but there are 8"):
+        device_mesh("batch:2,model:2", devices=EIGHT_DEVICES)
+
+
+LAYOUTS = [
+    ("moe_language_model/moe/experts/kernel_in", ("model", None, None)),
+    ("moe_translation_model/decoder_moe/experts/kernel_out",
+     ("model", None, None)),
+    ("moe/experts/bias_in", ("model", None)),
+    ("feed_forward_experts_3/bias_out", ("model", None)),
+    ("experts/kernel_in", ("model", None, None)),
+    ("moe_language_model/moe/experts/output", ("model", "batch", None)),
+    # Replicated: routers, gates, a Residual-MoE's dense expert, the rest.
+    ("moe_language_model/moe/router/w_gate", None),
+    ("moe_language_model/moe/secondary_w_gate", None),
+    ("model/moe/dense_expert/kernel_in", None),
+    ("model/my_experts/kernel_in", None),
+    ("moe_language_model/lstm_1/lstm_cell/kernel", None),
+    ("moe_language_model/softmax/kernel", None),
+    ("adam/moe_language_model_moe_experts_kernel_in_momentum", None),
+]
+
+
+def test_expert_layout_map():
+    layout_map = expert_layout_map(
+        device_mesh("batch:2,model:4", devices=EIGHT_DEVICES))
+    for path, expected in LAYOUTS:
+        layout = layout_map[path]
+        assert (None if layout is None else tuple(layout.axes)) == expected, (
+            path)
+
+
+def test_expert_layout_map_needs_the_named_axes():
+    mesh = keras.distribution.DeviceMesh((8,), ("data",), EIGHT_DEVICES)
+    with pytest.raises(ValueError, match="`mesh` must be a "
+                                         "keras.distribution.DeviceMesh"):
+        expert_layout_map(mesh)
+
+
+def test_no_mesh_means_no_distribution():
+    assert distribution_for_flags(None) is None
+    assert distribution_for_flags("") is None
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="TensorFlow behaviour")
+def test_expert_sharding_on_tensorflow_raises_pointing_to_jax():
+    for mesh in ("batch:2,model:4", "model:2"):
+        with pytest.raises(ValueError, match="`mesh`") as error:
+            distribution_for_flags(mesh)
+        message = str(error.value)
+        assert "KERAS_BACKEND=jax" in message
+        assert "expert sharding" in message and "TensorFlow" in message
+        # keras.distribution itself would silently not shard there.
+        with pytest.raises(ValueError, match="KERAS_BACKEND=jax"):
+            model_parallel(mesh)
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="TensorFlow behaviour")
+def test_tensorflow_data_parallelism_is_a_mirrored_strategy():
+    import tensorflow as tf
+
+    # One CPU in this process: batch:1 only (two replicas:
+    # test_mesh_sharding.py).
+    strategy = distribution_for_flags("batch:1")
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.num_replicas_in_sync == 1
+    with pytest.raises(ValueError, match="`mesh` batch:4,model:1 asks for 4 "
+                                         "data-parallel replicas"):
+        distribution_for_flags("batch:4")
+
+
+@pytest.mark.skipif(TENSORFLOW, reason="JAX behaviour")
+def test_jax_distribution_is_set_globally():
+    distribution = distribution_for_flags(
+        f"batch:{len(keras.distribution.list_devices())}")
+    try:
+        assert isinstance(distribution, keras.distribution.ModelParallel)
+        assert keras.distribution.distribution() is distribution
+        assert distribution.batch_dim_name == "batch"
+    finally:
+        keras.distribution.set_distribution(None)
