@@ -27,6 +27,8 @@ setuptools.setup(
         "absl-py>=2.1",
         # Learns the shared subword vocabulary of translation data.
         "sentencepiece==0.2.3",
+        # BLEU of translations, computed the way WMT results are reported.
+        "sacrebleu==2.6.0",
         "numpy>=1.26",
     ],
     extras_require={

@@ -20,7 +20,6 @@ event files (`tensorboard --logdir MODEL_DIR/logs`) go there too.
 
 import os
 import sys
-import time
 import warnings
 
 from absl import app
@@ -30,12 +29,15 @@ from absl import flags
 # for the user of a training script.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from sgmoe.training import script_flags  # noqa: E402
+
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                         "data")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "small_moe",
-                    "MoELanguageModel preset (see MoELanguageModel.presets()).")
+script_flags.define_training_flags(
+    preset="small_moe", train_steps=600, batch_size=32, learning_rate=2e-3,
+    log_every=100, checkpoint_every=100)
 flags.DEFINE_string(
     "train_files", os.path.join(DATA_DIR, "brown.train.txt.gz"),
     "Comma-separated globs of tokenized training text, one sentence per "
@@ -43,12 +45,6 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "eval_files", os.path.join(DATA_DIR, "brown.valid.txt.gz"),
     "Comma-separated globs of tokenized evaluation text.")
-flags.DEFINE_string(
-    "model_dir", None,
-    "Checkpoints, vocabulary and TensorBoard logs; a run started again with "
-    "the same MODEL_DIR resumes from its last checkpoint. None: no files.")
-flags.DEFINE_integer("train_steps", 600, "Optimizer steps in all.")
-flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
 flags.DEFINE_integer("max_length", 48,
                      "Longest sentence in tokens (with <S>); longer ones are "
                      "left out.")
@@ -57,42 +53,15 @@ flags.DEFINE_integer("vocabulary_size", 8000,
                      "limit.")
 flags.DEFINE_integer("min_count", 1,
                      "Words seen fewer times in training map to <UNK>.")
-flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
-flags.DEFINE_enum("optimizer", "adam", ["adam", "factored_adam"],
-                  "adam: keras Adam; factored_adam: the paper's Appendix D "
-                  "optimizer (sgmoe.optimizers.FactoredAdam).")
-flags.DEFINE_integer("seed", 1, "Seed of weights, gating noise and shuffling.")
-flags.DEFINE_bool("mixed_precision", False,
-                  "Train under the mixed_bfloat16 policy (routers stay "
-                  "float32).")
-flags.DEFINE_integer("log_every", 100,
-                     "Steps between progress lines (one Keras epoch); must "
-                     "divide --train_steps and --checkpoint_every.")
-flags.DEFINE_integer("checkpoint_every", 100,
-                     "Steps between checkpoints (with --model_dir).")
 flags.DEFINE_integer("num_experts", None, "Overrides the preset's experts.")
 flags.DEFINE_integer("k", None, "Overrides the preset's experts per token.")
 flags.DEFINE_integer("model_dim", None, "Overrides the preset's width.")
 flags.DEFINE_integer("expert_hidden_dim", None,
                      "Overrides the preset's expert hidden units.")
-flags.DEFINE_bool("jit_compile", True, "Compile the train step with XLA.")
 
 
 def fail(message):
     sys.exit(f"train_lm: {message}")
-
-
-def check_flags():
-    for name in ("train_steps", "batch_size", "max_length", "log_every",
-                 "checkpoint_every"):
-        if getattr(FLAGS, name) < 1:
-            fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
-    if FLAGS.train_steps % FLAGS.log_every:
-        fail(f"--log_every={FLAGS.log_every} must divide "
-             f"--train_steps={FLAGS.train_steps}")
-    if FLAGS.model_dir and FLAGS.checkpoint_every % FLAGS.log_every:
-        fail(f"--log_every={FLAGS.log_every} must divide "
-             f"--checkpoint_every={FLAGS.checkpoint_every}")
 
 
 def vocabulary_for(data):
@@ -121,7 +90,7 @@ def mean_tokens_per_sentence(data):
     return words / max(sentences, 1)
 
 
-def build_model(models, optimizers, vocabulary_size):
+def build_model(models, vocabulary_size):
     import keras
 
     overrides = {name: getattr(FLAGS, name) for name in (
@@ -130,11 +99,7 @@ def build_model(models, optimizers, vocabulary_size):
     model = models.MoELanguageModel.from_preset(
         FLAGS.preset, vocabulary_size=vocabulary_size, padding_id=0,
         seed=FLAGS.seed, **overrides)
-    if FLAGS.optimizer == "factored_adam":
-        optimizer = optimizers.FactoredAdam(FLAGS.learning_rate)
-    else:
-        optimizer = keras.optimizers.Adam(FLAGS.learning_rate)
-    model.compile(optimizer=optimizer,
+    model.compile(optimizer=script_flags.make_optimizer(),
                   metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
     model(keras.ops.zeros((1, 8), dtype="int32"))  # builds the weights
@@ -143,7 +108,7 @@ def build_model(models, optimizers, vocabulary_size):
 
 def main(argv):
     del argv
-    check_flags()
+    script_flags.check_training_flags(fail, positive=("max_length",))
     # Keras warns whenever an evaluation dataset of unknown length ends,
     # which is how every evaluation here ends.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -153,7 +118,6 @@ def main(argv):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     from sgmoe import data
     from sgmoe import models
-    from sgmoe import optimizers
     from sgmoe import training
 
     keras.utils.set_random_seed(FLAGS.seed)
@@ -164,56 +128,42 @@ def main(argv):
             FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
     except data.DataError as error:
         fail(error)
-    model = build_model(models, optimizers, len(vocabulary))
+    model = build_model(models, len(vocabulary))
     print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
           f"{keras.backend.backend()}, {model.count_params():,} parameters")
 
-    callbacks = [training.StopOnNonFiniteLoss(),
-                 training.ProgressLogger(FLAGS.log_every, tokens_per_step)]
-    state = None
-    if FLAGS.model_dir:
-        checkpointer = training.Checkpointer(
-            FLAGS.model_dir, checkpoint_every=FLAGS.checkpoint_every)
-        state = checkpointer.restore(model)
-        callbacks += [
-            checkpointer,
-            training.MoETensorBoard(os.path.join(FLAGS.model_dir, "logs"),
-                                    update_freq=FLAGS.log_every,
-                                    tokens_per_step=tokens_per_step)]
-    first_step = state.step if state else 0
-    if state:
-        print(f"resumed from {state.path} at step {first_step}")
+    run = training.TrainingRun(
+        model, train_steps=FLAGS.train_steps, log_every=FLAGS.log_every,
+        model_dir=FLAGS.model_dir, checkpoint_every=FLAGS.checkpoint_every,
+        tokens_per_step=tokens_per_step)
+    if run.state:
+        print(f"resumed from {run.state.path} at step {run.first_step}")
     else:
         untrained = model.evaluate(eval_data, verbose=0,
                                    return_dict=True)["perplexity"]
 
     # One endless, seeded stream: batch i is the same in every run, so a
     # resumed run skips the batches its checkpoint had consumed.
-    train_data = data.language_model_dataset(
-        FLAGS.train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
-        shuffle=True, seed=FLAGS.seed, repeat=True,
-        skip_batches=state.data_position if state else 0)
-    epochs = FLAGS.train_steps // FLAGS.log_every
-    start = time.time()
     try:
-        model.fit(train_data, steps_per_epoch=FLAGS.log_every, epochs=epochs,
-                  initial_epoch=(state.initial_epoch(FLAGS.log_every)
-                                 if state else 0),
-                  shuffle=False, verbose=0, callbacks=callbacks)
+        seconds = run.fit(lambda skip_batches: data.language_model_dataset(
+            FLAGS.train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
+            shuffle=True, seed=FLAGS.seed, repeat=True,
+            skip_batches=skip_batches))
     except training.NonFiniteLossError as error:
         fail(error)
-    seconds = time.time() - start
-    steps = FLAGS.train_steps - first_step
     perplexity = model.evaluate(eval_data, verbose=0,
                                 return_dict=True)["perplexity"]
-    if steps:
+    if run.remaining_steps:
+        steps = run.remaining_steps
         print(f"trained {steps} steps in {seconds:.0f}s "
               f"({steps * tokens_per_step / seconds:.0f} words/s)")
     for name, layer in training.find_moe_layers(model).items():
         load = keras.ops.convert_to_numpy(layer.expert_load)
         print(f"{name}: load max/mean {load.max() / load.mean():.2f} on the "
               f"last evaluation batch")
-    if state:
+    if FLAGS.model_dir:
+        model.save_to_preset(os.path.join(FLAGS.model_dir, "model"))
+    if run.state:
         print(f"validation perplexity: {perplexity:.1f}")
     else:
         print(f"validation perplexity: {perplexity:.1f} "

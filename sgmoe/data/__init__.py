@@ -10,9 +10,11 @@ from sgmoe.data.data_error import DataError
 from sgmoe.data.language_model_dataset import language_model_dataset
 from sgmoe.data.one_billion_word import OneBillionWordPatterns
 from sgmoe.data.one_billion_word import one_billion_word_patterns
+from sgmoe.data.parallel_files import parallel_files
 from sgmoe.data.subword_vocabulary import SubwordVocabulary
 from sgmoe.data.text_files import DEFAULT_MAX_LINE_LENGTH
 from sgmoe.data.text_files import TextFileSummary
+from sgmoe.data.text_files import check_parallel_files
 from sgmoe.data.text_files import check_text_files
 from sgmoe.data.text_files import expand_file_patterns
 from sgmoe.data.text_files import read_text_lines

@@ -244,6 +244,36 @@ def check_text_files(paths, max_line_length=DEFAULT_MAX_LINE_LENGTH,
     return summaries
 
 
+def check_parallel_files(source_files, target_files,
+                         max_line_length=DEFAULT_MAX_LINE_LENGTH,
+                         on_malformed="raise"):
+    """Checks line-aligned parallel files (see `check_text_files`).
+
+    Args:
+        source_files: paths of the source side.
+        target_files: paths of the target side, the k-th aligned with the
+            k-th source file.
+
+    Returns:
+        A list of (source, target) `TextFileSummary` pairs.
+
+    Raises:
+        DataError: as `check_text_files`, or two aligned files with
+            different numbers of lines.
+    """
+    summaries = []
+    for source, target in zip(source_files, target_files, strict=True):
+        source_summary, target_summary = check_text_files(
+            [source, target], max_line_length, on_malformed)
+        if source_summary.lines != target_summary.lines:
+            raise DataError(
+                f"{source}: {source_summary.lines} lines, but {target}: "
+                f"{target_summary.lines} lines (parallel files must be "
+                "line-aligned)")
+        summaries.append((source_summary, target_summary))
+    return summaries
+
+
 def check_usable(summary):
     """Raises a DataError when a checked file has no usable line."""
     if summary.lines == 0:

@@ -89,14 +89,9 @@ def translation_dataset(
             "source file pairs with the k-th target file)")
     pairs, shard_lines = _pipeline.shard_files(
         list(zip(sources, targets)), num_shards, shard_index)
-    for source, target in pairs:
-        source_summary, target_summary = text_files.check_text_files(
-            [source, target], max_line_length, on_malformed)
-        if source_summary.lines != target_summary.lines:
-            raise DataError(
-                f"{source}: {source_summary.lines} lines, but {target}: "
-                f"{target_summary.lines} lines (parallel files must be "
-                "line-aligned)")
+    text_files.check_parallel_files(
+        [source for source, _ in pairs], [target for _, target in pairs],
+        max_line_length, on_malformed)
 
     pairs = _pipeline.read_lines(pairs, shuffle, seed, repeat, num_shards,
                                  shard_index, shard_lines)

@@ -16,7 +16,10 @@ models (the paper's language-model hierarchical MoEs, Appendix C, use 16
 groups: 16 x 32 and 16 x 128 experts), attention width 512 (the model
 width), and dropout 0.1.
 
-The tiny presets (vocabulary 32, width 16) are for tests and CPU demos. They
+"small_moe" and "small_baseline" (vocabulary 4000, width 128; with and
+without the two MoE layers) are the bundled-data demo of
+scripts/train_translation.py, a few minutes on 2 CPU cores. The tiny
+presets (vocabulary 32, width 16) are for tests. They
 keep every MoE from dropping assignments at inference (a strictly balanced
 router's eval capacity, or `eval_capacity_factor` >= experts / k), so that
 padding never changes a sentence's outputs and decoding scores equal
@@ -65,6 +68,17 @@ _TINY = {
 }
 _TINY_EXPERTS = {"expert_hidden_dim": 32, "output_activation": "sigmoid"}
 
+_SMALL = {
+    "vocabulary_size": 4000,
+    "model_dim": 128,
+    "lstm_units": 128,
+    "encoder_layers": 3,
+    "decoder_layers": 2,
+    "attention_dim": 128,
+    "dropout": 0.1,
+}
+_SMALL_EXPERTS = {"expert_hidden_dim": 256, "output_activation": "sigmoid"}
+
 PRESETS = {
     "gnmt_baseline": dict(_PAPER),
     "moe_32": dict(_PAPER, **_both(_flat(32, 4, router="strictly_balanced"))),
@@ -78,6 +92,12 @@ PRESETS = {
     "tiny_h": dict(_TINY, **_both(dict(
         _TINY_EXPERTS, num_groups=4, experts_per_group=4, k_primary=2,
         k_secondary=2, expert_hidden_dim=16, eval_capacity_factor=4.0))),
+    # The bundled-data demo of scripts/train_translation.py (CPU, minutes):
+    # 16 experts, k = 4, as flat as the paper's MoE-32 but with noisy top-k
+    # gating and an eval capacity that never drops an assignment.
+    "small_moe": dict(_SMALL, **_both(dict(
+        _SMALL_EXPERTS, num_experts=16, k=4, eval_capacity_factor=4.0))),
+    "small_baseline": dict(_SMALL),
     "tiny_pyramid": dict(
         _TINY,
         encoder_moe=dict(_TINY_EXPERTS, num_experts=4, k=2,

@@ -1,4 +1,5 @@
-"""Training callbacks: TensorBoard MoE statistics, progress lines, NaN stop."""
+"""Training: TensorBoard MoE statistics, progress lines, NaN stop,
+checkpoints, the scripts' training loop, translation and BLEU."""
 
 from sgmoe.training.routing_statistics import find_moe_layers
 from sgmoe.training.routing_statistics import is_moe_layer
@@ -10,3 +11,7 @@ from sgmoe.training.stop_on_non_finite_loss import StopOnNonFiniteLoss
 from sgmoe.training.checkpointer import CheckpointError
 from sgmoe.training.checkpointer import CheckpointState
 from sgmoe.training.checkpointer import Checkpointer
+from sgmoe.training.training_run import TrainingRun
+from sgmoe.training.translation_evaluation import BleuResult
+from sgmoe.training.translation_evaluation import corpus_bleu
+from sgmoe.training.translation_evaluation import translate_lines

@@ -197,7 +197,13 @@ def test_paper_presets_construct_and_count():
     assert 8.6e9 < count_translation_parameters("moe_2048_h")["total"] < 8.8e9
     assert sorted(MoETranslationModel.presets()) == sorted(
         ["gnmt_baseline", "moe_32", "moe_512_h", "moe_2048_h", "tiny",
-         "tiny_h", "tiny_pyramid", "tiny_baseline"])
+         "tiny_h", "tiny_pyramid", "tiny_baseline", "small_moe",
+         "small_baseline"])
+    small = count_translation_parameters("small_moe")
+    baseline = count_translation_parameters("small_baseline")
+    # Two MoEs of 16 experts 128 -> 256 -> 128 (with biases) and gates.
+    assert small["total"] - baseline["total"] == 2 * (
+        16 * (128 * 256 + 256 + 256 * 128 + 128) + 2 * 128 * 16)
 
 
 def test_invalid_arguments():

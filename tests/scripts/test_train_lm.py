@@ -7,11 +7,12 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 SCRIPT = os.path.join(ROOT, "scripts", "train_lm.py")
+EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
 
 
-def run(*flags):
+def run(*flags, script=SCRIPT):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, SCRIPT, *flags], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, script, *flags], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -30,7 +31,7 @@ def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     # Untrained is about the vocabulary size; 40 steps learn word frequencies.
     assert untrained > 400 and trained < 0.5 * untrained
     assert re.search(r"^epoch=2 step=40 loss=", result.stdout, re.M)
-    assert sorted(os.listdir(model_dir)) == ["checkpoints", "logs",
+    assert sorted(os.listdir(model_dir)) == ["checkpoints", "logs", "model",
                                              "vocabulary.txt"]
 
     # The same command with more steps continues from the last checkpoint.
@@ -42,6 +43,19 @@ def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     resumed = float(re.search(r"validation perplexity: ([\d.]+)",
                               result.stdout).group(1))
     assert resumed < untrained
+
+    # evaluate.py reloads the final model and its vocabulary: the same
+    # perplexity on the validation text, and the bundled test split.
+    result = run(f"--model_dir={model_dir}", script=EVALUATE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    test = float(re.search(r"test perplexity: ([\d.]+)",
+                           result.stdout).group(1))
+    assert test < 0.5 * untrained
+    result = run(f"--model_dir={model_dir}", "--max_length=48",
+                 "--eval_files=data/brown.valid.txt.gz", script=EVALUATE)
+    evaluated = float(re.search(r"test perplexity: ([\d.]+)",
+                                result.stdout).group(1))
+    assert abs(evaluated - resumed) < 0.051, (evaluated, resumed)
 
 
 def last_line(result):
@@ -67,6 +81,9 @@ def test_empty_and_undecodable_files_exit_with_one_line(tmp_path):
         f"train_lm: {binary}:1: not valid UTF-8")
 
 
-def test_bad_flags_exit_with_one_line():
+def test_bad_flags_exit_with_one_line(tmp_path):
     assert last_line(run("--train_steps=50", "--log_every=20")) == (
         "train_lm: --log_every=20 must divide --train_steps=50")
+    assert last_line(run(f"--model_dir={tmp_path}", script=EVALUATE)) == (
+        f"evaluate: {tmp_path}/model/config.json: no such file (train with "
+        "--model_dir first; the model is written when training ends)")

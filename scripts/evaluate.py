@@ -1,0 +1,158 @@
+"""Evaluates a trained model: test perplexity (LM) or BLEU (translation).
+
+Reads the final model and the vocabulary that scripts/train_lm.py or
+scripts/train_translation.py wrote to --model_dir (MODEL_DIR/model and
+MODEL_DIR/vocabulary.txt or MODEL_DIR/subwords.model). A language model is
+scored by its perplexity on --eval_files (tokenized text, one sentence per
+line; the exact softmax over the whole vocabulary, padding excluded). A
+translation model translates the source side of --eval_files (file
+prefixes, as in training) with beam search and is scored with corpus BLEU
+through sacrebleu against the target side.
+
+  python scripts/train_lm.py --model_dir=/tmp/lm
+  python scripts/evaluate.py --model_dir=/tmp/lm   # bundled Brown test split
+
+  python scripts/train_translation.py --model_dir=/tmp/de_en
+  python scripts/evaluate.py --model_dir=/tmp/de_en  # bundled Ding test split
+  python scripts/evaluate.py --model_dir=/tmp/wmt_en_fr \\
+      --eval_files="$WMT14/newstest2014" --source_language=en \\
+      --target_language=fr --output_file=/tmp/newstest2014.hyp.fr
+"""
+
+import json
+import os
+import sys
+import time
+import warnings
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                        "data")
+DEFAULT_EVAL_FILES = {
+    "language_model": os.path.join(DATA_DIR, "brown.test.txt.gz"),
+    "translation": os.path.join(DATA_DIR, "ding.de-en.test"),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None,
+                    "The --model_dir of a finished training run.")
+flags.DEFINE_string(
+    "eval_files", None,
+    "Language model: comma-separated globs of tokenized text. Translation: "
+    "comma-separated prefixes of PREFIX.SOURCE / PREFIX.TARGET files. "
+    "Default: the bundled test split (Brown, or Ding de-en).")
+flags.DEFINE_string("source_language", "de", "Suffix of the source files.")
+flags.DEFINE_string("target_language", "en", "Suffix of the target files.")
+flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
+flags.DEFINE_integer("max_length", 400,
+                     "Language model: sentences longer than this many tokens "
+                     "are left out (reported). Translation: sources are cut "
+                     "to this many pieces.")
+flags.DEFINE_integer("beam_width", 4, "Beam width (1: greedy decoding).")
+flags.DEFINE_float("length_penalty", 0.6,
+                   "GNMT length penalty alpha of beam search.")
+flags.DEFINE_bool("jit_compile", True, "Compile the model with XLA.")
+flags.DEFINE_string("output_file", None,
+                    "Translation: also write the translations here, one per "
+                    "line.")
+flags.mark_flag_as_required("model_dir")
+
+
+def fail(message):
+    sys.exit(f"evaluate: {message}")
+
+
+def model_kind(model_path):
+    """"language_model" or "translation", from the saved model's class."""
+    config_path = os.path.join(model_path, "config.json")
+    try:
+        with open(config_path) as file:
+            class_name = json.load(file)["class_name"]
+    except FileNotFoundError:
+        fail(f"{config_path}: no such file (train with --model_dir first; "
+             "the model is written when training ends)")
+    except (OSError, ValueError, KeyError) as error:
+        fail(f"{config_path}: not a saved sgmoe model: {error}")
+    kinds = {"MoELanguageModel": "language_model",
+             "MoETranslationModel": "translation"}
+    kind = kinds.get(class_name.rsplit(">", 1)[-1])
+    if kind is None:
+        fail(f"{config_path}: cannot evaluate a {class_name}")
+    return kind
+
+
+def evaluate_language_model(data, models, model_path, eval_files):
+    vocabulary = data.WordVocabulary.load(FLAGS.model_dir)
+    dataset = data.language_model_dataset(
+        eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
+    longer = sum(1 for path in data.expand_file_patterns(eval_files)
+                 for line in data.read_text_lines(path)
+                 if len(line.split()) + 1 > FLAGS.max_length)
+    model = models.MoELanguageModel.from_preset(model_path)
+    model.compile(metrics=[models.Perplexity(padding_id=0)],
+                  jit_compile=FLAGS.jit_compile)
+    perplexity = model.evaluate(dataset, verbose=0,
+                                return_dict=True)["perplexity"]
+    if longer:
+        print(f"left out {longer} sentences longer than --max_length="
+              f"{FLAGS.max_length}")
+    print(f"test perplexity: {perplexity:.2f}")
+
+
+def evaluate_translation(data, models, training, model_path, eval_files):
+    vocabulary = data.SubwordVocabulary.load(FLAGS.model_dir)
+    sources, targets = data.parallel_files(
+        eval_files, FLAGS.source_language, FLAGS.target_language)
+    pairs = []
+    for source, target in zip(sources, targets):
+        pairs += [(s, t) for s, t in zip(data.read_text_lines(source),
+                                         data.read_text_lines(target))
+                  if s.strip() and t.strip()]
+    if not pairs:
+        raise data.DataError(f"{eval_files}: no sentence pairs")
+    model = models.MoETranslationModel.from_preset(model_path)
+    start = time.time()
+    hypotheses = training.translate_lines(
+        model, vocabulary, [source for source, _ in pairs],
+        batch_size=FLAGS.batch_size, beam_width=FLAGS.beam_width,
+        length_penalty=FLAGS.length_penalty,
+        max_source_length=FLAGS.max_length, jit_compile=FLAGS.jit_compile)
+    score = training.corpus_bleu(hypotheses, [target for _, target in pairs])
+    if FLAGS.output_file:
+        with open(FLAGS.output_file, "w", encoding="utf-8") as file:
+            file.writelines(line + "\n" for line in hypotheses)
+    print(f"translated {len(pairs)} pairs in {time.time() - start:.0f}s "
+          f"(beam width {FLAGS.beam_width}): {score.text} "
+          f"({score.signature})")
+    print(f"test BLEU: {score.score:.2f}")
+
+
+def main(argv):
+    del argv
+    for name in ("batch_size", "max_length", "beam_width"):
+        if getattr(FLAGS, name) < 1:
+            fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
+    model_path = os.path.join(FLAGS.model_dir, "model")
+    kind = model_kind(model_path)
+    eval_files = FLAGS.eval_files or DEFAULT_EVAL_FILES[kind]
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    from sgmoe import data
+    from sgmoe import models
+    from sgmoe import training
+
+    try:
+        if kind == "language_model":
+            evaluate_language_model(data, models, model_path, eval_files)
+        else:
+            evaluate_translation(data, models, training, model_path,
+                                 eval_files)
+    except (ValueError, OSError) as error:  # DataError included
+        fail(error)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,81 @@
+"""Finding the two sides of parallel text from one file prefix."""
+
+import glob
+import os
+
+from sgmoe.data.data_error import DataError
+
+
+def parallel_files(prefixes, source_language, target_language):
+    """Source and target files named PREFIX.LANG (or PREFIX.LANG.gz).
+
+    Parallel corpora are distributed as pairs of line-aligned files that
+    differ only in a language suffix: WMT'14's `europarl-v7.fr-en.en` and
+    `europarl-v7.fr-en.fr`, the bundled `ding.de-en.train.de.gz` and
+    `ding.de-en.train.en.gz`. One comma-separated list of prefixes (globs
+    allowed) therefore names both sides: every file matching
+    `PREFIX.SOURCE` or `PREFIX.SOURCE.gz` is a source file, and its target
+    file is the same name with the target language in place of the source
+    language, which must exist.
+
+    Args:
+        prefixes: comma-separated paths or globs without the language
+            suffix, e.g. `"data/ding.de-en.train"` or
+            `"$WMT/europarl-v7.fr-en,$WMT/commoncrawl.fr-en"`.
+        source_language: the source suffix, e.g. `"de"`.
+        target_language: the target suffix, e.g. `"en"`.
+
+    Returns:
+        (source_files, target_files): two lists of paths, the k-th source
+        file line-aligned with the k-th target file (the order
+        `translation_dataset` pairs them in).
+
+    Raises:
+        ValueError: an empty or identical language, or no prefix.
+        DataError: a prefix that matches no source file, or a source file
+            without its target file.
+    """
+    for name, language in (("source_language", source_language),
+                           ("target_language", target_language)):
+        if not isinstance(language, str) or not language or any(
+                character in language for character in "/,*?["):
+            raise ValueError(
+                f"`{name}` must be a language suffix such as 'en', received "
+                f"{name}={language!r}.")
+    if source_language == target_language:
+        raise ValueError(
+            "`source_language` and `target_language` must differ, received "
+            f"both {source_language!r}.")
+    if isinstance(prefixes, str):
+        prefixes = prefixes.split(",")
+    prefixes = [prefix.strip() for prefix in prefixes if prefix.strip()]
+    if not prefixes:
+        raise ValueError("`prefixes` must name at least one file prefix, "
+                         f"received {prefixes!r}.")
+    sources, targets = [], []
+    for prefix in prefixes:
+        prefix = os.path.expanduser(prefix)
+        matches = []
+        for ending in ("", ".gz"):
+            matches += glob.glob(f"{prefix}.{source_language}{ending}")
+        matches = sorted(path for path in set(matches)
+                         if not os.path.isdir(path))
+        if not matches:
+            raise DataError(f"{prefix}.{source_language}[.gz]: no file "
+                            "matches this pattern")
+        for source in matches:
+            if source in sources:
+                continue
+            target = _swap_language(source, source_language,
+                                    target_language)
+            if not os.path.isfile(target):
+                raise DataError(f"{source}: no target file {target}")
+            sources.append(source)
+            targets.append(target)
+    return sources, targets
+
+
+def _swap_language(path, source_language, target_language):
+    ending = ".gz" if path.endswith(".gz") else ""
+    stem = path[:len(path) - len(ending) - len(source_language)]
+    return f"{stem}{target_language}{ending}"

@@ -1,0 +1,73 @@
+"""The absl flags that every sgmoe training script shares.
+
+`scripts/train_lm.py` and `scripts/train_translation.py` define their data
+flags themselves and these common ones here, with their own defaults, so
+the flags mean the same in both and `--helpfull` documents them once.
+"""
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
+                          log_every, checkpoint_every, seed=1):
+    """Defines the common flags with the script's defaults."""
+    flags.DEFINE_string("preset", preset, "Model preset, or a directory "
+                        "written by save_to_preset.")
+    flags.DEFINE_string(
+        "model_dir", None,
+        "Checkpoints, vocabulary, TensorBoard logs (MODEL_DIR/logs) and the "
+        "final model (MODEL_DIR/model, for scripts/evaluate.py); a run "
+        "started again with the same MODEL_DIR resumes from its last "
+        "checkpoint. None: no files.")
+    flags.DEFINE_integer("train_steps", train_steps, "Optimizer steps in all.")
+    flags.DEFINE_integer("batch_size", batch_size, "Sentences per batch.")
+    flags.DEFINE_float("learning_rate", learning_rate, "Learning rate.")
+    flags.DEFINE_enum("optimizer", "adam", ["adam", "factored_adam"],
+                      "adam: keras Adam; factored_adam: the paper's "
+                      "Appendix D optimizer (sgmoe.optimizers.FactoredAdam).")
+    flags.DEFINE_integer("seed", seed,
+                         "Seed of weights, gating noise and shuffling.")
+    flags.DEFINE_bool("mixed_precision", False,
+                      "Train under the mixed_bfloat16 policy (routers stay "
+                      "float32).")
+    flags.DEFINE_integer("log_every", log_every,
+                         "Steps between progress lines (one Keras epoch); "
+                         "must divide --train_steps and --checkpoint_every.")
+    flags.DEFINE_integer("checkpoint_every", checkpoint_every,
+                         "Steps between checkpoints (with --model_dir).")
+    flags.DEFINE_bool("jit_compile", True, "Compile the train step with XLA.")
+
+
+def check_training_flags(fail, positive=()):
+    """Calls `fail(message)` for the first common flag that is invalid.
+
+    Args:
+        fail: called with a one-line message (the scripts exit with it).
+        positive: names of the script's own flags that must be positive.
+    """
+    for name in ("train_steps", "batch_size", "log_every",
+                 "checkpoint_every") + tuple(positive):
+        if getattr(FLAGS, name) < 1:
+            fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
+    if FLAGS.train_steps % FLAGS.log_every:
+        fail(f"--log_every={FLAGS.log_every} must divide "
+             f"--train_steps={FLAGS.train_steps}")
+    if FLAGS.model_dir and FLAGS.checkpoint_every % FLAGS.log_every:
+        fail(f"--log_every={FLAGS.log_every} must divide "
+             f"--checkpoint_every={FLAGS.checkpoint_every}")
+    if FLAGS.learning_rate <= 0:
+        fail(f"--learning_rate must be positive, received "
+             f"{FLAGS.learning_rate}")
+
+
+def make_optimizer():
+    """The optimizer `--optimizer` and `--learning_rate` name."""
+    import keras
+
+    if FLAGS.optimizer == "factored_adam":
+        from sgmoe.optimizers import FactoredAdam
+
+        return FactoredAdam(FLAGS.learning_rate)
+    return keras.optimizers.Adam(FLAGS.learning_rate)
