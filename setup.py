@@ -33,7 +33,8 @@ setuptools.setup(
     ],
     extras_require={
         "jax": ["jax==0.10.2", "jaxlib==0.10.2"],
-        "test": ["pytest>=8"],
+        # The tests run the benchmarks' --quick modes, which plot.
+        "test": ["pytest>=8", "matplotlib==3.11.2"],
     },
     license="Apache-2.0",
 )

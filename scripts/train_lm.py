@@ -126,9 +126,16 @@ def main(argv):
         tokens_per_step = FLAGS.batch_size * mean_tokens_per_sentence(data)
         eval_data = data.language_model_dataset(
             FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
+        if FLAGS.mesh:  # a mesh splits every batch evenly
+            eval_data = data.pad_batches(eval_data, FLAGS.batch_size)
     except data.DataError as error:
         fail(error)
-    model = build_model(models, len(vocabulary))
+    try:
+        scope = script_flags.distribution_scope()
+    except ValueError as error:
+        fail(error)
+    with scope:
+        model = build_model(models, len(vocabulary))
     print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
           f"{keras.backend.backend()}, {model.count_params():,} parameters")
 

@@ -157,11 +157,16 @@ def main(argv):
     except ValueError as error:  # DataError included
         fail(error)
 
-    model = models.MoETranslationModel.from_preset(
-        FLAGS.preset, vocabulary_size=len(vocabulary), seed=FLAGS.seed)
-    model.compile(optimizer=script_flags.make_optimizer(),
-                  jit_compile=FLAGS.jit_compile)
-    model.build()
+    try:
+        scope = script_flags.distribution_scope()
+    except ValueError as error:
+        fail(error)
+    with scope:
+        model = models.MoETranslationModel.from_preset(
+            FLAGS.preset, vocabulary_size=len(vocabulary), seed=FLAGS.seed)
+        model.compile(optimizer=script_flags.make_optimizer(),
+                      jit_compile=FLAGS.jit_compile)
+        model.build()
     print(f"{FLAGS.preset}: {FLAGS.source_language}->"
           f"{FLAGS.target_language}, vocabulary {len(vocabulary)} pieces, "
           f"backend {keras.backend.backend()}, {model.count_params():,} "

@@ -2,7 +2,6 @@
 
 import keras
 
-from sgmoe.distribute.mesh_spec import BATCH_AXIS
 from sgmoe.distribute.mesh_spec import MESH_AXES
 from sgmoe.distribute.mesh_spec import MODEL_AXIS
 
@@ -31,10 +30,11 @@ def expert_layout_map(mesh):
     its G groups lie along the "model" axis: with G = M, position i holds
     group i; with G a multiple of M, G / M whole groups each.
 
-    The experts' output buffer [E, C, d] is split over both axes (E over
-    "model", the C slots over "batch"), so each device runs its experts on
-    its share of their slots: expert FLOPs are divided over every device
-    rather than repeated on each "batch" row. Everything else (embeddings,
+    The experts' output buffer [E, C, d] is split along E over "model".
+    (Splitting its C slots over "batch" as well would divide the expert
+    FLOPs over every device, but the capacity C follows from the number of
+    tokens and is rarely a multiple of the "batch" size, which JAX requires
+    of a sharded dimension.) Everything else (embeddings,
     LSTMs, routers and gates, a Residual-MoE's dense expert, the softmax)
     matches no rule and is replicated; `keras.distribution.ModelParallel`
     splits the batch over "batch".
@@ -60,5 +60,5 @@ def expert_layout_map(mesh):
     layout_map = keras.distribution.LayoutMap(mesh)
     layout_map[EXPERT_KERNEL_PATTERN] = (MODEL_AXIS, None, None)
     layout_map[EXPERT_BIAS_PATTERN] = (MODEL_AXIS, None)
-    layout_map[EXPERT_OUTPUT_PATTERN] = (MODEL_AXIS, BATCH_AXIS, None)
+    layout_map[EXPERT_OUTPUT_PATTERN] = (MODEL_AXIS, None, None)
     return layout_map

@@ -5,6 +5,8 @@ flags themselves and these common ones here, with their own defaults, so
 the flags mean the same in both and `--helpfull` documents them once.
 """
 
+import contextlib
+
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -38,6 +40,15 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
     flags.DEFINE_integer("checkpoint_every", checkpoint_every,
                          "Steps between checkpoints (with --model_dir).")
     flags.DEFINE_bool("jit_compile", True, "Compile the train step with XLA.")
+    flags.DEFINE_string(
+        "mesh", None,
+        "Device mesh, e.g. batch:2,model:4 (sgmoe.distribute): the batch is "
+        "split over 'batch', expert weights over 'model', everything else "
+        "replicated. 'model' > 1 needs KERAS_BACKEND=jax; on TensorFlow "
+        "'batch:N' is tf.distribute data parallelism.")
+    flags.DEFINE_bool("multi_host", False,
+                      "The run spans several hosts (jax.distributed on JAX, "
+                      "MultiWorkerMirroredStrategy on TensorFlow).")
 
 
 def check_training_flags(fail, positive=()):
@@ -60,6 +71,21 @@ def check_training_flags(fail, positive=()):
     if FLAGS.learning_rate <= 0:
         fail(f"--learning_rate must be positive, received "
              f"{FLAGS.learning_rate}")
+
+
+def distribution_scope():
+    """The scope to build and compile the model in, for `--mesh`.
+
+    Raises:
+        ValueError: an invalid `--mesh` (naming `mesh`).
+    """
+    from sgmoe import distribute
+
+    distribution = distribute.distribution_for_flags(
+        FLAGS.mesh, multi_host=FLAGS.multi_host)
+    if distribution is None:
+        return contextlib.nullcontext()
+    return distribution.scope()
 
 
 def make_optimizer():

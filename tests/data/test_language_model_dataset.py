@@ -208,3 +208,24 @@ def test_arguments_are_checked(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match="`vocabulary` must be a "
                        "WordVocabulary, received dict"):
         language_model_dataset(path, {"a": 4}, 2, 16)
+
+
+def test_pad_batches_fills_short_batches_with_padding_rows(tmp_path):
+    import sgmoe.data
+
+    path = tmp_path / "text.txt"
+    path.write_text("a b c\nb c\nc\na a a a\nb\n")
+    vocabulary = sgmoe.data.WordVocabulary.build(str(path))
+    dataset = sgmoe.data.language_model_dataset(str(path), vocabulary,
+                                                batch_size=2, max_length=8)
+    originals = [(x.numpy(), y.numpy()) for x, y in dataset]
+    padded = [(x.numpy(), y.numpy())
+              for x, y in sgmoe.data.pad_batches(dataset, 4)]
+    assert len(padded) == len(originals)
+    for (x, y), (px, py) in zip(originals, padded):
+        assert px.shape == (4, x.shape[1]) and py.shape == (4, y.shape[1])
+        np.testing.assert_array_equal(px[:len(x)], x)
+        np.testing.assert_array_equal(py[:len(y)], y)
+        assert not px[len(x):].any() and not py[len(y):].any()
+    with pytest.raises(ValueError, match="batch_size"):
+        sgmoe.data.pad_batches(dataset, 0)

@@ -78,7 +78,7 @@ LAYOUTS = [
     ("moe/experts/bias_in", ("model", None)),
     ("feed_forward_experts_3/bias_out", ("model", None)),
     ("experts/kernel_in", ("model", None, None)),
-    ("moe_language_model/moe/experts/output", ("model", "batch", None)),
+    ("moe_language_model/moe/experts/output", ("model", None, None)),
     # Replicated: routers, gates, a Residual-MoE's dense expert, the rest.
     ("moe_language_model/moe/router/w_gate", None),
     ("moe_language_model/moe/secondary_w_gate", None),

@@ -84,6 +84,8 @@ def test_empty_and_undecodable_files_exit_with_one_line(tmp_path):
 def test_bad_flags_exit_with_one_line(tmp_path):
     assert last_line(run("--train_steps=50", "--log_every=20")) == (
         "train_lm: --log_every=20 must divide --train_steps=50")
+    assert last_line(run("--mesh=model:2")).startswith(
+        "train_lm: `mesh`='model:2' asks for expert sharding")
     assert last_line(run(f"--model_dir={tmp_path}", script=EVALUATE)) == (
         f"evaluate: {tmp_path}/model/config.json: no such file (train with "
         "--model_dir first; the model is written when training ends)")
