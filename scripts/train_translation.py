@@ -43,7 +43,7 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 
 FLAGS = flags.FLAGS
 script_flags.define_training_flags(
-    preset="small_moe", train_steps=600, batch_size=64, learning_rate=3e-3,
+    preset="small_moe", train_steps=800, batch_size=64, learning_rate=5e-3,
     log_every=100, checkpoint_every=100)
 flags.DEFINE_string(
     "train_files", os.path.join(DATA_DIR, "ding.de-en.train"),
@@ -54,7 +54,7 @@ flags.DEFINE_string(
     "Prefixes of the evaluation files, scored with BLEU.")
 flags.DEFINE_string("source_language", "de", "Suffix of the source files.")
 flags.DEFINE_string("target_language", "en", "Suffix of the target files.")
-flags.DEFINE_integer("vocabulary_size", 4000,
+flags.DEFINE_integer("vocabulary_size", 2000,
                      "Subword pieces shared by both languages (special and "
                      "byte pieces included).")
 flags.DEFINE_integer("max_length", 64,
@@ -163,7 +163,9 @@ def main(argv):
         fail(error)
     with scope:
         model = models.MoETranslationModel.from_preset(
-            FLAGS.preset, vocabulary_size=len(vocabulary), seed=FLAGS.seed)
+            FLAGS.preset, vocabulary_size=len(vocabulary),
+            start_id=vocabulary.bos_id, end_id=vocabulary.eos_id,
+            seed=FLAGS.seed)
         model.compile(optimizer=script_flags.make_optimizer(),
                       jit_compile=FLAGS.jit_compile)
         model.build()

@@ -16,7 +16,7 @@ models (the paper's language-model hierarchical MoEs, Appendix C, use 16
 groups: 16 x 32 and 16 x 128 experts), attention width 512 (the model
 width), and dropout 0.1.
 
-"small_moe" and "small_baseline" (vocabulary 4000, width 128; with and
+"small_moe" and "small_baseline" (vocabulary 2000, width 128; with and
 without the two MoE layers) are the bundled-data demo of
 scripts/train_translation.py, a few minutes on 2 CPU cores. The tiny
 presets (vocabulary 32, width 16) are for tests. They
@@ -69,7 +69,7 @@ _TINY = {
 _TINY_EXPERTS = {"expert_hidden_dim": 32, "output_activation": "sigmoid"}
 
 _SMALL = {
-    "vocabulary_size": 4000,
+    "vocabulary_size": 2000,
     "model_dim": 128,
     "lstm_units": 128,
     "encoder_layers": 3,

@@ -25,7 +25,9 @@ def translate_lines(model, vocabulary, lines, *, batch_size=64,
 
     Args:
         model: a built `sgmoe.models.MoETranslationModel`.
-        vocabulary: the `sgmoe.data.SubwordVocabulary` it was trained with.
+        vocabulary: the `sgmoe.data.SubwordVocabulary` it was trained with
+            (its `<s>` and `</s>` ids must be the model's `start_id` and
+            `end_id`).
         lines: source sentences (str).
         batch_size: sentences decoded at once.
         beam_width: hypotheses kept per sentence; 1 decodes greedily.
@@ -44,6 +46,13 @@ def translate_lines(model, vocabulary, lines, *, batch_size=64,
     length_step = _validation.check_positive_int("length_step", length_step)
     max_source_length = _validation.check_positive_int(
         "max_source_length", max_source_length)
+    if (model.start_id, model.end_id) != (vocabulary.bos_id,
+                                          vocabulary.eos_id):
+        raise ValueError(
+            f"The model's start_id / end_id ({model.start_id} / "
+            f"{model.end_id}) must be the vocabulary's <s> / </s> ids "
+            f"({vocabulary.bos_id} / {vocabulary.eos_id}): build it with "
+            "start_id=vocabulary.bos_id, end_id=vocabulary.eos_id.")
     lines = list(lines)
     if not lines:
         return []

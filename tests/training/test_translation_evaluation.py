@@ -21,8 +21,13 @@ def vocabulary():
 
 
 def test_batches_keep_the_order_and_do_not_change_translations(vocabulary):
+    wrong_ids = MoETranslationModel.from_preset(
+        "tiny", vocabulary_size=len(vocabulary))
+    with pytest.raises(ValueError, match="start_id / end_id"):
+        translate_lines(wrong_ids, vocabulary, LINES)
     model = MoETranslationModel.from_preset(
-        "tiny", vocabulary_size=len(vocabulary), seed=3)
+        "tiny", vocabulary_size=len(vocabulary), start_id=vocabulary.bos_id,
+        end_id=vocabulary.eos_id, seed=3)
     model.build()
     # Without XLA: compiling each decoder would take longer than decoding.
     batched = translate_lines(model, vocabulary, LINES, batch_size=4,
