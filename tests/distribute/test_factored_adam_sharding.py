@@ -1,8 +1,8 @@
 """FactoredAdam state shards with its variable under keras.distribution.
 
 JAX backend, 8 virtual CPU devices, mesh batch:2 x model:4, expert weights
-sharded along the expert axis. Runs `sharded_step.py` in its own process,
-since the device count must be set before JAX starts.
+sharded along the expert axis. Runs `factored_adam_sharded_step.py` in its
+own process, since the device count must be set before JAX starts.
 """
 
 import json
@@ -12,7 +12,8 @@ import sys
 
 
 def test_factored_slots_shard_along_the_expert_axis():
-    script = os.path.join(os.path.dirname(__file__), "sharded_step.py")
+    script = os.path.join(os.path.dirname(__file__),
+                          "factored_adam_sharded_step.py")
     # The repository root on the path, so the test does not depend on an
     # installed sgmoe.
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
