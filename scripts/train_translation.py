@@ -196,6 +196,15 @@ def main(argv):
           f"{time.time() - start:.0f}s, "
           f"{'greedy' if FLAGS.beam_width == 1 else 'beam'} decoding: "
           f"{score.text} ({score.signature})")
+    if FLAGS.model_dir:  # next to the training curves in TensorBoard
+        import tensorflow as tf
+
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        writer = tf.summary.create_file_writer(
+            os.path.join(FLAGS.model_dir, "logs", "validation"))
+        with writer.as_default():
+            tf.summary.scalar("bleu", score.score, step=step)
+        writer.close()
     print(f"validation BLEU: {score.score:.2f}")
 
 

@@ -64,6 +64,12 @@ def test_short_run_trains_saves_and_evaluate_reproduces_bleu(tmp_path):
     trained = bleu(result, "validation")
     assert sorted(os.listdir(model_dir)) == [
         "checkpoints", "logs", "model", "subwords.model"]
+    # BLEU goes to TensorBoard next to the training curves.
+    from tests.training.test_moe_tensorboard import read_events
+
+    plugin, values = read_events(model_dir / "logs" / "validation")["bleu"]
+    assert plugin == "scalars" and list(values) == [20]
+    assert abs(float(values[20]) - trained) < 0.006
 
     # Greedy translations do not depend on the batch, so evaluate.py on the
     # same pairs with the saved model gives the same BLEU.
