@@ -18,9 +18,13 @@ Shazeer et al. 2017 (arXiv:1701.06538):
 Widths are the paper's scaled by model_dim / 512 (experts 512 -> 1024 ->
 512 become d -> 2d -> d; MoE-1-Wide's single expert 8d wide), so the
 ops/timestep of all models stay matched; the softmax is the full one over a
-word vocabulary of the training text. Importance and Load are summed over
-the whole test set (eval mode: Load counts the tokens each expert was
-chosen for) before the CV and max/mean are taken.
+word vocabulary of the training text. As in the paper, CV(Importance),
+CV(Load) and max/mean Load are those of the gating network in training
+mode (noise on; Load is the paper's smooth estimator), here summed over
+`--statistics_batches` test batches run without a weight update. The
+evaluation-mode routing (no noise) is reported next to them: the max/mean
+number of tokens per expert over the whole test set, and the mean fraction
+of assignments dropped for lack of capacity.
 
     python bench/paper_lm.py --experiment=capacity   # writes docs/lm_capacity.{md,png}
     python bench/paper_lm.py --experiment=balancing  # writes docs/lm_balancing.md
@@ -72,12 +76,16 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jit_compile", type=int, default=1,
                         help="1: compile the steps with XLA (0 in --quick).")
+    parser.add_argument("--statistics_batches", type=int, default=20,
+                        help="Test batches run in training mode for the "
+                        "Importance / Load statistics.")
     parser.add_argument("--eval_batches", type=int, default=0,
                         help="Evaluate on the first N test batches; 0: all.")
     args = parser.parse_args(argv)
     if args.quick:
         args.train_steps, args.model_dim, args.vocabulary_size = 4, 8, 300
         args.eval_batches, args.jit_compile = 3, False
+        args.statistics_batches = 2
     for name in ("train_steps", "batch_size", "model_dim", "vocabulary_size",
                  "max_length"):
         if getattr(args, name) < 1:
@@ -100,21 +108,41 @@ def models_to_train(args):
             for w_importance, w_load in weights]
 
 
+def cv(values):
+    return float(np.std(values) / np.mean(values))
+
+
 class RoutingTotals(keras.callbacks.Callback):
-    """Sums each MoE layer's importance and load over evaluation batches."""
+    """Sums each MoE layer's tokens per expert over evaluation batches and
+    keeps each batch's dropped fraction."""
 
     def __init__(self, moe_layers):
         super().__init__()
         self.moe_layers = moe_layers
-        self.importance = {name: 0.0 for name in moe_layers}
         self.load = {name: 0.0 for name in moe_layers}
+        self.dropped = {name: [] for name in moe_layers}
 
     def on_test_batch_end(self, batch, logs=None):
         for name, layer in self.moe_layers.items():
-            self.importance[name] += keras.ops.convert_to_numpy(
-                layer.expert_importance).astype("float64")
             self.load[name] += keras.ops.convert_to_numpy(
                 layer.expert_load).astype("float64")
+            self.dropped[name].append(float(keras.ops.convert_to_numpy(
+                layer.dropped_fraction)))
+
+
+def training_mode_statistics(model, moe_layers, batches):
+    """Importance and the smooth Load of the paper, summed over `batches`
+    run in training mode (gating noise on, no weight update)."""
+    importance = {name: 0.0 for name in moe_layers}
+    load = {name: 0.0 for name in moe_layers}
+    for inputs, _ in batches:
+        model(inputs, training=True)
+        for name, layer in moe_layers.items():
+            importance[name] += keras.ops.convert_to_numpy(
+                layer.expert_importance).astype("float64")
+            load[name] += keras.ops.convert_to_numpy(
+                layer.expert_load).astype("float64")
+    return importance, load
 
 
 def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
@@ -155,11 +183,17 @@ def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
         "parameters": models.count_parameters(model.get_config()),
         "words/s": words / seconds if words else float("nan"),
     }
+    if moe_layers:
+        importance, load = training_mode_statistics(
+            model, moe_layers, test.take(args.statistics_batches))
     for name in moe_layers:  # the one MoE layer of these models
-        importance, load = totals.importance[name], totals.load[name]
-        row["CV(Importance)"] = float(np.std(importance) / np.mean(importance))
-        row["CV(Load)"] = float(np.std(load) / np.mean(load))
-        row["max/mean Load"] = float(np.max(load) / np.mean(load))
+        row["CV(Importance)"] = cv(importance[name])
+        row["CV(Load)"] = cv(load[name])
+        row["max/mean Load"] = float(np.max(load[name])
+                                     / np.mean(load[name]))
+        tokens = totals.load[name]
+        row["eval max/mean tokens"] = float(np.max(tokens) / np.mean(tokens))
+        row["eval dropped"] = float(np.mean(totals.dropped[name]))
     print(", ".join(f"{key}: {format_value(value)}"
                     for key, value in row.items()), flush=True)
     return row
@@ -170,7 +204,7 @@ def format_value(value):
         return value
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:.2f}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) < 1e3 else f"{value:,.0f}"
 
 
 def markdown_table(rows, columns):
@@ -189,7 +223,7 @@ def write_outputs(args, rows, seconds, argv):
                    "words/s"]
     else:
         columns = ["model", "test perplexity", "CV(Importance)", "CV(Load)",
-                   "max/mean Load"]
+                   "max/mean Load", "eval max/mean tokens", "eval dropped"]
         rows = [dict(row, model=f"w_importance / w_load = {row['model']}")
                 for row in rows]
     table = markdown_table(rows, columns)
