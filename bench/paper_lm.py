@@ -260,6 +260,7 @@ def plot_capacity(rows, path):
                                      row["test perplexity"]),
                       textcoords="offset points", xytext=(4, 4), fontsize=8)
     axes.set_xscale("log")
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel("parameters without embedding and softmax")
     axes.set_ylabel("test perplexity")
     axes.set_title("Brown corpus, equal ops/timestep (cf. paper Fig. 2-left)")
