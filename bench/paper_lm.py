@@ -76,6 +76,9 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jit_compile", type=int, default=1,
                         help="1: compile the steps with XLA (0 in --quick).")
+    parser.add_argument("--models", default="",
+                        help="Comma-separated model labels to run (capacity "
+                        "experiment); default: all.")
     parser.add_argument("--statistics_batches", type=int, default=20,
                         help="Test batches run in training mode for the "
                         "Importance / Load statistics.")
@@ -98,6 +101,12 @@ def models_to_train(args):
         models = CAPACITY_MODELS
         if args.quick:
             models = [models[0], models[-1]]
+        if args.models:
+            wanted = args.models.split(",")
+            unknown = set(wanted) - {label for label, _, _ in models}
+            if unknown:
+                raise SystemExit(f"paper_lm: unknown --models {sorted(unknown)}")
+            models = [model for model in models if model[0] in wanted]
         return [(label, preset, {name: factor * args.model_dim
                                  for name, factor in widths.items()})
                 for label, preset, widths in models]
@@ -128,6 +137,26 @@ class RoutingTotals(keras.callbacks.Callback):
                 layer.expert_load).astype("float64")
             self.dropped[name].append(float(keras.ops.convert_to_numpy(
                 layer.dropped_fraction)))
+
+
+def evaluate_without_drops(args, model, moe_layers, test, models):
+    """Test perplexity with every MoE's evaluation capacity raised so that
+    no assignment is dropped (capacity factor = experts / experts per
+    token); the model's own evaluation uses the training capacity factor."""
+    if not moe_layers:
+        return float("nan")
+    for layer in moe_layers.values():
+        if hasattr(layer, "experts_per_group"):
+            experts = layer.num_groups * layer.experts_per_group
+            per_token = layer.k_primary * layer.k_secondary
+        else:
+            experts, per_token = layer.num_experts, layer.k
+        layer.eval_capacity_factor = float(experts) / per_token
+    # Recompiling makes the evaluation step trace the new capacity.
+    model.compile(optimizer=model.optimizer,
+                  metrics=[models.Perplexity(padding_id=0)],
+                  jit_compile=bool(args.jit_compile))
+    return model.evaluate(test, verbose=0, return_dict=True)["perplexity"]
 
 
 def training_mode_statistics(model, moe_layers, batches):
@@ -176,9 +205,12 @@ def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
     totals = RoutingTotals(moe_layers)
     perplexity = model.evaluate(test, verbose=0, return_dict=True,
                                 callbacks=[totals])["perplexity"]
+    no_drop_perplexity = evaluate_without_drops(args, model, moe_layers, test,
+                                                models)
     row = {
         "model": label,
         "test perplexity": perplexity,
+        "test perplexity, no eval drops": no_drop_perplexity,
         "ops/timestep": models.ops_per_timestep(model.get_config()),
         "parameters": models.count_parameters(model.get_config()),
         "words/s": words / seconds if words else float("nan"),
@@ -202,6 +234,8 @@ def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
 def format_value(value):
     if isinstance(value, str):
         return value
+    if value != value:  # NaN: no MoE layer
+        return "-"
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.2f}" if abs(value) < 1e3 else f"{value:,.0f}"
@@ -219,10 +253,11 @@ def markdown_table(rows, columns):
 def write_outputs(args, rows, seconds, argv):
     os.makedirs(args.out_dir, exist_ok=True)
     if args.experiment == "capacity":
-        columns = ["model", "test perplexity", "ops/timestep", "parameters",
-                   "words/s"]
+        columns = ["model", "test perplexity", "test perplexity, no eval drops",
+                   "ops/timestep", "parameters", "words/s"]
     else:
-        columns = ["model", "test perplexity", "CV(Importance)", "CV(Load)",
+        columns = ["model", "test perplexity", "test perplexity, no eval drops",
+                   "CV(Importance)", "CV(Load)",
                    "max/mean Load", "eval max/mean tokens", "eval dropped"]
         rows = [dict(row, model=f"w_importance / w_load = {row['model']}")
                 for row in rows]

@@ -55,6 +55,10 @@ def test_quick_runs_write_the_tables(tmp_path, experiment):
             # Four steps barely move a 300-word model from the uniform guess.
             assert 100 < number(row["test perplexity"]) < 1.2 * 300
             assert number(row["words/s"]) > 0
+        # Evaluating without capacity drops needs MoE layers.
+        assert rows["4xLSTM"]["test perplexity, no eval drops"] == "-"
+        assert 100 < number(
+            rows["MoE-256-h"]["test perplexity, no eval drops"]) < 360
     else:
         assert list(rows) == ["w_importance / w_load = 0 / 0",
                               "w_importance / w_load = 0.2 / 0"]
