@@ -34,7 +34,7 @@ setuptools.setup(
     extras_require={
         "jax": ["jax==0.10.2", "jaxlib==0.10.2"],
         # The tests run the benchmarks' --quick modes, which plot.
-        "test": ["pytest>=8", "matplotlib==3.11.2"],
+        "test": ["pytest>=8", "pytest-xdist==3.8.0", "matplotlib==3.11.2"],
     },
     license="Apache-2.0",
 )

@@ -136,6 +136,7 @@ def main(argv):
         fail(error)
     with scope:
         model = build_model(models, len(vocabulary))
+    eval_callbacks = script_flags.evaluation_callbacks()
     print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
           f"{keras.backend.backend()}, {model.count_params():,} parameters")
 
@@ -146,8 +147,8 @@ def main(argv):
     if run.state:
         print(f"resumed from {run.state.path} at step {run.first_step}")
     else:
-        untrained = model.evaluate(eval_data, verbose=0,
-                                   return_dict=True)["perplexity"]
+        untrained = model.evaluate(eval_data, verbose=0, return_dict=True,
+                                   callbacks=eval_callbacks)["perplexity"]
 
     # One endless, seeded stream: batch i is the same in every run, so a
     # resumed run skips the batches its checkpoint had consumed.
@@ -158,8 +159,8 @@ def main(argv):
             skip_batches=skip_batches))
     except training.NonFiniteLossError as error:
         fail(error)
-    perplexity = model.evaluate(eval_data, verbose=0,
-                                return_dict=True)["perplexity"]
+    perplexity = model.evaluate(eval_data, verbose=0, return_dict=True,
+                                callbacks=eval_callbacks)["perplexity"]
     if run.remaining_steps:
         steps = run.remaining_steps
         print(f"trained {steps} steps in {seconds:.0f}s "

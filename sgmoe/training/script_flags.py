@@ -88,6 +88,16 @@ def distribution_scope():
     return distribution.scope()
 
 
+def evaluation_callbacks():
+    """Callbacks for `evaluate` under `--mesh` (see
+    `sgmoe.distribute.SynchronousBatches`); none without one."""
+    if not FLAGS.mesh:
+        return []
+    from sgmoe import distribute
+
+    return [distribute.SynchronousBatches()]
+
+
 def make_optimizer():
     """The optimizer `--optimizer` and `--learning_rate` name."""
     import keras

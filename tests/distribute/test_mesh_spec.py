@@ -148,3 +148,14 @@ def test_jax_distribution_is_set_globally():
         assert distribution.batch_dim_name == "batch"
     finally:
         keras.distribution.set_distribution(None)
+
+
+def test_synchronous_batches_turns_off_asynchronous_evaluation():
+    from sgmoe.distribute import SynchronousBatches
+
+    plain = keras.callbacks.CallbackList([])
+    synchronous = keras.callbacks.CallbackList([SynchronousBatches()])
+    assert not synchronous._async_test and not synchronous._async_predict
+    if keras.backend.backend() == "jax":
+        # What the callback is there to turn off.
+        assert plain._async_test and plain._async_predict
