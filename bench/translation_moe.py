@@ -61,16 +61,6 @@ def parse_args(argv):
     return args
 
 
-def read_pairs(prefix, limit):
-    from sgmoe import data
-
-    pairs = [(source, target) for source, target in zip(
-        data.read_text_lines(f"{prefix}.de.gz"),
-        data.read_text_lines(f"{prefix}.en.gz"))
-        if source.strip() and target.strip()]
-    return pairs[:limit] if limit else pairs
-
-
 def train_and_score(args, label, preset, vocabulary, test_pairs):
     from sgmoe import data
     from sgmoe import models
@@ -139,8 +129,9 @@ def main(argv=None):
         [f"{train_prefix}.de.gz", f"{train_prefix}.en.gz"],
         vocab_size=args.vocabulary_size, character_coverage=0.9995,
         seed=args.seed)
-    test_pairs = read_pairs(os.path.join(DATA_DIR, "ding.de-en.test"),
-                            args.test_sentences)
+    test_pairs = data.read_sentence_pairs(
+        *data.parallel_files(os.path.join(DATA_DIR, "ding.de-en.test"), "de",
+                             "en"), limit=args.test_sentences)
     rows = [train_and_score(args, label, preset, vocabulary, test_pairs)
             for label, preset in args.models]
     columns = ["model", "preset", "parameters", "expert parameters",

@@ -107,13 +107,7 @@ def evaluate_translation(data, models, training, model_path, eval_files):
     vocabulary = data.SubwordVocabulary.load(FLAGS.model_dir)
     sources, targets = data.parallel_files(
         eval_files, FLAGS.source_language, FLAGS.target_language)
-    pairs = []
-    for source, target in zip(sources, targets):
-        pairs += [(s, t) for s, t in zip(data.read_text_lines(source),
-                                         data.read_text_lines(target))
-                  if s.strip() and t.strip()]
-    if not pairs:
-        raise data.DataError(f"{eval_files}: no sentence pairs")
+    pairs = data.read_sentence_pairs(sources, targets)
     model = models.MoETranslationModel.from_preset(model_path)
     start = time.time()
     hypotheses = training.translate_lines(

@@ -85,20 +85,6 @@ def vocabulary_for(data, train_sources, train_targets):
     return vocabulary
 
 
-def read_pairs(data, sources, targets):
-    """The evaluation pairs, in file order (blank pairs left out)."""
-    pairs = []
-    for source, target in zip(sources, targets):
-        pairs += [(s, t) for s, t in zip(data.read_text_lines(source),
-                                         data.read_text_lines(target))
-                  if s.strip() and t.strip()]
-    if FLAGS.eval_sentences:
-        pairs = pairs[:FLAGS.eval_sentences]
-    if not pairs:
-        raise data.DataError(f"{FLAGS.eval_files}: no sentence pairs")
-    return pairs
-
-
 def mean_target_pieces(data, vocabulary, targets, sample=2000):
     """Pieces + </s> per training target, from the first lines, for the
     words/s figures (target pieces per second)."""
@@ -143,19 +129,18 @@ def main(argv):
         if FLAGS.model_dir:
             os.makedirs(FLAGS.model_dir, exist_ok=True)
         vocabulary = vocabulary_for(data, train_sources, train_targets)
-        pairs = read_pairs(data, eval_sources, eval_targets)
+        pairs = data.read_sentence_pairs(eval_sources, eval_targets,
+                                         limit=FLAGS.eval_sentences)
         tokens_per_step = FLAGS.batch_size * mean_target_pieces(
             data, vocabulary, train_targets)
-
-        def make_dataset(skip_batches):
-            return data.translation_dataset(
-                train_sources, train_targets, vocabulary, FLAGS.batch_size,
-                FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
-                skip_batches=skip_batches)
-
-        make_dataset(0)  # checks the training files before the model
     except ValueError as error:  # DataError included
         fail(error)
+
+    def make_dataset(skip_batches):
+        return data.translation_dataset(
+            train_sources, train_targets, vocabulary, FLAGS.batch_size,
+            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
+            skip_batches=skip_batches)
 
     try:
         scope = script_flags.distribution_scope()

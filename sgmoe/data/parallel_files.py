@@ -1,9 +1,10 @@
-"""Finding the two sides of parallel text from one file prefix."""
+"""Finding and reading the two sides of parallel text."""
 
 import glob
 import os
 
 from sgmoe.data.data_error import DataError
+from sgmoe.data.text_files import read_text_lines
 
 
 def parallel_files(prefixes, source_language, target_language):
@@ -79,3 +80,33 @@ def _swap_language(path, source_language, target_language):
     ending = ".gz" if path.endswith(".gz") else ""
     stem = path[:len(path) - len(ending) - len(source_language)]
     return f"{stem}{target_language}{ending}"
+
+
+def read_sentence_pairs(source_files, target_files, limit=None):
+    """The (source, target) line pairs of parallel files, in file order.
+
+    Pairs with a blank side are left out, as `translation_dataset` leaves
+    them out; nothing else is (no length limit), so an evaluation scores
+    every sentence.
+
+    Args:
+        source_files: paths of the source side (as `parallel_files` gives).
+        target_files: the aligned target files.
+        limit: keep only the first `limit` pairs; None or 0 keeps all.
+
+    Returns:
+        A list of (source, target) strings.
+
+    Raises:
+        DataError: an unreadable file, or no pair at all.
+    """
+    pairs = []
+    for source, target in zip(source_files, target_files, strict=True):
+        pairs += [(s, t) for s, t in zip(read_text_lines(source),
+                                         read_text_lines(target))
+                  if s.strip() and t.strip()]
+    if limit:
+        pairs = pairs[:limit]
+    if not pairs:
+        raise DataError(f"{','.join(source_files)}: no sentence pairs")
+    return pairs

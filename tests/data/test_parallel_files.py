@@ -57,3 +57,23 @@ def test_invalid_languages_raise_value_errors(languages, argument):
         parallel_files("data/ding.de-en.valid", *languages)
     with pytest.raises(ValueError, match="prefixes"):
         parallel_files(" , ", "en", "fr")
+
+
+def test_read_sentence_pairs_keeps_file_order_and_drops_blank_pairs(
+        tmp_path):
+    from sgmoe.data import read_sentence_pairs
+
+    write(tmp_path / "a.en", "one\n\nthree\nfour\n")
+    write(tmp_path / "a.fr", "un\ndeux\n \nquatre\n")
+    write(tmp_path / "b.en.gz", "five\n", compress=True)
+    write(tmp_path / "b.fr.gz", "cinq\n", compress=True)
+    sources, targets = parallel_files(f"{tmp_path}/a,{tmp_path}/b", "en",
+                                      "fr")
+    assert read_sentence_pairs(sources, targets) == [
+        ("one", "un"), ("four", "quatre"), ("five", "cinq")]
+    assert read_sentence_pairs(sources, targets, limit=2) == [
+        ("one", "un"), ("four", "quatre")]
+    write(tmp_path / "c.en", "\nx\n")
+    write(tmp_path / "c.fr", "y\n\n")
+    with pytest.raises(DataError, match=r"c\.en: no sentence pairs"):
+        read_sentence_pairs(*parallel_files(f"{tmp_path}/c", "en", "fr"))
