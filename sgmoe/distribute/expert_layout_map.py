@@ -13,7 +13,6 @@ _EXPERT_LAYER = r"(.*/)?(feed_forward_)?experts(_[0-9]+)?"
 
 EXPERT_KERNEL_PATTERN = _EXPERT_LAYER + r"/kernel_(in|out)"
 EXPERT_BIAS_PATTERN = _EXPERT_LAYER + r"/bias_(in|out)"
-EXPERT_OUTPUT_PATTERN = _EXPERT_LAYER + r"/output"
 
 
 def expert_layout_map(mesh):
@@ -30,14 +29,17 @@ def expert_layout_map(mesh):
     its G groups lie along the "model" axis: with G = M, position i holds
     group i; with G a multiple of M, G / M whole groups each.
 
-    The experts' output buffer [E, C, d] is split along E over "model".
-    (Splitting its C slots over "batch" as well would divide the expert
-    FLOPs over every device, but the capacity C follows from the number of
-    tokens and is rarely a multiple of the "batch" size, which JAX requires
-    of a sharded dimension.) Everything else (embeddings,
-    LSTMs, routers and gates, a Residual-MoE's dense expert, the softmax)
-    matches no rule and is replicated; `keras.distribution.ModelParallel`
-    splits the batch over "batch".
+    Activations get no rule: XLA's sharding propagation places them. With
+    the token groups `MixtureOfExperts` uses under a distribution (one per
+    "batch" shard, see its `token_groups`), each device gathers its own
+    tokens into its experts' slots of its group, so the expert buffer
+    [E, G * C, d] ends up split over ("model", "batch") with no tokens
+    moved, the expert FLOPs are divided over every device, and the combine
+    is one reduction of N / B * k * d values per device over "model" (B the
+    "batch" size). Everything else (embeddings, LSTMs, routers and gates, a
+    Residual-MoE's dense expert, the softmax) matches no rule and is
+    replicated; `keras.distribution.ModelParallel` splits the batch over
+    "batch".
 
     E must be divisible by the size of the "model" axis. Dropless dispatch
     (`dropless=True`) gathers each block's expert weights, so under expert
@@ -60,5 +62,4 @@ def expert_layout_map(mesh):
     layout_map = keras.distribution.LayoutMap(mesh)
     layout_map[EXPERT_KERNEL_PATTERN] = (MODEL_AXIS, None, None)
     layout_map[EXPERT_BIAS_PATTERN] = (MODEL_AXIS, None)
-    layout_map[EXPERT_OUTPUT_PATTERN] = (MODEL_AXIS, None, None)
     return layout_map

@@ -26,12 +26,22 @@ def model_parallel(mesh, devices=None):
     `keras.distribution.set_distribution(distribution)`; `fit` then splits
     each batch over "batch" (and over processes after
     `jax.distributed.initialize`), and XLA's SPMD partitioner (GSPMD, the
-    engine GShard was built on) inserts the collectives that move the
-    dispatched tokens to their experts' devices and back.
+    engine GShard was built on) inserts the collectives.
 
-    The computation is the single-device one: each MoE layer still routes
-    the whole global batch as one macro-batch, with the same capacity, so a
-    step gives the single-device loss and updates (up to float rounding).
+    The gates are data-parallel: each device routes its own share of the
+    batch (routing needs only per-token maxima, so no logits move; the
+    balancing losses add up [E] vectors over devices). Each
+    `MixtureOfExperts` splits its macro-batch into one token group per
+    "batch" shard (its `token_groups`, GShard's groups), with capacity per
+    group, so each device dispatches its own tokens to its own experts
+    without moving them; combining the k outputs of each token is one
+    reduction over "model" of the device's N / B * k * d values (B the
+    "batch" size). The computation equals the single-device one with
+    `token_groups` = B (the same loss and updates up to float rounding);
+    with `token_groups` = 1 on one device, only which overflowing
+    assignments are dropped differs. `HierarchicalMixtureOfExperts` and
+    dropless or expert-choice dispatch still route the whole global batch
+    as one group.
 
     JAX backend only (see `distribution_for_flags` for TensorFlow).
 

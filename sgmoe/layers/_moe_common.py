@@ -53,6 +53,18 @@ def feed_forward_experts(moe, num_experts, name):
         seed=moe.seed, dtype=moe.dtype_policy, name=name)
 
 
+def batch_shards():
+    """Shards of the batch axis of the active `keras.distribution`, or 1."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    batch_axis = getattr(distribution, "batch_dim_name", None)
+    if batch_axis not in mesh.axis_names:
+        return 1
+    return mesh.shape[mesh.axis_names.index(batch_axis)]
+
+
 def input_dim(moe, input_shape):
     """The known last dimension of a MoE layer's input, or ValueError."""
     if input_shape[-1] is None:

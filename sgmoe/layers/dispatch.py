@@ -57,6 +57,10 @@ class DispatchPlan(NamedTuple):
         dropped_fraction: float32 scalar, the fraction of token-expert
             assignments dropped (token choice), or of tokens no expert took
             (expert choice).
+        num_groups: G, a static int: with G > 1 (`plan_top_k` only) the
+            buffer [E, G * C] holds group g's tokens in columns g * C ...
+            (g + 1) * C - 1, and every token's slots lie in its own group's
+            columns, so `dispatch` and `combine` gather within groups.
     """
 
     slot_token: Any
@@ -66,6 +70,7 @@ class DispatchPlan(NamedTuple):
     assignment_slot: Any
     assignment_weight: Any
     dropped_fraction: Any
+    num_groups: int = 1
 
 
 def expert_capacity(tokens_per_group, num_experts, k, capacity_factor,
@@ -212,7 +217,8 @@ def plan_top_k(expert_indices, expert_weights, num_experts, capacity,
         assignment_weight=ops.where(_token_major(kept, k, num_tokens),
                                     weights, 0.0),
         dropped_fraction=1.0 - _fraction(ops.sum(ops.cast(kept, "int32")),
-                                         ops.sum(ops.cast(valid, "int32"))))
+                                         ops.sum(ops.cast(valid, "int32"))),
+        num_groups=num_groups)
 
 
 def num_dropless_blocks(num_assignments, num_experts, block_size):
@@ -367,8 +373,10 @@ def plan_routing(routing, num_tokens, num_experts, capacity_factor,
                              num_experts, block_size)
     if isinstance(num_tokens, int) and num_tokens % num_groups:
         raise ValueError(
-            f"The router's num_groups={num_groups} must divide the number of "
-            f"tokens in the macro-batch, received {num_tokens} tokens.")
+            f"The number of token groups, {num_groups} (the MoE layer's "
+            "`token_groups` or its router's `num_groups`), must divide the "
+            f"number of tokens in the macro-batch, received {num_tokens} "
+            "tokens.")
     capacity = expert_capacity(num_tokens // num_groups, num_experts,
                                routing.expert_indices.shape[1],
                                capacity_factor, min_capacity)
@@ -376,9 +384,49 @@ def plan_routing(routing, num_tokens, num_experts, capacity_factor,
                       num_experts, capacity, num_groups)
 
 
+def _to_groups(buffer, num_groups):
+    """[E, G * C, ...] -> [G, E * C, ...]: each group's slots, expert-major."""
+    trailing = tuple(buffer.shape[2:])
+    grouped = ops.reshape(buffer, (buffer.shape[0], num_groups, -1) + trailing)
+    grouped = ops.swapaxes(grouped, 0, 1)
+    return ops.reshape(grouped, (num_groups, -1) + trailing)
+
+
+def _from_groups(grouped, num_experts):
+    """[G, E * C, ...] -> [E, G * C, ...], the inverse of `_to_groups`."""
+    trailing = tuple(grouped.shape[2:])
+    buffer = ops.reshape(grouped, (grouped.shape[0], num_experts, -1)
+                         + trailing)
+    buffer = ops.swapaxes(buffer, 0, 1)
+    return ops.reshape(buffer, (num_experts, -1) + trailing)
+
+
+def _gather_rows(values, rows):
+    """values [G, R, d], rows int [G, M] -> [G, M, d]: row gathers per group.
+
+    A gather with the group as a batch dimension: when G is split over
+    devices, each device gathers from its own groups and nothing moves
+    between them (XLA cannot see that locality in a flat gather whose
+    indices could point anywhere).
+    """
+    return ops.take_along_axis(values, ops.expand_dims(rows, -1), axis=1)
+
+
 def dispatch(tokens, plan):
     """Gathers tokens [N, d] into the expert buffer; empty slots are 0."""
-    gathered = ops.take(tokens, plan.slot_token, axis=0)
+    if plan.num_groups > 1:
+        num_groups = plan.num_groups
+        num_experts = plan.slot_token.shape[0]
+        group_size = ops.shape(tokens)[0] // num_groups
+        # A filled slot of group g holds a token of group g; mod gives its
+        # row within the group (and a valid row for an empty slot).
+        rows = _to_groups(ops.mod(plan.slot_token, group_size), num_groups)
+        gathered = _from_groups(
+            _gather_rows(ops.reshape(tokens, (num_groups, group_size,
+                                              tokens.shape[-1])),
+                         rows), num_experts)
+    else:
+        gathered = ops.take(tokens, plan.slot_token, axis=0)
     return ops.where(ops.expand_dims(plan.slot_filled, -1), gathered,
                      ops.zeros_like(gathered))
 
@@ -388,18 +436,33 @@ def combine(expert_outputs, plan, num_tokens=None):
 
     Dropped assignments contribute zero; a token with every assignment
     dropped gets a zero vector (a residual connection around the layer
-    carries it through). Token-choice plans gather each token's k outputs;
-    expert-choice plans (no `assignment_slot`) sum the weighted slot outputs
-    into their tokens, and need `num_tokens`.
+    carries it through). Token-choice plans gather each token's k outputs
+    (within its group when the plan has groups); expert-choice plans (no
+    `assignment_slot`) sum the weighted slot outputs into their tokens, and
+    need `num_tokens`.
     """
     output_dim = expert_outputs.shape[-1]
-    flat_outputs = ops.reshape(expert_outputs, (-1, output_dim))
     if plan.assignment_slot is None:
+        flat_outputs = ops.reshape(expert_outputs, (-1, output_dim))
         weighted = flat_outputs * ops.reshape(
             ops.cast(plan.slot_weight, flat_outputs.dtype), (-1, 1))
         return ops.segment_sum(weighted, ops.reshape(plan.slot_token, (-1,)),
                                num_segments=num_tokens)
-    gathered = ops.take(flat_outputs, plan.assignment_slot, axis=0)  # [N,k,d]
+    if plan.num_groups > 1:
+        num_groups = plan.num_groups
+        group_slots = ops.shape(expert_outputs)[1]  # G * C
+        capacity = group_slots // num_groups
+        slot = plan.assignment_slot  # (e * G + g) * C + position
+        # The slot's place in its group's [E * C] rows: e * C + position.
+        rows = (slot // group_slots) * capacity + ops.mod(slot, capacity)
+        k = rows.shape[1]
+        gathered = ops.reshape(
+            _gather_rows(_to_groups(expert_outputs, num_groups),
+                         ops.reshape(rows, (num_groups, -1))),
+            (-1, k, output_dim))  # [N, k, d]
+    else:
+        gathered = ops.take(ops.reshape(expert_outputs, (-1, output_dim)),
+                            plan.assignment_slot, axis=0)  # [N, k, d]
     return ops.einsum("nk,nkd->nd",
                       ops.cast(plan.assignment_weight, gathered.dtype),
                       gathered)

@@ -170,8 +170,8 @@ class GShardRouter(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         logits = ops.matmul(x, self.kernel)  # [N, E]
         probabilities = ops.softmax(logits, axis=-1)
-        top_probability, top_index = ops.top_k(probabilities, 2)  # [N, 2]
-        top_index = ops.cast(top_index, "int32")
+        top_probability, top_index = _router_common.top_k_per_token(
+            probabilities, 2)  # [N, 2]
         gates = top_probability / ops.sum(top_probability, axis=-1,
                                           keepdims=True)
         policy = (self.second_expert_policy if training

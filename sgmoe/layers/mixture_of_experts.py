@@ -79,6 +79,22 @@ class MixtureOfExperts(keras.layers.Layer):
             (`model.make_predict_function(force=True)`).
         min_capacity: the least number of slots per expert (and group),
             whatever the capacity factor gives (GShard's minimum capacity).
+        token_groups: G, the number of contiguous groups the macro-batch is
+            split into for capacity-based dispatch (GShard's groups): each
+            expert takes at most ceil(capacity_factor * N / G * k / E)
+            tokens from each group, and tokens are gathered to and from
+            the experts within their group. Routing, importance, load and
+            the losses still see the whole macro-batch. None (the default)
+            means the router's `num_groups` if it has one above 1, else
+            the number of shards of the batch axis of the active
+            `keras.distribution` (1 without one, or when it does not divide
+            the tokens of a call): under `sgmoe.distribute.model_parallel`
+            each device then dispatches its own share of the batch, its
+            tokens never leave it on the way to the experts, and its expert
+            FLOPs are its share's (see `sgmoe.distribute`). An int fixes G,
+            e.g. to reproduce a mesh run on one device; it must divide the
+            tokens of every call. Not used by dropless dispatch or by
+            routers that fill expert slots themselves.
         dropless: if true, no assignment is ever dropped (MegaBlocks, Gale et
             al. 2022): each expert's tokens fill blocks of `block_size`
             rows, its last block padded, and every block runs with its
@@ -151,6 +167,7 @@ class MixtureOfExperts(keras.layers.Layer):
         capacity_factor=1.25,
         eval_capacity_factor=None,
         min_capacity=1,
+        token_groups=None,
         dropless=False,
         block_size=None,
         output_activation=None,
@@ -197,6 +214,16 @@ class MixtureOfExperts(keras.layers.Layer):
             min_capacity, output_activation, output_dim, expert_activation,
             use_bias, kernel_initializer, rematerialize_experts,
             expert_dropout)
+        self.token_groups = (None if token_groups is None else
+                             _validation.check_positive_int("token_groups",
+                                                            token_groups))
+        router_groups = getattr(router, "num_groups", 1)
+        if token_groups is not None and router_groups not in (
+                1, self.token_groups):
+            raise ValueError(
+                f"`token_groups`={token_groups} differs from the router's "
+                f"num_groups={router_groups}; give one of them (or the "
+                "same value to both).")
         self.dropless = bool(dropless)
         self.block_size = (None if block_size is None else
                            _validation.check_positive_int("block_size",
@@ -253,7 +280,7 @@ class MixtureOfExperts(keras.layers.Layer):
             routing, num_tokens, self.num_experts,
             capacity_factor=_moe_common.capacity_factor(self, training),
             min_capacity=self.min_capacity,
-            num_groups=getattr(self.router, "num_groups", 1),
+            num_groups=self._token_groups(num_tokens),
             dropless=self.dropless, block_size=self.block_size)
         expert_outputs = self.experts(dispatch.dispatch(tokens, plan),
                                       block_expert=plan.block_expert,
@@ -268,6 +295,16 @@ class MixtureOfExperts(keras.layers.Layer):
                                       routing.auxiliary_losses)
         return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
 
+    def _token_groups(self, num_tokens):
+        """G of this call: set, the router's, or the batch shards."""
+        router_groups = getattr(self.router, "num_groups", 1)
+        if self.token_groups is not None or router_groups > 1:
+            return self.token_groups or router_groups
+        groups = _moe_common.batch_shards()
+        if not isinstance(num_tokens, int) or num_tokens % groups:
+            return 1
+        return groups
+
     def compute_output_shape(self, input_shape):
         output_dim = self.output_dim or input_shape[-1]
         return tuple(input_shape[:-1]) + (output_dim,)
@@ -278,6 +315,7 @@ class MixtureOfExperts(keras.layers.Layer):
             "num_experts": self.num_experts,
             "k": self.k,
             **_moe_common.expert_config(self),
+            "token_groups": self.token_groups,
             "dropless": self.dropless,
             "block_size": self.block_size,
             "residual_expert": self.residual_expert,

@@ -100,8 +100,8 @@ class SwitchRouter(keras.layers.Layer):
                                     1.0 + self.jitter, self.seed_generator)
         logits = ops.matmul(x, self.kernel)  # [N, E]
         probabilities = ops.softmax(logits, axis=-1)
-        top_probability, top_index = ops.top_k(probabilities, 1)
-        expert_indices = ops.cast(top_index, "int32")  # [N, 1]
+        top_probability, expert_indices = _router_common.top_k_per_token(
+            probabilities, 1)  # [N, 1]
         expert_weights = top_probability  # [N, 1]
 
         load = balancing.count_per_expert(expert_indices, self.num_experts)

@@ -93,6 +93,16 @@ def test_sharded_step_matches_the_single_device_step(mesh, model):
                                                          moved)
 
 
+def test_mesh_dispatches_one_token_group_per_batch_shard(mesh):
+    # The one-device model was given token_groups=2; the mesh model chose
+    # its groups itself. Both drop assignments, and drop the same ones, so
+    # the step above matching means the mesh grouped its tokens by "batch"
+    # shard (one group would drop others).
+    single, sharded = mesh["lm"]["dropped_fraction"]
+    assert single > 0.0
+    assert sharded == single
+
+
 def test_hierarchical_groups_sit_on_the_model_axis(mesh):
     report = mesh["hierarchical"]
     assert report["specs"]["moe/experts/kernel_in"] == ["model", None, None]
@@ -130,16 +140,29 @@ def test_checkpoints_load_across_meshes(mesh, direction):
 
 
 def test_dispatch_collectives_move_tokens_k_d_not_experts_capacity(mesh):
-    """Forward pass of a MoE layer, N=512 tokens, d=24, k=2, E=8 and 32."""
-    num_tokens, model_dim, k = 512, 24, 2
+    """Forward pass of a MoE layer, N=512 tokens, d=24, k=2, E=8 and 32, on
+    batch:2 x model:4.
+
+    Routing is data-parallel (no [N, E] logits move), each device dispatches
+    its own "batch" shard's tokens (no tokens move), and the combine reduces
+    the N / 2 * k * d values of each shard over "model". What moves per
+    device is at most that plus the plan's N * k integers a few times, and
+    does not grow with the number of experts.
+    """
+    num_tokens, model_dim, k, batch_shards = 512, 24, 2, 2
+    shard_values = num_tokens // batch_shards * k * model_dim
     token_bytes = {}
     for num_experts, found in mesh["collectives"].items():
         num_experts = int(num_experts)
         assert found, "no collectives: nothing was sharded"
         for op, dtype, shape, size in found:
-            # Tokens, expert outputs ([..., d]) and router logits ([N, E]).
-            assert size <= 4 * num_tokens * max(k * model_dim, num_experts), (
-                op, shape)
+            assert size <= 4 * shard_values, (op, shape)
+            # Neither the logits nor anything else [N, E]-shaped.
+            assert list(shape[-2:]) not in (
+                [num_tokens, num_experts],
+                [num_tokens // batch_shards, num_experts]), (op, shape)
+        total = sum(size for *_, size in found)
+        assert total <= 4 * shard_values + 3 * 4 * num_tokens * k, found
         token_bytes[num_experts] = sum(
             size for op, dtype, shape, size in found
             if dtype == "f32" and shape and shape[-1] == model_dim)
@@ -147,8 +170,7 @@ def test_dispatch_collectives_move_tokens_k_d_not_experts_capacity(mesh):
         one_hot_dispatch = 4 * num_tokens * num_experts * capacity * model_dim
         assert token_bytes[num_experts] < one_hot_dispatch / 100
     # What moves the tokens does not grow with the number of experts.
-    assert token_bytes[8] == token_bytes[32]
-    assert token_bytes[8] <= 3 * 4 * num_tokens * k * model_dim
+    assert token_bytes[8] == token_bytes[32] == 4 * shard_values
 
 
 def test_experts_the_model_axis_cannot_split_raise_naming_the_weight(mesh):

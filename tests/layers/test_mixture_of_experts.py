@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from sgmoe.layers import GShardRouter
 from sgmoe.layers import MixtureOfExperts
 from tests import helpers
 from tests.layers import numpy_reference as ref
@@ -27,13 +28,14 @@ def build_moe(k=2, capacity_factor=4.0, seed=0, **kwargs):
     return moe
 
 
-def reference_output(moe, x, capacity=None):
+def reference_output(moe, x, capacity=None, num_groups=1):
     """NumPy MoE in inference mode: every expert on every token."""
     tokens = x.reshape(-1, DIM)
     routing = ref.noisy_top_k_gating(
         tokens, ops.convert_to_numpy(moe.router.w_gate), None, moe.k)
     kept = (None if capacity is None else
-            ref.capacity_kept(routing["indices"], NUM_EXPERTS, capacity))
+            ref.capacity_kept(routing["indices"], NUM_EXPERTS, capacity,
+                              num_groups))
     experts = moe.experts
     y = ref.dense_mixture(
         tokens, routing["indices"], routing["gates"],
@@ -72,6 +74,28 @@ def test_dropped_tokens_are_accounted_exactly():
     # A token with every assignment dropped gets exactly zero.
     fully_dropped = ~kept.any(axis=1)
     np.testing.assert_array_equal(y[fully_dropped], 0.0)
+
+
+def test_token_groups_give_each_group_its_own_capacity():
+    moe = build_moe(k=2, capacity_factor=0.75, token_groups=2)
+    x = inputs()  # 10 tokens: groups of 5, 2 slots per expert and group
+    y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
+    capacity = int(np.ceil(0.75 * BATCH * LENGTH / 2 * 2 / NUM_EXPERTS))
+    expected, kept = reference_output(moe, x, capacity=capacity,
+                                      num_groups=2)
+    _, kept_as_one_group = reference_output(moe, x, capacity=2 * capacity)
+    assert not kept.all() and (kept != kept_as_one_group).any()
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(moe.dropped_fraction), 1.0 - kept.mean(),
+                               rtol=1e-6)
+    restored = MixtureOfExperts.from_config(moe.get_config())
+    assert restored.token_groups == 2
+
+
+def test_token_groups_must_divide_the_tokens():
+    moe = build_moe(token_groups=3)
+    with pytest.raises(ValueError, match="`token_groups`"):
+        moe(inputs(), training=False)  # 10 tokens
 
 
 def test_any_rank_is_one_macro_batch():
@@ -192,6 +216,10 @@ def test_functional_model_trains_with_jit_compile_and_round_trips(tmp_path):
     (dict(num_experts=4, expert_hidden_dim=8, min_capacity=0),
      "min_capacity"),
     (dict(num_experts=4, expert_hidden_dim=8, block_size=0), "block_size"),
+    (dict(num_experts=4, expert_hidden_dim=8, token_groups=0),
+     "token_groups"),
+    (dict(num_experts=4, expert_hidden_dim=8, token_groups=2,
+          router=GShardRouter(4, num_groups=4)), "token_groups"),
     (dict(num_experts=4, expert_hidden_dim=8, router="top_2"), "router"),
 ])
 def test_invalid_arguments_name_the_argument(kwargs, argument):
