@@ -91,10 +91,14 @@ class MixtureOfExperts(keras.layers.Layer):
             the tokens of a call): under `sgmoe.distribute.model_parallel`
             each device then dispatches its own share of the batch, its
             tokens never leave it on the way to the experts, and its expert
-            FLOPs are its share's (see `sgmoe.distribute`). An int fixes G,
-            e.g. to reproduce a mesh run on one device; it must divide the
-            tokens of every call. Not used by dropless dispatch or by
-            routers that fill expert slots themselves.
+            FLOPs are its share's (see `sgmoe.distribute`); the experts'
+            gradients are then summed over "batch", as for any replicated
+            weight. An int fixes G, e.g. to reproduce a mesh run on one
+            device, or 1 under a mesh to have every "batch" row compute
+            every token for its experts instead (more FLOPs and token
+            traffic, no expert-gradient sync); it must divide the tokens of
+            every call. Not used by dropless dispatch or by routers that
+            fill expert slots themselves.
         dropless: if true, no assignment is ever dropped (MegaBlocks, Gale et
             al. 2022): each expert's tokens fill blocks of `block_size`
             rows, its last block padded, and every block runs with its
