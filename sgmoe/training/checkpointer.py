@@ -111,10 +111,18 @@ class Checkpointer(keras.callbacks.Callback):
        up with those of an uninterrupted run. If the run is complete,
        `initial_epoch == epochs` and `fit` does nothing.
 
-    Only one process may write a `model_dir` at a time. `fit` refuses to
+    Only one run may write a `model_dir` at a time. `fit` refuses to
     start (ValueError) if the directory holds checkpoints newer than the
     model and `restore` was not called, so a forgotten `restore` cannot
     overwrite a run.
+
+    Several processes (JAX after `jax.distributed.initialize`, e.g.
+    `--multi_host`): every process runs the callback; weights sharded
+    across processes are gathered into whole arrays (a collective, so all
+    take part), process 0 alone writes, and all leave `save` together once
+    the checkpoint is complete. `model_dir` must be on a file system every
+    process sees; each restores from it, and the arrays are whole, so a
+    checkpoint loads on any mesh or on one device, and the other way round.
 
     Args:
         model_dir: the run's directory; checkpoints go to
@@ -253,7 +261,8 @@ class Checkpointer(keras.callbacks.Callback):
         return sorted(found)
 
     def _remove_leftovers(self):
-        if not os.path.isdir(self.directory):
+        # Another process's leftovers could be a write in progress.
+        if _process_index() != 0 or not os.path.isdir(self.directory):
             return
         for name in os.listdir(self.directory):
             if name.startswith((_TEMP_PREFIX, _TRASH_PREFIX)):
@@ -327,11 +336,19 @@ class Checkpointer(keras.callbacks.Callback):
         model = self.model  # syncs the variables on JAX
         if step is None:
             step = _optimizer_step(model)
-        os.makedirs(self.directory, exist_ok=True)
         final = os.path.join(self.directory, f"step-{step}")
+        # Every process gathers (a collective); process 0 writes.
+        arrays, manifest = self._snapshot(model, step)
+        if _process_index() == 0:
+            self._write(arrays, manifest, step, final)
+        _wait_for_all_processes(f"sgmoe checkpoint {final}")
+        self.last_saved_step = step
+        return final
+
+    def _write(self, arrays, manifest, step, final):
+        os.makedirs(self.directory, exist_ok=True)
         temporary = _make_unique_directory(self.directory,
                                            f"{_TEMP_PREFIX}step-{step}-")
-        arrays, manifest = self._snapshot(model, step)
         state_path = os.path.join(temporary, STATE_FILE)
         with open(state_path, "wb") as file:
             np.savez(file, **arrays)
@@ -352,9 +369,7 @@ class Checkpointer(keras.callbacks.Callback):
         _write_synced(latest_temporary, f"step-{step}\n".encode("utf-8"))
         os.replace(latest_temporary, os.path.join(self.directory, LATEST_FILE))
         _fsync_directory(self.directory)
-        self.last_saved_step = step
         self._prune(step)
-        return final
 
     def _snapshot(self, model, step):
         arrays, model_specs, optimizer_specs = {}, [], []
@@ -469,13 +484,48 @@ def _check_specs(group, variables, specs, path):
 
 
 def _encode_variable(variable):
-    value = np.asarray(ops.convert_to_numpy(variable.value))
+    value = _whole_array(variable.value)
     dtype = keras.backend.standardize_dtype(variable.dtype)
     if value.dtype.isbuiltin != 1:
         # ml_dtypes (bfloat16, float8) do not survive .npy: store the bits.
         value = value.view(f"uint{8 * value.dtype.itemsize}")
     spec = {"path": variable.path, "shape": list(value.shape), "dtype": dtype}
     return value, spec
+
+
+def _whole_array(value):
+    """A variable's value as one NumPy array, gathered from every process
+    when it is split across processes (JAX multi-process)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if (isinstance(value, jax.Array) and not value.is_fully_addressable
+                and not value.is_fully_replicated):
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(value,
+                                                                tiled=True))
+    return np.asarray(ops.convert_to_numpy(value))
+
+
+def _process_index():
+    """This process's index among a JAX multi-process run's, else 0."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index()
+    return 0
+
+
+def _wait_for_all_processes(name):
+    """A barrier across a JAX multi-process run's processes."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
 
 
 def _decode_array(value, dtype):

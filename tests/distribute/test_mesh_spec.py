@@ -78,7 +78,8 @@ LAYOUTS = [
     ("moe/experts/bias_in", ("model", None)),
     ("feed_forward_experts_3/bias_out", ("model", None)),
     ("experts/kernel_in", ("model", None, None)),
-    ("moe_language_model/moe/experts/output", ("model", None, None)),
+    # Activations are left to XLA's sharding propagation.
+    ("moe_language_model/moe/experts/output", None),
     # Replicated: routers, gates, a Residual-MoE's dense expert, the rest.
     ("moe_language_model/moe/router/w_gate", None),
     ("moe_language_model/moe/secondary_w_gate", None),
