@@ -66,17 +66,10 @@ def fail(message):
 
 def vocabulary_for(data):
     """The model directory's vocabulary, or one built from the training text."""
-    saved = FLAGS.model_dir and os.path.isfile(
-        os.path.join(FLAGS.model_dir, "vocabulary.txt"))
-    if saved:
-        return data.WordVocabulary.load(FLAGS.model_dir)
-    vocabulary = data.WordVocabulary.build(
-        FLAGS.train_files, max_size=FLAGS.vocabulary_size or None,
-        min_count=FLAGS.min_count)
-    if FLAGS.model_dir:
-        os.makedirs(FLAGS.model_dir, exist_ok=True)
-        vocabulary.save(FLAGS.model_dir)
-    return vocabulary
+    return script_flags.shared_vocabulary(
+        data.WordVocabulary, lambda: data.WordVocabulary.build(
+            FLAGS.train_files, max_size=FLAGS.vocabulary_size or None,
+            min_count=FLAGS.min_count))
 
 
 def mean_tokens_per_sentence(data):
@@ -121,6 +114,10 @@ def main(argv):
     from sgmoe import training
 
     keras.utils.set_random_seed(FLAGS.seed)
+    try:  # first: --multi_host starts the processes
+        scope = script_flags.distribution_scope()
+    except ValueError as error:
+        fail(error)
     try:
         vocabulary = vocabulary_for(data)
         tokens_per_step = FLAGS.batch_size * mean_tokens_per_sentence(data)
@@ -129,10 +126,6 @@ def main(argv):
         if FLAGS.mesh:  # a mesh splits every batch evenly
             eval_data = data.pad_batches(eval_data, FLAGS.batch_size)
     except data.DataError as error:
-        fail(error)
-    try:
-        scope = script_flags.distribution_scope()
-    except ValueError as error:
         fail(error)
     with scope:
         model = build_model(models, len(vocabulary))
@@ -170,7 +163,7 @@ def main(argv):
         print(f"{name}: load max/mean {load.max() / load.mean():.2f} on the "
               f"last evaluation batch")
     if FLAGS.model_dir:
-        model.save_to_preset(os.path.join(FLAGS.model_dir, "model"))
+        script_flags.save_model(model)
     if run.state:
         print(f"validation perplexity: {perplexity:.1f}")
     else:

@@ -73,16 +73,10 @@ def fail(message):
 def vocabulary_for(data, train_sources, train_targets):
     """The model directory's vocabulary, or one learned from the training
     text of both languages."""
-    saved = FLAGS.model_dir and os.path.isfile(
-        os.path.join(FLAGS.model_dir, data.SubwordVocabulary.FILENAME))
-    if saved:
-        return data.SubwordVocabulary.load(FLAGS.model_dir)
-    vocabulary = data.SubwordVocabulary.train(
-        train_sources + train_targets, vocab_size=FLAGS.vocabulary_size,
-        character_coverage=0.9995, seed=FLAGS.seed)  # rare ones: bytes
-    if FLAGS.model_dir:
-        vocabulary.save(FLAGS.model_dir)
-    return vocabulary
+    return script_flags.shared_vocabulary(
+        data.SubwordVocabulary, lambda: data.SubwordVocabulary.train(
+            train_sources + train_targets, vocab_size=FLAGS.vocabulary_size,
+            character_coverage=0.9995, seed=FLAGS.seed))  # rare ones: bytes
 
 
 def mean_target_pieces(data, vocabulary, targets, sample=2000):
@@ -115,10 +109,15 @@ def main(argv):
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     from sgmoe import data
+    from sgmoe import distribute
     from sgmoe import models
     from sgmoe import training
 
     keras.utils.set_random_seed(FLAGS.seed)
+    try:  # first: --multi_host starts the processes
+        scope = script_flags.distribution_scope()
+    except ValueError as error:
+        fail(error)
     try:
         train_sources, train_targets = data.parallel_files(
             FLAGS.train_files, FLAGS.source_language, FLAGS.target_language)
@@ -126,8 +125,6 @@ def main(argv):
             FLAGS.eval_files, FLAGS.source_language, FLAGS.target_language)
         data.check_parallel_files(train_sources, train_targets)
         data.check_parallel_files(eval_sources, eval_targets)
-        if FLAGS.model_dir:
-            os.makedirs(FLAGS.model_dir, exist_ok=True)
         vocabulary = vocabulary_for(data, train_sources, train_targets)
         pairs = data.read_sentence_pairs(eval_sources, eval_targets,
                                          limit=FLAGS.eval_sentences)
@@ -142,10 +139,6 @@ def main(argv):
             FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
             skip_batches=skip_batches)
 
-    try:
-        scope = script_flags.distribution_scope()
-    except ValueError as error:
-        fail(error)
     with scope:
         model = models.MoETranslationModel.from_preset(
             FLAGS.preset, vocabulary_size=len(vocabulary),
@@ -174,14 +167,15 @@ def main(argv):
         print(f"trained {steps} steps in {seconds:.0f}s "
               f"({steps * tokens_per_step / seconds:.0f} target pieces/s)")
     if FLAGS.model_dir:
-        model.save_to_preset(os.path.join(FLAGS.model_dir, "model"))
+        script_flags.save_model(model)
     start = time.time()
     score = bleu(training, model, vocabulary, pairs)
     print(f"translated {len(pairs)} evaluation pairs in "
           f"{time.time() - start:.0f}s, "
           f"{'greedy' if FLAGS.beam_width == 1 else 'beam'} decoding: "
           f"{score.text} ({score.signature})")
-    if FLAGS.model_dir:  # next to the training curves in TensorBoard
+    # Next to the training curves in TensorBoard; one writer.
+    if FLAGS.model_dir and distribute.is_primary_process():
         import tensorflow as tf
 
         step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))

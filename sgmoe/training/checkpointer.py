@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe.distribute import processes
 from sgmoe.training import _logs
 
 FORMAT = "sgmoe-checkpoint"
@@ -262,7 +263,8 @@ class Checkpointer(keras.callbacks.Callback):
 
     def _remove_leftovers(self):
         # Another process's leftovers could be a write in progress.
-        if _process_index() != 0 or not os.path.isdir(self.directory):
+        if (not processes.is_primary_process()
+                or not os.path.isdir(self.directory)):
             return
         for name in os.listdir(self.directory):
             if name.startswith((_TEMP_PREFIX, _TRASH_PREFIX)):
@@ -339,9 +341,9 @@ class Checkpointer(keras.callbacks.Callback):
         final = os.path.join(self.directory, f"step-{step}")
         # Every process gathers (a collective); process 0 writes.
         arrays, manifest = self._snapshot(model, step)
-        if _process_index() == 0:
+        if processes.is_primary_process():
             self._write(arrays, manifest, step, final)
-        _wait_for_all_processes(f"sgmoe checkpoint {final}")
+        processes.wait_for_all_processes(f"sgmoe checkpoint {final}")
         self.last_saved_step = step
         return final
 
@@ -506,26 +508,6 @@ def _whole_array(value):
             return np.asarray(multihost_utils.process_allgather(value,
                                                                 tiled=True))
     return np.asarray(ops.convert_to_numpy(value))
-
-
-def _process_index():
-    """This process's index among a JAX multi-process run's, else 0."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.process_index()
-    return 0
-
-
-def _wait_for_all_processes(name):
-    """A barrier across a JAX multi-process run's processes."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(name)
 
 
 def _decode_array(value, dtype):

@@ -6,6 +6,9 @@ the flags mean the same in both and `--helpfull` documents them once.
 """
 
 import contextlib
+import os
+import shutil
+import tempfile
 
 from absl import flags
 
@@ -86,6 +89,57 @@ def distribution_scope():
     if distribution is None:
         return contextlib.nullcontext()
     return distribution.scope()
+
+
+def shared_vocabulary(vocabulary_class, build):
+    """The run's vocabulary: `--model_dir`'s, or built once and saved there.
+
+    A vocabulary saved in `--model_dir` is loaded. Otherwise process 0
+    calls `build()` and saves the result, and every other process of a
+    multi-process run (`--multi_host`) loads it once written, so all use
+    the same one. Without `--model_dir` each process calls `build()`.
+    Call it after `distribution_scope()`, which starts the processes.
+
+    Args:
+        vocabulary_class: `WordVocabulary` or `SubwordVocabulary` (their
+            `FILENAME`, `load(directory)` and `save(directory)`).
+        build: () -> a new vocabulary.
+    """
+    if not FLAGS.model_dir:
+        return build()
+    from sgmoe import distribute
+
+    saved = os.path.isfile(os.path.join(FLAGS.model_dir,
+                                        vocabulary_class.FILENAME))
+    # Nobody writes before everybody has looked.
+    distribute.wait_for_all_processes("sgmoe vocabulary checked")
+    if saved:
+        return vocabulary_class.load(FLAGS.model_dir)
+    vocabulary = None
+    if distribute.is_primary_process():
+        vocabulary = build()
+        vocabulary.save(FLAGS.model_dir)
+    distribute.wait_for_all_processes("sgmoe vocabulary written")
+    return vocabulary or vocabulary_class.load(FLAGS.model_dir)
+
+
+def save_model(model):
+    """Saves the trained model to `--model_dir`/model (`save_to_preset`).
+
+    In a multi-process run every process must save: reading weights that
+    span processes is a collective. Process 0 writes `--model_dir`/model;
+    the others write to a scratch directory and delete it.
+    """
+    from sgmoe import distribute
+
+    if distribute.is_primary_process():
+        model.save_to_preset(os.path.join(FLAGS.model_dir, "model"))
+        return
+    scratch = tempfile.mkdtemp(prefix="sgmoe-save-")
+    try:
+        model.save_to_preset(os.path.join(scratch, "model"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def evaluation_callbacks():

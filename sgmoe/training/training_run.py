@@ -4,6 +4,7 @@ import os
 import time
 
 from sgmoe import _validation
+from sgmoe.distribute import processes
 from sgmoe.training.checkpointer import Checkpointer
 from sgmoe.training.moe_tensorboard import MoETensorBoard
 from sgmoe.training.progress_logger import ProgressLogger
@@ -65,9 +66,11 @@ class TrainingRun:
             checkpointer = Checkpointer(model_dir,
                                         checkpoint_every=checkpoint_every)
             self.state = checkpointer.restore(model)
-            self.callbacks += [checkpointer, MoETensorBoard(
-                os.path.join(model_dir, "logs"), update_freq=log_every,
-                tokens_per_step=tokens_per_step)]
+            self.callbacks.append(checkpointer)
+            if processes.is_primary_process():  # one writer of the logs
+                self.callbacks.append(MoETensorBoard(
+                    os.path.join(model_dir, "logs"), update_freq=log_every,
+                    tokens_per_step=tokens_per_step))
         self.first_step = self.state.step if self.state else 0
 
     @property
