@@ -3,6 +3,7 @@
 import keras
 
 from sgmoe.distribute.mesh_spec import BATCH_AXIS
+from sgmoe.distribute.mesh_spec import MESH_AXES
 from sgmoe.distribute.mesh_spec import MODEL_AXIS
 from sgmoe.distribute.mesh_spec import format_mesh_spec
 from sgmoe.distribute.mesh_spec import parse_mesh_spec
@@ -10,7 +11,8 @@ from sgmoe.distribute.model_parallel import JAX_ONLY_MESSAGE
 from sgmoe.distribute.model_parallel import model_parallel
 
 
-def distribution_for_flags(mesh, multi_host=False, tpu=None):
+def distribution_for_flags(mesh, multi_host=False, tpu=None,
+                           expert_axis=MODEL_AXIS):
     """The distribution of a `--mesh` flag; None without one.
 
     On the JAX backend: `model_parallel(mesh)`, also set as the global
@@ -39,6 +41,8 @@ def distribution_for_flags(mesh, multi_host=False, tpu=None):
         mesh: the flag's value, a spec such as "batch:2,model:4" (see
             `parse_mesh_spec`); None or "" for no distribution.
         multi_host: whether the run spans several processes (hosts).
+        expert_axis: the axis expert weights are split over on JAX,
+            "model" or "batch" (the paper's layout; see `model_parallel`).
         tpu: TensorFlow only: the TPU to connect to (a name or grpc://
             address, "local" on a TPU VM), for `TPUStrategy`. JAX finds TPUs
             itself.
@@ -61,17 +65,25 @@ def distribution_for_flags(mesh, multi_host=False, tpu=None):
     if mesh is None or (isinstance(mesh, str) and not mesh.strip()):
         return None
     sizes = parse_mesh_spec(mesh)
+    if expert_axis not in MESH_AXES:
+        raise ValueError(
+            f"`expert_axis` must be one of {list(MESH_AXES)}, received "
+            f"expert_axis={expert_axis!r}.")
     backend = keras.backend.backend()
     if backend == "jax":
         if multi_host:
             keras.distribution.initialize()
-        distribution = model_parallel(sizes)
+        distribution = model_parallel(sizes, expert_axis=expert_axis)
         keras.distribution.set_distribution(distribution)
         return distribution
     if backend != "tensorflow":
         raise ValueError(
             f"`mesh`={mesh!r} needs the JAX or TensorFlow backend, the "
             f"backend is {backend}.")
+    if sizes[expert_axis] > 1 and expert_axis == BATCH_AXIS:
+        raise ValueError(
+            f"`expert_axis`=\"batch\" with `mesh`={mesh!r} asks for expert "
+            "sharding on the TensorFlow backend. " + JAX_ONLY_MESSAGE)
     if sizes[MODEL_AXIS] > 1:
         raise ValueError(
             f"`mesh`={mesh!r} asks for expert sharding (\"model\" axis of "

@@ -2,6 +2,7 @@
 
 import keras
 
+from sgmoe.distribute.mesh_spec import BATCH_AXIS
 from sgmoe.distribute.mesh_spec import MESH_AXES
 from sgmoe.distribute.mesh_spec import MODEL_AXIS
 
@@ -13,10 +14,13 @@ _EXPERT_LAYER = r"(.*/)?(feed_forward_)?experts(_[0-9]+)?"
 
 EXPERT_KERNEL_PATTERN = _EXPERT_LAYER + r"/kernel_(in|out)"
 EXPERT_BIAS_PATTERN = _EXPERT_LAYER + r"/bias_(in|out)"
+# Activations placed only with expert_axis="batch" (see below).
+EXPERT_BUFFER_PATTERN = _EXPERT_LAYER + r"/(input|output)"
+TOKEN_GROUPS_PATTERN = r"(.*/)?[^/]+/token_groups"
 
 
-def expert_layout_map(mesh):
-    """The `LayoutMap` of sgmoe models: experts over "model", rest replicated.
+def expert_layout_map(mesh, expert_axis=MODEL_AXIS):
+    """The `LayoutMap` of sgmoe models: experts split, the rest replicated.
 
     GShard's layout (Lepikhin et al. 2020; mesh-tensorflow's "experts" ->
     "model" rule): the stacked expert weights of every `FeedForwardExperts`
@@ -29,7 +33,8 @@ def expert_layout_map(mesh):
     its G groups lie along the "model" axis: with G = M, position i holds
     group i; with G a multiple of M, G / M whole groups each.
 
-    Activations get no rule: XLA's sharding propagation places them. With
+    With this default layout activations get no rule: XLA's sharding
+    propagation places them. With
     the token groups `MixtureOfExperts` uses under a distribution (one per
     "batch" shard, see its `token_groups`), each device gathers its own
     tokens into its experts' slots of its group, so the expert buffer
@@ -41,14 +46,27 @@ def expert_layout_map(mesh):
     replicated; `keras.distribution.ModelParallel` splits the batch over
     "batch".
 
-    E must be divisible by the size of the "model" axis. Dropless dispatch
+    With `expert_axis="batch"`, the paper's own layout (§3.1): every device
+    holds its own share of the batch and its own experts, E / B of them,
+    each expert on one device only, so no expert gradient is summed over
+    devices. Token groups are then split over "batch" and the expert
+    buffer over its expert axis on "batch" too (rules for
+    "<moe>/token_groups" and "<experts>/input|output", which the MoE
+    layers look up), so XLA moves each device's dispatched tokens to
+    their experts' devices and back with all-to-alls of its N * k *
+    capacity_factor * d / B values. Use it with a "batch"-only mesh
+    ("batch:8"); a "model" axis then only replicates.
+
+    E must be divisible by the size of the expert axis. Dropless dispatch
     (`dropless=True`) gathers each block's expert weights, so under expert
     sharding it moves weights rather than tokens: use capacity-based
-    dispatch with a "model" axis.
+    dispatch when experts are split.
 
     Args:
         mesh: a `keras.distribution.DeviceMesh` with the axes "batch" and
             "model" (from `device_mesh`).
+        expert_axis: the mesh axis expert weights are split over, "model"
+            (the default) or "batch".
 
     Returns:
         A `keras.distribution.LayoutMap`.
@@ -59,7 +77,14 @@ def expert_layout_map(mesh):
             "`mesh` must be a keras.distribution.DeviceMesh with the axes "
             f"{list(MESH_AXES)} (see sgmoe.distribute.device_mesh), received "
             f"mesh={mesh!r}.")
+    if expert_axis not in MESH_AXES:
+        raise ValueError(
+            f"`expert_axis` must be one of {list(MESH_AXES)}, received "
+            f"expert_axis={expert_axis!r}.")
     layout_map = keras.distribution.LayoutMap(mesh)
-    layout_map[EXPERT_KERNEL_PATTERN] = (MODEL_AXIS, None, None)
-    layout_map[EXPERT_BIAS_PATTERN] = (MODEL_AXIS, None)
+    layout_map[EXPERT_KERNEL_PATTERN] = (expert_axis, None, None)
+    layout_map[EXPERT_BIAS_PATTERN] = (expert_axis, None)
+    if expert_axis == BATCH_AXIS:
+        layout_map[EXPERT_BUFFER_PATTERN] = (BATCH_AXIS, None, None)
+        layout_map[TOKEN_GROUPS_PATTERN] = (BATCH_AXIS, None, None)
     return layout_map

@@ -16,7 +16,7 @@ JAX_ONLY_MESSAGE = (
     "data parallelism through tf.distribute.")
 
 
-def model_parallel(mesh, devices=None):
+def model_parallel(mesh, devices=None, expert_axis=MODEL_AXIS):
     """Data-parallel gates, model-parallel experts: a `ModelParallel`.
 
     The batch is split over the mesh's "batch" axis, expert weights (and
@@ -50,6 +50,10 @@ def model_parallel(mesh, devices=None):
             `keras.distribution.DeviceMesh` with the axes "batch" and
             "model".
         devices: devices of a spec's mesh (see `device_mesh`); default all.
+        expert_axis: the axis expert weights are split over: "model" (the
+            default), or "batch" for the paper's layout, where every device
+            has its own batch share and its own experts and the dispatch is
+            an all-to-all (see `expert_layout_map`; use a mesh "batch:N").
 
     Returns:
         A `keras.distribution.ModelParallel` with batch_dim_name "batch".
@@ -73,27 +77,33 @@ def model_parallel(mesh, devices=None):
             f"{keras.backend.backend()} backend. " + JAX_ONLY_MESSAGE)
     if not isinstance(mesh, keras.distribution.DeviceMesh):
         mesh = device_mesh(mesh, devices)
-    return _ExpertModelParallel(layout_map=expert_layout_map(mesh),
-                                batch_dim_name=BATCH_AXIS)
+    return _ExpertModelParallel(
+        layout_map=expert_layout_map(mesh, expert_axis),
+        batch_dim_name=BATCH_AXIS, expert_axis=expert_axis)
 
 
 class _ExpertModelParallel(keras.distribution.ModelParallel):
     """ModelParallel that names an expert weight the mesh cannot split."""
 
+    def __init__(self, *, expert_axis, **kwargs):
+        super().__init__(**kwargs)
+        self.expert_axis = expert_axis
+
     def get_variable_layout(self, variable):
         layout = super().get_variable_layout(variable)
         if not isinstance(layout, keras.distribution.TensorLayout):
             return layout
-        model_size = self.device_mesh.shape[
-            self.device_mesh.axis_names.index(MODEL_AXIS)]
+        expert_axis = self.expert_axis
+        axis_size = self.device_mesh.shape[
+            self.device_mesh.axis_names.index(expert_axis)]
         for axis, name in enumerate(layout.axes):
-            if name == MODEL_AXIS and variable.shape[axis] % model_size:
+            if name == expert_axis and variable.shape[axis] % axis_size:
                 raise ValueError(
                     f"The expert weight {variable.path!r} of shape "
                     f"{tuple(variable.shape)} has {variable.shape[axis]} "
-                    f"experts, which the mesh's \"model\" axis of size "
-                    f"{model_size} does not divide. Use a number of experts "
-                    "divisible by the \"model\" axis (for a hierarchical "
-                    "MoE, num_groups * experts_per_group), or a smaller "
-                    "\"model\" axis in `mesh`.")
+                    f"experts, which the mesh's \"{expert_axis}\" axis of "
+                    f"size {axis_size} does not divide. Use a number of "
+                    f"experts divisible by the \"{expert_axis}\" axis (for "
+                    "a hierarchical MoE, num_groups * experts_per_group), or "
+                    f"a smaller \"{expert_axis}\" axis in `mesh`.")
         return layout

@@ -65,6 +65,21 @@ def batch_shards():
     return mesh.shape[mesh.axis_names.index(batch_axis)]
 
 
+def distribute_tensor(layer, name, tensor):
+    """`tensor` placed by the active distribution's layout for
+    "<layer path>/<name>", if its layout map has one; else unchanged.
+
+    Layers only ask: `sgmoe.distribute` decides where things live.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return tensor
+    layout = distribution.get_tensor_layout(f"{layer.path}/{name}")
+    if layout is None:
+        return tensor
+    return keras.distribution.distribute_tensor(tensor, layout)
+
+
 def input_dim(moe, input_shape):
     """The known last dimension of a MoE layer's input, or ValueError."""
     if input_shape[-1] is None:

@@ -1,5 +1,7 @@
 """The sparsely-gated Mixture-of-Experts layer (Shazeer et al. 2017)."""
 
+import functools
+
 import keras
 from keras import ops
 
@@ -286,10 +288,18 @@ class MixtureOfExperts(keras.layers.Layer):
             min_capacity=self.min_capacity,
             num_groups=self._token_groups(num_tokens),
             dropless=self.dropless, block_size=self.block_size)
-        expert_outputs = self.experts(dispatch.dispatch(tokens, plan),
+        # Placements a distribution's layout map may ask for (the paper's
+        # layout: see sgmoe.distribute.expert_layout_map).
+        place_groups = functools.partial(_moe_common.distribute_tensor, self,
+                                         "token_groups")
+        expert_inputs = _moe_common.distribute_tensor(
+            self.experts, "input",
+            dispatch.dispatch(tokens, plan, place_groups))
+        expert_outputs = self.experts(expert_inputs,
                                       block_expert=plan.block_expert,
                                       training=training)
-        outputs = dispatch.combine(expert_outputs, plan, num_tokens)
+        outputs = dispatch.combine(expert_outputs, plan, num_tokens,
+                                   place_groups)
         if self.dense_expert is not None:
             outputs = outputs + self.dense_expert(
                 ops.expand_dims(tokens, 0), training=training)[0]

@@ -49,6 +49,11 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
         "split over 'batch', expert weights over 'model', everything else "
         "replicated. 'model' > 1 needs KERAS_BACKEND=jax; on TensorFlow "
         "'batch:N' is tf.distribute data parallelism.")
+    flags.DEFINE_enum(
+        "expert_axis", "model", ["model", "batch"],
+        "Mesh axis expert weights are split over (JAX): 'model', or "
+        "'batch' for the paper's layout with a mesh batch:N (every device "
+        "its own batch share and its own experts, all-to-all dispatch).")
     flags.DEFINE_bool("multi_host", False,
                       "The run spans several hosts (jax.distributed on JAX, "
                       "MultiWorkerMirroredStrategy on TensorFlow).")
@@ -85,7 +90,8 @@ def distribution_scope():
     from sgmoe import distribute
 
     distribution = distribute.distribution_for_flags(
-        FLAGS.mesh, multi_host=FLAGS.multi_host)
+        FLAGS.mesh, multi_host=FLAGS.multi_host,
+        expert_axis=FLAGS.expert_axis)
     if distribution is None:
         return contextlib.nullcontext()
     return distribution.scope()

@@ -13,6 +13,8 @@ before JAX starts); prints one JSON line with what the test checks:
   one-device model and the other way round, then one more step of each;
 - "collectives": the collectives XLA inserts into a sharded MoE forward
   pass, for 8 and 32 experts;
+- "paper_layout": the "lm" report and the forward collectives on the mesh
+  batch:8 with experts split over "batch" (expert_axis="batch");
 - "indivisible_experts_error": what creating 2 experts over a "model" axis
   of 4 raises.
 """
@@ -73,8 +75,8 @@ def optimizer():
     return keras.optimizers.SGD(0.5, momentum=0.9)
 
 
-def language_model(distribution):
-    """The tiny LM; on one device with the mesh's token groups (2).
+def language_model(distribution, token_groups=2):
+    """The tiny LM; on one device with the mesh's token groups.
 
     A capacity factor of 0.5 makes the experts drop assignments, so the
     mesh run matches only if its MoE layer used one token group per
@@ -86,7 +88,7 @@ def language_model(distribution):
             "tiny_moe", vocabulary_size=VOCAB, num_experts=8,
             capacity_factor=0.5, seed=0)
         if distribution is None:
-            moe_layer(model).token_groups = 2
+            moe_layer(model).token_groups = token_groups
         model.build((None, LENGTH))
         model.compile(optimizer=optimizer())
     return model
@@ -118,9 +120,9 @@ def fit_once(model, distribution, x, y):
     return history.history["loss"][0]
 
 
-def compare(build, x, y):
+def compare(build, x, y, mesh=MESH, expert_axis="model"):
     """One step on one device and on the mesh: the report and the models."""
-    distribution = model_parallel(MESH)
+    distribution = model_parallel(mesh, expert_axis=expert_axis)
     single, sharded = build(None), build(distribution)
     initial = as_numpy(sharded.trainable_variables)
     losses = [fit_once(single, None, x, y),
@@ -195,10 +197,11 @@ def checkpoint_round_trips(single, sharded, distribution, x, y):
     return report
 
 
-def forward_collectives(num_experts, num_tokens=512, model_dim=24, k=2):
+def forward_collectives(num_experts, num_tokens=512, model_dim=24, k=2,
+                        mesh=MESH, expert_axis="model"):
     """Collectives of a jitted MoE forward pass (training) on the mesh, with
     the default (automatic) token groups."""
-    distribution = model_parallel(MESH)
+    distribution = model_parallel(mesh, expert_axis=expert_axis)
     with distribution.scope():
         inputs = keras.Input((model_dim,))
         layer = MixtureOfExperts(num_experts, 40, k=k, noisy=False, seed=0,
@@ -247,6 +250,14 @@ def main():
     hierarchical["placement"] = group_placement(sharded_h.get_layer("moe"),
                                                 distribution_h)
 
+    # The paper's layout: batch:8, each device its own experts.
+    paper, _, _, _ = compare(
+        lambda distribution: language_model(distribution, token_groups=8),
+        ids, targets, mesh="batch:8", expert_axis="batch")
+    paper["collectives"] = {
+        str(e): forward_collectives(e, mesh="batch:8", expert_axis="batch")
+        for e in (8, 32)}
+
     more_ids = rng.randint(1, VOCAB, (BATCH, LENGTH)).astype("int32")
     checkpoints = checkpoint_round_trips(single, sharded, distribution,
                                          more_ids, targets)
@@ -256,6 +267,7 @@ def main():
         "hierarchical": hierarchical,
         "checkpoints": checkpoints,
         "collectives": {str(e): forward_collectives(e) for e in (8, 32)},
+        "paper_layout": paper,
         "indivisible_experts_error": indivisible_experts_error(),
     }))
 

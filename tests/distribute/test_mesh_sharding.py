@@ -173,6 +173,53 @@ def test_dispatch_collectives_move_tokens_k_d_not_experts_capacity(mesh):
     assert token_bytes[8] == token_bytes[32] == 4 * shard_values
 
 
+def test_papers_layout_gives_each_device_its_own_experts(mesh):
+    report = mesh["paper_layout"]
+    specs = report["specs"]
+    assert specs["moe_language_model/moe/experts/kernel_in"] == [
+        "batch", None, None]
+    assert specs["moe_language_model/moe/router/w_gate"] == [None, None]
+    slots = {path.split("/", 1)[1]: spec
+             for path, spec in report["slot_specs"].items()}
+    assert slots["moe_language_model_moe_experts_kernel_out_momentum"] == [
+        "batch", None, None]
+    # One step equals one device's with 8 token groups, drops included.
+    np.testing.assert_allclose(report["losses"][1], report["losses"][0],
+                               rtol=1e-5)
+    single, sharded = report["dropped_fraction"]
+    assert single > 0.0 and sharded == single
+    for path, difference in report["difference"].items():
+        moved = report["moved"].get(path)
+        if moved is None:
+            assert difference < 1e-5, (path, difference)
+        else:
+            assert difference <= 1e-3 * moved + 1e-8, (path, difference,
+                                                         moved)
+
+
+def test_papers_layout_dispatches_with_all_to_alls(mesh):
+    """Forward pass, N=512 tokens, d=24, k=2, E=8 and 32 on batch:8: each
+    device sends its dispatched slots to their experts' devices and gets
+    the outputs back, two all-to-alls of its N * k * 1.25 / 8 slots of d
+    values; nothing gathers tokens or expert weights."""
+    num_tokens, model_dim, k, devices = 512, 24, 2, 8
+    slots_per_device = int(np.ceil(1.25 * num_tokens / devices * k))
+    moved = {}
+    for num_experts, found in mesh["paper_layout"]["collectives"].items():
+        carrying_d = [(op, shape, size) for op, dtype, shape, size in found
+                      if dtype == "f32" and shape and shape[-1] == model_dim]
+        assert carrying_d and all(op == "all-to-all"
+                                  for op, _, _ in carrying_d), carrying_d
+        moved[num_experts] = sum(size for _, _, size in carrying_d)
+        for op, dtype, shape, size in found:
+            # Small: routing statistics and the plan's integers.
+            assert op == "all-to-all" or size <= 4 * 2 * num_tokens, (
+                op, shape)
+    assert moved["8"] == moved["32"]
+    # Each all-to-all moves the device's slots once (a device keeps 1/8).
+    assert moved["8"] <= 2 * 4 * slots_per_device * model_dim
+
+
 def test_experts_the_model_axis_cannot_split_raise_naming_the_weight(mesh):
     message = mesh["indivisible_experts_error"]
     assert message is not None, "no error"

@@ -100,6 +100,36 @@ def test_expert_layout_map():
             path)
 
 
+PAPER_LAYOUTS = [
+    ("moe_language_model/moe/experts/kernel_in", ("batch", None, None)),
+    ("moe/experts/bias_out", ("batch", None)),
+    # The expert buffer and the token groups, which the MoE layers look up.
+    ("moe_language_model/moe/experts/input", ("batch", None, None)),
+    ("moe_language_model/moe/experts/output", ("batch", None, None)),
+    ("moe_language_model/moe/token_groups", ("batch", None, None)),
+    ("moe_language_model/moe/router/w_gate", None),
+    ("model/moe/dense_expert/kernel_in", None),
+    ("moe_language_model/lstm_1/lstm_cell/kernel", None),
+]
+
+
+def test_expert_layout_map_on_the_batch_axis_is_the_papers_layout():
+    layout_map = expert_layout_map(
+        device_mesh("batch:8", devices=EIGHT_DEVICES), expert_axis="batch")
+    for path, expected in PAPER_LAYOUTS:
+        layout = layout_map[path]
+        assert (None if layout is None else tuple(layout.axes)) == expected, (
+            path)
+
+
+def test_expert_axis_must_be_a_mesh_axis():
+    mesh = device_mesh("batch:8", devices=EIGHT_DEVICES)
+    with pytest.raises(ValueError, match="`expert_axis` must be one of"):
+        expert_layout_map(mesh, expert_axis="data")
+    with pytest.raises(ValueError, match="`expert_axis`"):
+        distribution_for_flags("batch:8", expert_axis="experts")
+
+
 def test_expert_layout_map_needs_the_named_axes():
     mesh = keras.distribution.DeviceMesh((8,), ("data",), EIGHT_DEVICES)
     with pytest.raises(ValueError, match="`mesh` must be a "
@@ -123,6 +153,9 @@ def test_expert_sharding_on_tensorflow_raises_pointing_to_jax():
         # keras.distribution itself would silently not shard there.
         with pytest.raises(ValueError, match="KERAS_BACKEND=jax"):
             model_parallel(mesh)
+    with pytest.raises(ValueError, match="`expert_axis`") as error:
+        distribution_for_flags("batch:2", expert_axis="batch")
+    assert "KERAS_BACKEND=jax" in str(error.value)
 
 
 @pytest.mark.skipif(not TENSORFLOW, reason="TensorFlow behaviour")
