@@ -2,7 +2,9 @@
 
 For each device count n it trains `MoELanguageModel` (LSTM -> MoE -> LSTM)
 with `experts_per_device * n` experts on the mesh `batch:1,model:n` (or
-`batch:n/m,model:m` with --model_axis=m) made by `sgmoe.distribute`, with
+`batch:n/m,model:m` with --model_axis=m; or the paper's layout `batch:n`
+with experts split over "batch", --expert_axis=batch) made by
+`sgmoe.distribute`, with
 `sequences_per_device * n` sequences per step: the batch per expert stays
 constant, as in Shazeer et al. 2017, §3.1. Each device count runs in its own
 process, since JAX fixes the device count when it starts
@@ -28,6 +30,7 @@ flat step time. The memory and communication columns mean the same on both.
     python bench/mesh_scaling.py                  # 1, 2, 4, 8 devices
     python bench/mesh_scaling.py --quick          # tiny sizes, seconds
     python bench/mesh_scaling.py --model_axis=2   # batch:n/2 x model:2
+    python bench/mesh_scaling.py --expert_axis=batch   # batch:n, paper's
 """
 
 import json
@@ -43,6 +46,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts.")
 flags.DEFINE_integer("model_axis", 0,
                      "Size of the mesh's model axis; 0 means every device.")
+flags.DEFINE_enum("expert_axis", "model", ["model", "batch"],
+                  "Axis the experts are split over; 'batch' uses the mesh "
+                  "batch:n (the paper's layout) and ignores --model_axis.")
 flags.DEFINE_integer("experts_per_device", 4, "Experts per device.")
 flags.DEFINE_integer("sequences_per_device", 8,
                      "Sequences per step and device.")
@@ -63,6 +69,8 @@ MIB = 2**20
 
 
 def mesh_spec(num_devices):
+    if FLAGS.expert_axis == "batch":
+        return f"batch:{num_devices}"
     model = FLAGS.model_axis or num_devices
     if num_devices % model:
         raise ValueError(f"--model_axis={model} must divide the device "
@@ -84,7 +92,8 @@ def measure(num_devices):
 
     devices = jax.devices(FLAGS.platform)[:num_devices]
     mesh = mesh_spec(num_devices)
-    distribution = model_parallel(mesh, devices=devices)
+    distribution = model_parallel(mesh, devices=devices,
+                                  expert_axis=FLAGS.expert_axis)
     keras.distribution.set_distribution(distribution)
     num_experts = FLAGS.experts_per_device * num_devices
     batch = FLAGS.sequences_per_device * num_devices
@@ -155,7 +164,9 @@ def measure(num_devices):
         "devices": num_devices,
         "mesh": mesh,
         "experts": num_experts,
-        "model_axis": distribution.device_mesh.shape[1],
+        # Devices the experts are split over.
+        "expert_axis_size": distribution.device_mesh.shape[
+            0 if FLAGS.expert_axis == "batch" else 1],
         "expert_parameters": expert_parameters,
         "tokens": num_tokens,
         "step_ms": 1000 * float(np.median(times)),
@@ -228,7 +239,7 @@ def main(argv):
         r = run_child(num_devices)
         print(f"| {r['devices']} | {r['mesh']} | {r['experts']} "
               f"| {r['expert_parameters']:,} "
-              f"| {r['expert_parameters'] // r['model_axis']:,} "
+              f"| {r['expert_parameters'] // r['expert_axis_size']:,} "
               f"| {r['tokens']} | {r['step_ms']:.1f} "
               f"| {r['argument_bytes'] / MIB:.2f} "
               f"| {r['temp_bytes'] / MIB:.2f} "
