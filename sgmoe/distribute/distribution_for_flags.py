@@ -3,8 +3,8 @@
 import keras
 
 from sgmoe.distribute.mesh_spec import BATCH_AXIS
-from sgmoe.distribute.mesh_spec import MESH_AXES
 from sgmoe.distribute.mesh_spec import MODEL_AXIS
+from sgmoe.distribute.mesh_spec import check_expert_axis
 from sgmoe.distribute.mesh_spec import format_mesh_spec
 from sgmoe.distribute.mesh_spec import parse_mesh_spec
 from sgmoe.distribute.model_parallel import JAX_ONLY_MESSAGE
@@ -65,10 +65,7 @@ def distribution_for_flags(mesh, multi_host=False, tpu=None,
     if mesh is None or (isinstance(mesh, str) and not mesh.strip()):
         return None
     sizes = parse_mesh_spec(mesh)
-    if expert_axis not in MESH_AXES:
-        raise ValueError(
-            f"`expert_axis` must be one of {list(MESH_AXES)}, received "
-            f"expert_axis={expert_axis!r}.")
+    check_expert_axis(expert_axis)
     backend = keras.backend.backend()
     if backend == "jax":
         if multi_host:
@@ -80,7 +77,7 @@ def distribution_for_flags(mesh, multi_host=False, tpu=None,
         raise ValueError(
             f"`mesh`={mesh!r} needs the JAX or TensorFlow backend, the "
             f"backend is {backend}.")
-    if sizes[expert_axis] > 1 and expert_axis == BATCH_AXIS:
+    if expert_axis == BATCH_AXIS and sizes[BATCH_AXIS] > 1:
         raise ValueError(
             f"`expert_axis`=\"batch\" with `mesh`={mesh!r} asks for expert "
             "sharding on the TensorFlow backend. " + JAX_ONLY_MESSAGE)

@@ -5,6 +5,7 @@ import keras
 from sgmoe.distribute.mesh_spec import BATCH_AXIS
 from sgmoe.distribute.mesh_spec import MESH_AXES
 from sgmoe.distribute.mesh_spec import MODEL_AXIS
+from sgmoe.distribute.mesh_spec import check_expert_axis
 
 # The expert layer of every sgmoe MoE layer is a `FeedForwardExperts` named
 # "experts"; a standalone one keeps its default name, "feed_forward_experts"
@@ -77,10 +78,7 @@ def expert_layout_map(mesh, expert_axis=MODEL_AXIS):
             "`mesh` must be a keras.distribution.DeviceMesh with the axes "
             f"{list(MESH_AXES)} (see sgmoe.distribute.device_mesh), received "
             f"mesh={mesh!r}.")
-    if expert_axis not in MESH_AXES:
-        raise ValueError(
-            f"`expert_axis` must be one of {list(MESH_AXES)}, received "
-            f"expert_axis={expert_axis!r}.")
+    check_expert_axis(expert_axis)
     layout_map = keras.distribution.LayoutMap(mesh)
     layout_map[EXPERT_KERNEL_PATTERN] = (expert_axis, None, None)
     layout_map[EXPERT_BIAS_PATTERN] = (expert_axis, None)

@@ -71,6 +71,15 @@ def parse_mesh_spec(mesh):
     return {axis: sizes.get(axis, 1) for axis in MESH_AXES}
 
 
+def check_expert_axis(expert_axis):
+    """`expert_axis` if it names a mesh axis, else a ValueError naming it."""
+    if expert_axis not in MESH_AXES:
+        raise ValueError(
+            f"`expert_axis` must be one of {list(MESH_AXES)}, received "
+            f"expert_axis={expert_axis!r}.")
+    return expert_axis
+
+
 def format_mesh_spec(sizes):
     """The inverse of `parse_mesh_spec`: {"batch": 2, "model": 4} ->
     "batch:2,model:4"."""

@@ -412,13 +412,16 @@ def _gather_rows(values, rows):
     return ops.take_along_axis(values, ops.expand_dims(rows, -1), axis=1)
 
 
-def dispatch(tokens, plan, place_groups=None):
+def _unplaced(grouped):
+    return grouped
+
+
+def dispatch(tokens, plan, place_groups=_unplaced):
     """Gathers tokens [N, d] into the expert buffer; empty slots are 0.
 
-    `place_groups`, if given, is applied to the grouped [G, ., d] tensors
-    of a plan with groups (a sharding constraint: see `MixtureOfExperts`).
+    `place_groups` is applied to the grouped [G, ., d] tensors of a plan
+    with groups (a sharding constraint: see `MixtureOfExperts`).
     """
-    place = place_groups or (lambda grouped: grouped)
     if plan.num_groups > 1:
         num_groups = plan.num_groups
         num_experts = plan.slot_token.shape[0]
@@ -426,17 +429,17 @@ def dispatch(tokens, plan, place_groups=None):
         # A filled slot of group g holds a token of group g; mod gives its
         # row within the group (and a valid row for an empty slot).
         rows = _to_groups(ops.mod(plan.slot_token, group_size), num_groups)
-        gathered = _from_groups(place(_gather_rows(
-            place(ops.reshape(tokens, (num_groups, group_size,
-                                       tokens.shape[-1]))),
-            rows)), num_experts)
+        grouped_tokens = place_groups(ops.reshape(
+            tokens, (num_groups, group_size, tokens.shape[-1])))
+        gathered = _from_groups(
+            place_groups(_gather_rows(grouped_tokens, rows)), num_experts)
     else:
         gathered = ops.take(tokens, plan.slot_token, axis=0)
     return ops.where(ops.expand_dims(plan.slot_filled, -1), gathered,
                      ops.zeros_like(gathered))
 
 
-def combine(expert_outputs, plan, num_tokens=None, place_groups=None):
+def combine(expert_outputs, plan, num_tokens=None, place_groups=_unplaced):
     """Each token's gate-weighted sum of its expert outputs: -> [N, d_out].
 
     Dropped assignments contribute zero; a token with every assignment
@@ -446,7 +449,6 @@ def combine(expert_outputs, plan, num_tokens=None, place_groups=None):
     `assignment_slot`) sum the weighted slot outputs into their tokens, and
     need `num_tokens`. `place_groups` is as in `dispatch`.
     """
-    place = place_groups or (lambda grouped: grouped)
     output_dim = expert_outputs.shape[-1]
     if plan.assignment_slot is None:
         flat_outputs = ops.reshape(expert_outputs, (-1, output_dim))
@@ -463,8 +465,9 @@ def combine(expert_outputs, plan, num_tokens=None, place_groups=None):
         rows = (slot // group_slots) * capacity + ops.mod(slot, capacity)
         k = rows.shape[1]
         gathered = ops.reshape(
-            place(_gather_rows(place(_to_groups(expert_outputs, num_groups)),
-                               ops.reshape(rows, (num_groups, -1)))),
+            place_groups(_gather_rows(
+                place_groups(_to_groups(expert_outputs, num_groups)),
+                ops.reshape(rows, (num_groups, -1)))),
             (-1, k, output_dim))  # [N, k, d]
     else:
         gathered = ops.take(ops.reshape(expert_outputs, (-1, output_dim)),

@@ -126,7 +126,9 @@ def shared_vocabulary(vocabulary_class, build):
         vocabulary = build()
         vocabulary.save(FLAGS.model_dir)
     distribute.wait_for_all_processes("sgmoe vocabulary written")
-    return vocabulary or vocabulary_class.load(FLAGS.model_dir)
+    if vocabulary is None:
+        vocabulary = vocabulary_class.load(FLAGS.model_dir)
+    return vocabulary
 
 
 def save_model(model):
