@@ -1,7 +1,23 @@
 """Backend-neutral test helpers."""
 
+import gzip
+import os
+
 import keras
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bundled_head(tmp_path, split, sentences):
+    """The first `sentences` lines of the bundled Brown `split` ("train",
+    "valid", "test"), written under `tmp_path`; returns the file's path."""
+    with gzip.open(os.path.join(ROOT, "data", f"brown.{split}.txt.gz"),
+                   "rt", encoding="utf-8") as file:
+        lines = [next(file) for _ in range(sentences)]
+    path = tmp_path / f"{split}.txt"
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
 
 
 def value_and_gradients(layer, loss_fn, *inputs, **call_kwargs):

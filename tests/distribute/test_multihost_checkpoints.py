@@ -8,22 +8,18 @@ checkpoint, then restores the two-process checkpoint on one device again.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests.distribute.launch import communicate_all
+from tests.distribute.launch import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CHILD = os.path.join(HERE, "multihost_child.py")
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
 
 
 def last_json(process_result):
@@ -51,15 +47,8 @@ def stages(tmp_path_factory):
         [sys.executable, CHILD, "multihost", directory, str(index), port],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(2)]
-    multihost = []
-    for process in processes:
-        try:
-            stdout, stderr = process.communicate(timeout=300)
-        finally:
-            for other in processes:
-                if other.poll() is None and process.returncode != 0:
-                    other.kill()
-        multihost.append(last_json((process.returncode, stdout, stderr)))
+    multihost = [last_json(result)
+                 for result in communicate_all(processes, timeout=300)]
     restored = run("restore", directory)
     return single, multihost, restored
 

@@ -8,13 +8,14 @@ multi-process step equals a one-process step is checked, cheaper, by
 test_multihost_checkpoints.py.)
 """
 
-import gzip
 import os
 import re
 import subprocess
 import sys
 
-from tests.distribute.test_multihost_checkpoints import free_port
+from tests.distribute.launch import communicate_all
+from tests.distribute.launch import free_port
+from tests.helpers import bundled_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -39,21 +40,12 @@ def results(output):
     return losses, perplexity and perplexity.group(1)
 
 
-def head(tmp_path, split, sentences):
-    """The first sentences of a bundled Brown split, as a file flag: the
-    whole corpus would make the vocabulary and data reads most of a tiny
-    run's time."""
-    with gzip.open(os.path.join(ROOT, "data", f"brown.{split}.txt.gz"),
-                   "rt", encoding="utf-8") as file:
-        lines = [next(file) for _ in range(sentences)]
-    path = tmp_path / f"{split}.txt"
-    path.write_text("".join(lines), encoding="utf-8")
-    return f"--{'train' if split == 'train' else 'eval'}_files={path}"
-
-
 def test_two_processes_train_together(tmp_path):
-    flags = FLAGS + (head(tmp_path, "train", 4000),
-                     head(tmp_path, "valid", 64))
+    # The first sentences only: with the whole corpus, the vocabulary and
+    # the data reads would be most of a tiny run's time.
+    flags = FLAGS + (
+        f"--train_files={bundled_head(tmp_path, 'train', 4000)}",
+        f"--eval_files={bundled_head(tmp_path, 'valid', 64)}")
     port = str(free_port())
     shared = str(tmp_path / "shared")
     processes = [subprocess.Popen(
@@ -68,14 +60,8 @@ def test_two_processes_train_together(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(2)]
     outputs = []
-    for process in processes:
-        try:
-            stdout, stderr = process.communicate(timeout=600)
-        finally:
-            for other in processes:
-                if other.poll() is None and process.returncode != 0:
-                    other.kill()
-        assert process.returncode == 0, stderr[-3000:]
+    for returncode, stdout, stderr in communicate_all(processes, timeout=600):
+        assert returncode == 0, stderr[-3000:]
         outputs.append(stdout)
     # Both report the same global losses and perplexity (a process that
     # had trained alone on its half would not).

@@ -1,10 +1,11 @@
 """The demo training script: a short real run, and bad input."""
 
-import gzip
 import os
 import re
 import subprocess
 import sys
+
+from tests.helpers import bundled_head
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 SCRIPT = os.path.join(ROOT, "scripts", "train_lm.py")
@@ -25,19 +26,9 @@ TINY = ("--vocabulary_size=500", "--model_dim=32", "--expert_hidden_dim=32",
         "--nojit_compile")
 
 
-def bundled_head(tmp_path, split, sentences):
-    """The first sentences of a bundled Brown split, written to a file."""
-    with gzip.open(os.path.join(ROOT, "data", f"brown.{split}.txt.gz"),
-                   "rt", encoding="utf-8") as file:
-        lines = [next(file) for _ in range(sentences)]
-    path = tmp_path / f"{split}.txt"
-    path.write_text("".join(lines), encoding="utf-8")
-    return str(path)
-
-
 def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     model_dir = str(tmp_path / "lm")
-    valid = bundled_head(tmp_path, "valid", 400)
+    valid = bundled_head(tmp_path, "valid", 400)  # evaluated 6 times
     tiny = TINY + (f"--eval_files={valid}",)
     result = run("--train_steps=40", f"--model_dir={model_dir}", *tiny)
     assert result.returncode == 0, result.stderr[-2000:]
