@@ -1,11 +1,13 @@
 """The experts' gradient products in both layouts, across capacities.
 
 `sgmoe.layers._expert_matmul` computes the gradients of the experts'
-batched matmul inputs [E, C, a] @ kernel [E, a, b] feature-major when C is at
-most FEATURE_MAJOR_MAX_CAPACITY. This prints, for E * C = --slots fixed (the
-same FLOPs in every row), the compiled time of:
+batched matmul inputs [E, C, d] @ kernel [E, d, h] feature-major when C is at
+most FEATURE_MAJOR_MAX_CAPACITY. For the first expert matmul of the layer
+`bench/moe_layer.py` times (its flags: --num_tokens, --model_dim,
+--hidden_dim, --k, --capacity_factor, --num_experts, --repeats; C is the
+layer's capacity), this prints the compiled time of:
 
-* forward: inputs @ kernel, [E, C, b] out;
+* forward: inputs @ kernel, [E, C, h] out;
 * backward, token-major: the input and kernel gradients of `ops.matmul` as
   automatic differentiation lays them out (dy @ kernel^T, inputs^T @ dy);
 * backward, feature-major: the same two gradients as `expert_matmul` lays
@@ -13,44 +15,29 @@ same FLOPs in every row), the compiled time of:
 * kernel read once: the streaming floor of one product.
 
 Usage:
-    python bench/expert_matmul.py
+    python bench/expert_matmul.py --num_experts=1024,256,128,64,16,8
     KERAS_BACKEND=jax python bench/expert_matmul.py --num_experts=1024,64
 """
 
-import statistics
-import time
+import functools
+import os
+import sys
 
-from absl import app
-from absl import flags
-import keras
-import numpy as np
-from keras import ops
+_BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+if _BENCH_DIR not in sys.path:
+    sys.path.insert(0, _BENCH_DIR)
 
-from sgmoe.layers import _expert_matmul
+from absl import app  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("slots", 8192, "E * C, the same in every row.")
-flags.DEFINE_integer("input_dim", 512, "a.")
-flags.DEFINE_integer("output_dim", 1024, "b.")
-flags.DEFINE_list("num_experts", ["1024", "256", "128", "64", "16", "8"],
-                  "E of each row; C = slots / E.")
-flags.DEFINE_integer("repeats", 5, "Timed calls (median) after a warm-up.")
+# bench/moe_layer.py's flags and timing helpers.
+import moe_layer  # noqa: E402
+from sgmoe.layers import _expert_matmul  # noqa: E402
+from sgmoe.layers import dispatch  # noqa: E402
 
-
-def compile_function(function):
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.jit(function)
-    import tensorflow as tf
-
-    return tf.function(function, jit_compile=True)
-
-
-def block(value):
-    if keras.backend.backend() == "jax":
-        value.block_until_ready()
-    return value
+FLAGS = moe_layer.FLAGS
 
 
 def gradients(matmul):
@@ -84,39 +71,30 @@ PRODUCTS = {
 }
 
 
-def median_ms(function, args, repeats):
-    block_all = lambda values: [block(v) for v in
-                                (values if isinstance(values, tuple)
-                                 else (values,))]
-    block_all(function(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        block_all(function(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def main(argv):
     del argv
     rng = np.random.RandomState(0)
-    a, b = FLAGS.input_dim, FLAGS.output_dim
+    d, h = FLAGS.model_dim, FLAGS.hidden_dim
     header = ["E", "C"] + list(PRODUCTS)
-    print(f"backend {keras.backend.backend()}, E * C = {FLAGS.slots}, "
-          f"a = {a}, b = {b}; milliseconds, median of {FLAGS.repeats}")
+    print(f"backend {keras.backend.backend()}, T = {FLAGS.num_tokens}, "
+          f"k = {FLAGS.k}, capacity factor {FLAGS.capacity_factor:g}, "
+          f"d = {d}, h = {h}; milliseconds, median of {FLAGS.repeats}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---:|" * len(header))
     for num_experts in [int(e) for e in FLAGS.num_experts]:
-        capacity = FLAGS.slots // num_experts
+        capacity = dispatch.expert_capacity(
+            FLAGS.num_tokens, num_experts, FLAGS.k, FLAGS.capacity_factor)
         args = [ops.convert_to_tensor(rng.randn(*shape).astype("float32"))
-                for shape in [(num_experts, capacity, a),
-                              (num_experts, a, b),
-                              (num_experts, capacity, b)]]
+                for shape in [(num_experts, capacity, d),
+                              (num_experts, d, h),
+                              (num_experts, capacity, h)]]
         cells = [num_experts, capacity]
         for product in PRODUCTS.values():
-            cells.append(f"{median_ms(compile_function(product), args, FLAGS.repeats):.1f}")
+            run = functools.partial(moe_layer.compile_function(product),
+                                    *args)
+            cells.append(f"{1e3 * moe_layer.time_call(run, FLAGS.repeats):.1f}")
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
-        del args
+        del args, run  # the next row's buffers need the memory
 
 
 if __name__ == "__main__":
