@@ -60,9 +60,10 @@ flags.DEFINE_integer("k", 2, "Experts per token.")
 flags.DEFINE_list("num_experts", ["8", "64", "256", "1024"],
                   "Numbers of experts E, one table row each.")
 flags.DEFINE_float(
-    "capacity_factor", 1.0,
-    "Capacity factor of the MoE; the compute floor gets the same number of "
-    "rows (E * capacity), so both do the same expert FLOPs.")
+    "capacity_factor", None,
+    "Capacity factor of the MoE (default 1.0, and 1.25 with --dropless); "
+    "the compute floor gets the same number of rows (E * capacity), so both "
+    "do the same expert FLOPs.")
 flags.DEFINE_integer("repeats", 5,
                      "Timed calls per measurement (median), after a warm-up.")
 flags.DEFINE_float(
@@ -82,12 +83,15 @@ flags.DEFINE_enum(
     "E / G experts, k = 2 at each level.")
 flags.DEFINE_bool(
     "dropless", False,
-    "Dropless dispatch (no capacity; blocks of --block_size rows) for the "
-    "token-choice routers. The compute floor then gets T * k rows, the "
-    "FLOPs that are really needed, so padding shows in the ratio.")
+    "Instead of the table above, dropless dispatch against capacity "
+    "dispatch at --capacity_factor (1.25 unless given), same weights and "
+    "routing (noisy_top_k router): training step and inference forward of "
+    "each, the dropless step against the compute floor of the T * k rows "
+    "it really needs, and (JAX) XLA's temporary memory of both steps.")
 flags.DEFINE_integer(
     "block_size", None,
-    "Rows per block with --dropless; default: about T * k / E, at most 128.")
+    "Most rows per overflow block with --dropless; default: the buffer's "
+    "capacity per expert.")
 flags.DEFINE_bool(
     "quick", False,
     "Smoke run in seconds: T=256, d=64, h=128, experts 4,16, 2 repeats "
@@ -228,6 +232,41 @@ def layer_train_step(layer, inputs):
     return lambda: step(inputs)
 
 
+def layer_inference(layer, inputs):
+    """A no-argument callable running the compiled forward pass,
+    training=False."""
+    if backend_name() == "jax":
+        import jax
+
+        @jax.jit
+        def forward(trainable, non_trainable, x):
+            return layer.stateless_call(trainable, non_trainable, x,
+                                        training=False)[0]
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+        return lambda: forward(trainable, non_trainable, inputs)
+    forward = compile_function(lambda x: layer(x, training=False))
+    return lambda: forward(inputs)
+
+
+def train_step_temp_mib(layer, inputs):
+    """XLA's temporary memory of the layer's training step (JAX), MiB."""
+    if backend_name() != "jax":
+        return None
+    import jax
+
+    def loss_fn(trainable, non_trainable, x):
+        outputs, _, losses = layer.stateless_call(
+            trainable, non_trainable, x, training=True, return_losses=True)
+        return output_loss(outputs) + sum(losses, 0.0)
+
+    compiled = jax.jit(jax.grad(loss_fn, argnums=(0, 2))).lower(
+        [v.value for v in layer.trainable_variables],
+        [v.value for v in layer.non_trainable_variables], inputs).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
 def time_calls(runs, repeats):
     """Median seconds of each no-argument callable in `runs` (a dict).
 
@@ -316,8 +355,7 @@ def build_layer(num_experts, config):
     """The benchmarked layer, the rows of its compute floor, and k.
 
     The compute floor gets the rows the layer's experts compute: with
-    capacity, E * capacity (about capacity_factor * T * k); dropless,
-    T * k (the padding is the layer's overhead, not the floor's).
+    capacity, E * capacity (about capacity_factor * T * k).
     """
     num_tokens, hidden_dim, k = (config["num_tokens"], config["hidden_dim"],
                                  config["k"])
@@ -347,15 +385,12 @@ def build_layer(num_experts, config):
     router = routers[name]()
     layer = MixtureOfExperts(
         num_experts=num_experts, expert_hidden_dim=hidden_dim, k=k,
-        capacity_factor=capacity_factor, seed=0, router=router,
-        dropless=config["dropless"], block_size=config["block_size"])
+        capacity_factor=capacity_factor, seed=0, router=router)
     if name in ("expert_choice", "strictly_balanced"):
         # Each expert fills ceil(k * T / E) slots.
         slots = min(num_tokens, math.ceil(k * num_tokens / num_experts))
         return layer, num_experts * slots, k
     k = layer.k
-    if config["dropless"]:
-        return layer, num_tokens * k, k
     capacity = dispatch.expert_capacity(num_tokens, num_experts, k,
                                         capacity_factor)
     return layer, num_experts * capacity, k
@@ -430,6 +465,117 @@ def benchmark_experts(num_experts, config):
     }
 
 
+def benchmark_dropless(num_experts, config):
+    """One row of the dropless table: capacity and dropless dispatch of the
+    same layer (same weights, same noise draws, so the same routing)."""
+    num_tokens, model_dim, hidden_dim, k = (
+        config["num_tokens"], config["model_dim"], config["hidden_dim"],
+        config["k"])
+    capacity_factor = config["capacity_factor"]
+    seed = keras.random.SeedGenerator(1234)
+    inputs = keras.random.normal((num_tokens, model_dim), seed=seed)
+    layers = {}
+    for name, arguments in (
+            ("capacity", {"eval_capacity_factor": capacity_factor}),
+            ("dropless", {"dropless": True,
+                          "block_size": config["block_size"]})):
+        layer = MixtureOfExperts(num_experts, hidden_dim, k=k,
+                                 capacity_factor=capacity_factor, seed=0,
+                                 **arguments)
+        layer.build((num_tokens, model_dim))
+        layers[name] = layer
+    # A gate with N(0, 1) logits, so that the clean routing of inference
+    # is as uneven as a balanced trained router's rather than the zero
+    # gate's (every token to experts 0 and 1).
+    layers["capacity"].router.w_gate.assign(
+        keras.random.normal((model_dim, num_experts), seed=seed)
+        / math.sqrt(model_dim))
+    for source, target in zip(layers["capacity"].weights,
+                              layers["dropless"].weights):
+        target.assign(source)
+    rows = num_tokens * k
+    dense_weights = [
+        keras.random.normal((model_dim, hidden_dim), seed=seed)
+        / math.sqrt(model_dim),
+        keras.random.normal((hidden_dim, model_dim), seed=seed)
+        / math.sqrt(hidden_dim),
+    ]
+    dense_inputs = keras.random.normal((rows, model_dim), seed=seed)
+    dense_step = compile_value_and_grad(dense_pair_loss)
+    streamed = backend_values(layers["dropless"].trainable_variables)
+    stream = compile_function(stream_weights)
+    seconds = time_calls({
+        "capacity": layer_train_step(layers["capacity"], inputs),
+        "dropless": layer_train_step(layers["dropless"], inputs),
+        "floor": lambda: dense_step(dense_weights, dense_inputs),
+        "memory_floor": lambda: stream(streamed),
+        "capacity_inference": layer_inference(layers["capacity"], inputs),
+        "dropless_inference": layer_inference(layers["dropless"], inputs),
+    }, config["repeats"])
+    # The routing of the last timed training call, as the layers recorded it
+    # (JAX steps keep their state outside the layer: run one eagerly).
+    layers["capacity"](inputs, training=False)
+    inference_dropped = float(layers["capacity"].dropped_fraction)
+    for layer in layers.values():
+        layer(inputs, training=True)
+    memory = {name: train_step_temp_mib(layer, inputs)
+              for name, layer in layers.items()}
+    load = ops.convert_to_numpy(layers["dropless"].expert_load)
+    row = {
+        "num_experts": num_experts,
+        "capacity": dispatch.expert_capacity(num_tokens, num_experts, k,
+                                             capacity_factor),
+        "dropless_capacity": dispatch.dropless_capacity(num_tokens,
+                                                        num_experts, k),
+        "capacity_dropped": float(layers["capacity"].dropped_fraction),
+        "inference_dropped": inference_dropped,
+        "max_load": float(load.max()) / (rows / num_experts),
+        "memory": memory,
+        **{f"{name}_ms": value * 1e3 for name, value in seconds.items()},
+    }
+    del layers, dense_weights, dense_inputs, dense_step, streamed, stream
+    gc.collect()
+    return row
+
+
+DROPLESS_HEADERS = (
+    "experts", "C (capacity)", "C (dropless buffer)",
+    "training capacity drops",
+    "capacity ms", "dropless ms", "dropless / capacity", "T*k floor ms",
+    "dropless / floor", "memory floor ms", "dropless / larger floor",
+    "inference capacity drops", "inference capacity ms",
+    "inference dropless ms",
+    "inference dropless / capacity", "temp MiB capacity / dropless")
+
+
+def format_dropless_row(row):
+    """The table's cells; a ratio over its target (1.25x, 1.5x for the
+    floor) is marked."""
+    def ratio(value, target):
+        return f"{value:.2f}x" + (" (over)" if value > target else "")
+
+    memory = row["memory"]
+    memory_cell = ("n/a" if memory["capacity"] is None else
+                   f"{memory['capacity']:.0f} / {memory['dropless']:.0f}")
+    return (
+        str(row["num_experts"]), str(row["capacity"]),
+        str(row["dropless_capacity"]), f"{row['capacity_dropped']:.1%}",
+        f"{row['capacity_ms']:.1f}",
+        f"{row['dropless_ms']:.1f}",
+        ratio(row["dropless_ms"] / row["capacity_ms"], 1.25),
+        f"{row['floor_ms']:.1f}",
+        ratio(row["dropless_ms"] / row["floor_ms"], 1.5),
+        f"{row['memory_floor_ms']:.1f}",
+        ratio(row["dropless_ms"] / max(row["floor_ms"],
+                                       row["memory_floor_ms"]), 1.5),
+        f"{row['inference_dropped']:.1%}",
+        f"{row['capacity_inference_ms']:.1f}",
+        f"{row['dropless_inference_ms']:.1f}",
+        ratio(row["dropless_inference_ms"] / row["capacity_inference_ms"],
+              1.25),
+        memory_cell)
+
+
 # Table.
 
 HEADERS = ("experts", "tokens/expert", "MoE ms", "compute floor ms",
@@ -489,16 +635,19 @@ def main(argv):
     config["block_size"] = FLAGS.block_size
     config["k"] = {"switch": SwitchRouter.k, "gshard": GShardRouter.k,
                    "hierarchical": 4}.get(FLAGS.router, config["k"])
-    config["capacity_factor"] = FLAGS.capacity_factor
+    config["capacity_factor"] = (
+        FLAGS.capacity_factor if FLAGS.capacity_factor is not None
+        else 1.25 if FLAGS.dropless else 1.0)
     config["dense_limit_gb"] = FLAGS.dense_limit_gb
     if config["repeats"] < 1:
         raise ValueError(
             f"--repeats must be at least 1, received {config['repeats']}.")
 
     print(machine_description())
-    dispatch_kind = (f"dropless, blocks of {config['block_size'] or 'auto'}"
-                     if config["dropless"] else "capacity")
-    print(f"MixtureOfExperts ({config['router']} router, {dispatch_kind}) "
+    if config["dropless"]:
+        dropless_table(config)
+        return
+    print(f"MixtureOfExperts ({config['router']} router, capacity) "
           f"forward+backward, "
           f"training=True: "
           f"T={config['num_tokens']} tokens, d={config['model_dim']}, "
@@ -526,6 +675,30 @@ def main(argv):
         print(f"Target {TARGET_RATIO}x of the larger floor met at every size.")
     print()
     print(markdown_table(rows))
+
+
+def dropless_table(config):
+    print(f"MixtureOfExperts (noisy_top_k), dropless against capacity "
+          f"dispatch (capacity_factor={config['capacity_factor']:g}; "
+          f"inference with eval_capacity_factor="
+          f"{config['capacity_factor']:g}), same weights and routing: "
+          f"T={config['num_tokens']} tokens, d={config['model_dim']}, "
+          f"h={config['hidden_dim']}, k={config['k']}, float32; median of "
+          f"{config['repeats']} after a warm-up. Training steps are "
+          "forward+backward; T*k floor: dense GEMM pair on T*k rows; memory "
+          "floor: the weights read twice and written once. Targets: "
+          "dropless / capacity <= 1.25x (training and inference), "
+          "dropless / floor <= 1.5x.")
+    print()
+    lines = ["| " + " | ".join(DROPLESS_HEADERS) + " |",
+             "|" + "|".join("---:" for _ in DROPLESS_HEADERS) + "|"]
+    print(lines[0], flush=True)
+    print(lines[1], flush=True)
+    for num_experts in config["num_experts"]:
+        line = "| " + " | ".join(format_dropless_row(
+            benchmark_dropless(num_experts, config))) + " |"
+        lines.append(line)
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

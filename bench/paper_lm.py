@@ -24,7 +24,8 @@ mode (noise on; Load is the paper's smooth estimator), here summed over
 `--statistics_batches` test batches run without a weight update. The
 evaluation-mode routing (no noise) is reported next to them: the max/mean
 number of tokens per expert over the whole test set, and the mean fraction
-of assignments dropped for lack of capacity.
+of assignments dropped (0 unless an evaluation capacity is set: the MoE
+layers drop nothing at inference by default).
 
     python bench/paper_lm.py --experiment=capacity   # writes docs/lm_capacity.{md,png}
     python bench/paper_lm.py --experiment=balancing  # writes docs/lm_balancing.md
@@ -139,26 +140,6 @@ class RoutingTotals(keras.callbacks.Callback):
                 layer.dropped_fraction)))
 
 
-def evaluate_without_drops(args, model, moe_layers, test, models):
-    """Test perplexity with every MoE's evaluation capacity raised so that
-    no assignment is dropped (capacity factor = experts / experts per
-    token); the model's own evaluation uses the training capacity factor."""
-    if not moe_layers:
-        return float("nan")
-    for layer in moe_layers.values():
-        if hasattr(layer, "experts_per_group"):
-            experts = layer.num_groups * layer.experts_per_group
-            per_token = layer.k_primary * layer.k_secondary
-        else:
-            experts, per_token = layer.num_experts, layer.k
-        layer.eval_capacity_factor = float(experts) / per_token
-    # Recompiling makes the evaluation step trace the new capacity.
-    model.compile(optimizer=model.optimizer,
-                  metrics=[models.Perplexity(padding_id=0)],
-                  jit_compile=bool(args.jit_compile))
-    return model.evaluate(test, verbose=0, return_dict=True)["perplexity"]
-
-
 def training_mode_statistics(model, moe_layers, batches):
     """Importance and the smooth Load of the paper, summed over `batches`
     run in training mode (gating noise on, no weight update)."""
@@ -205,12 +186,9 @@ def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
     totals = RoutingTotals(moe_layers)
     perplexity = model.evaluate(test, verbose=0, return_dict=True,
                                 callbacks=[totals])["perplexity"]
-    no_drop_perplexity = evaluate_without_drops(args, model, moe_layers, test,
-                                                models)
     row = {
         "model": label,
         "test perplexity": perplexity,
-        "test perplexity, no eval drops": no_drop_perplexity,
         "ops/timestep": models.ops_per_timestep(model.get_config()),
         "parameters": models.count_parameters(model.get_config()),
         "words/s": words / seconds if words else float("nan"),
@@ -253,11 +231,10 @@ def markdown_table(rows, columns):
 def write_outputs(args, rows, seconds, argv):
     os.makedirs(args.out_dir, exist_ok=True)
     if args.experiment == "capacity":
-        columns = ["model", "test perplexity", "test perplexity, no eval drops",
-                   "ops/timestep", "parameters", "words/s"]
+        columns = ["model", "test perplexity", "ops/timestep", "parameters",
+                   "words/s"]
     else:
-        columns = ["model", "test perplexity", "test perplexity, no eval drops",
-                   "CV(Importance)", "CV(Load)",
+        columns = ["model", "test perplexity", "CV(Importance)", "CV(Load)",
                    "max/mean Load", "eval max/mean tokens", "eval dropped"]
         rows = [dict(row, model=f"w_importance / w_load = {row['model']}")
                 for row in rows]

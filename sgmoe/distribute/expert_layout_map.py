@@ -59,9 +59,10 @@ def expert_layout_map(mesh, expert_axis=MODEL_AXIS):
     ("batch:8"); a "model" axis then only replicates.
 
     E must be divisible by the size of the expert axis. Dropless dispatch
-    (`dropless=True`) gathers each block's expert weights, so under expert
-    sharding it moves weights rather than tokens: use capacity-based
-    dispatch when experts are split.
+    (`dropless=True`, and inference without an `eval_capacity_factor`)
+    reads each overflow block's expert weights by index, so under expert
+    sharding the overflow moves weights rather than tokens; its buffer
+    part is laid out like capacity dispatch.
 
     Args:
         mesh: a `keras.distribution.DeviceMesh` with the axes "batch" and

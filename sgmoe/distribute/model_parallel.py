@@ -40,7 +40,8 @@ def model_parallel(mesh, devices=None, expert_axis=MODEL_AXIS):
     `token_groups` = B (the same loss and updates up to float rounding);
     with `token_groups` = 1 on one device, only which overflowing
     assignments are dropped differs. `HierarchicalMixtureOfExperts` and
-    dropless or expert-choice dispatch still route the whole global batch
+    dropless dispatch (inference without an `eval_capacity_factor`, or
+    `dropless=True`) or expert-choice dispatch route the whole global batch
     as one group.
 
     JAX backend only (see `distribution_for_flags` for TensorFlow).

@@ -54,16 +54,29 @@ def _pinned(x, anchor):
     return x + 0.0 * anchor
 
 
+def matmul_gradients(inputs, kernel, upstream):
+    """(inputs gradient, kernel gradient) of `expert_matmul` for `upstream`.
+
+    inputs [E, C, a], kernel [E, a, b], upstream [E, C, b]; feature-major
+    up to `FEATURE_MAJOR_MAX_CAPACITY` slots, as automatic differentiation
+    writes them above.
+    """
+    capacity = inputs.shape[1]
+    if capacity is None or capacity > FEATURE_MAJOR_MAX_CAPACITY:
+        return (ops.matmul(upstream, _transpose(kernel)),
+                ops.matmul(_transpose(inputs), upstream))
+    # [E, a, b] @ [E, b, C] -> [E, a, C].
+    inputs_grad_t = ops.matmul(kernel, _transpose(upstream))
+    inputs_grad = _transpose(_pinned(inputs_grad_t, inputs_grad_t))
+    inputs_t = _pinned(_transpose(inputs), inputs_grad_t)  # [E, a, C]
+    return inputs_grad, ops.matmul(inputs_t, upstream)
+
+
 @ops.custom_gradient
 def _feature_major_gradient_matmul(inputs, kernel):
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args  # [E, C, b]
-        # [E, a, b] @ [E, b, C] -> [E, a, C].
-        inputs_grad_t = ops.matmul(kernel, _transpose(upstream))
-        inputs_grad = _transpose(_pinned(inputs_grad_t, inputs_grad_t))
-        inputs_t = _pinned(_transpose(inputs), inputs_grad_t)  # [E, a, C]
-        kernel_grad = ops.matmul(inputs_t, upstream)
-        return inputs_grad, kernel_grad
+        return matmul_gradients(inputs, kernel, upstream)
 
     return ops.matmul(inputs, kernel), grad

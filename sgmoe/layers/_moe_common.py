@@ -37,8 +37,15 @@ def set_expert_arguments(moe, expert_hidden_dim, capacity_factor,
 
 
 def capacity_factor(moe, training):
-    """The capacity factor of this call: training or evaluation."""
-    if training or moe.eval_capacity_factor is None:
+    """The capacity factor of this call, or None for no capacity (dropless).
+
+    Training uses `capacity_factor`; outside training `eval_capacity_factor`,
+    whose default None keeps every assignment. `dropless` layers never use
+    a capacity.
+    """
+    if getattr(moe, "dropless", False):
+        return None
+    if training:
         return moe.capacity_factor
     return moe.eval_capacity_factor
 

@@ -8,10 +8,10 @@ cover every router:
   each expert has `capacity` rows per group of tokens, and assignments over
   it are dropped. The buffer is [E, groups * capacity, d].
 * `plan_dropless`: tokens chose their experts and none is dropped (MegaBlocks,
-  Gale et al. 2022): each expert's assignments fill whole blocks of
-  `block_size` rows, the last one padded. The buffer is [blocks, block_size,
-  d] with the expert of every block; the number of blocks is the static bound
-  ceil((N k + min(E, N k) (block_size - 1)) / block_size).
+  Gale et al. 2022): each expert's first assignments fill an [E, C, d]
+  buffer as above, and the rest overflow into a list of N k rows sorted by
+  expert, which the experts compute in blocks of one expert each
+  (`Overflow`).
 * `plan_expert_choice`: the router filled the experts' rows itself (expert
   choice, strictly balanced gating): [E, C] tokens and gate values.
 
@@ -31,6 +31,7 @@ from typing import NamedTuple
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe.layers._grouped_matmul import Blocks
 from sgmoe.layers.routing_result import ExpertSlots
 
 # Sort keys are bucket * assignments + assignment, held in int32.
@@ -42,16 +43,15 @@ class DispatchPlan(NamedTuple):
 
     Attributes:
         slot_token: int32 [rows, slots_per_row], the token held by each slot
-            of the buffer (an arbitrary valid index for empty slots). Row r
-            belongs to expert r, or to `block_expert[r]` when that is set.
+            of the buffer (an arbitrary valid index for empty slots). Row e
+            belongs to expert e.
         slot_weight: float32, same shape: the gate value of the slot's
             (token, expert) pair, 0 where the slot is empty.
         slot_filled: bool, same shape: whether the slot holds a token.
-        block_expert: int32 [rows], the expert of each buffer row, or None
-            when row e is expert e.
         assignment_slot: int32 [N, k], the flat buffer slot of each (token,
             choice) assignment (any valid slot where it was dropped), or None
-            when the router filled the slots itself.
+            when the router filled the slots itself. With `overflow`, slot
+            rows * slots_per_row + r is row r of the overflow list.
         assignment_weight: float32 [N, k], the gate value of each kept
             assignment, 0 where it was dropped (None with `assignment_slot`).
         dropped_fraction: float32 scalar, the fraction of token-expert
@@ -61,16 +61,39 @@ class DispatchPlan(NamedTuple):
             buffer [E, G * C] holds group g's tokens in columns g * C ...
             (g + 1) * C - 1, and every token's slots lie in its own group's
             columns, so `dispatch` and `combine` gather within groups.
+        overflow: an `Overflow` (dropless plans), or None.
     """
 
     slot_token: Any
     slot_weight: Any
     slot_filled: Any
-    block_expert: Any
     assignment_slot: Any
     assignment_weight: Any
     dropped_fraction: Any
     num_groups: int = 1
+    overflow: Any = None
+
+
+class Overflow(NamedTuple):
+    """Assignments past the buffer's capacity, as rows sorted by expert.
+
+    Attributes:
+        row_token: int32 [N k + S], the token of each overflow row (an
+            arbitrary valid index for rows past the overflow in use).
+        row_expert: int32 [N k + S], the expert of each row (the last
+            expert for unused rows).
+        row_weight: float32 [N k + S], the gate value of each row's (token,
+            expert) pair, 0 for unused rows.
+        row_used: bool [N k + S], whether the row holds an assignment.
+        blocks: `_grouped_matmul.Blocks` cutting the rows in use into
+            blocks of at most S rows of one expert, S = `blocks.size`.
+    """
+
+    row_token: Any
+    row_expert: Any
+    row_weight: Any
+    row_used: Any
+    blocks: Any
 
 
 def expert_capacity(tokens_per_group, num_experts, k, capacity_factor,
@@ -196,131 +219,178 @@ def plan_top_k(expert_indices, expert_weights, num_experts, capacity,
 
     kept = ops.logical_and(valid, ops.less(position, capacity))
     slot = ops.where(kept, bucket * capacity + position, 0)
-
-    slot_index = ops.expand_dims(ops.arange(capacity, dtype="int32"), 0)
-    slot_filled = ops.less(slot_index, ops.expand_dims(
-        ops.minimum(count[:num_buckets], capacity), 1))  # [E * G, C]
-    slot_assignment = ops.take(order, ops.minimum(
-        ops.expand_dims(start[:num_buckets], 1) + slot_index,
-        num_assignments - 1))
-    weights = ops.cast(expert_weights, "float32")
-    slot_weight = ops.where(
-        slot_filled, ops.take(_choice_major(weights), slot_assignment), 0.0)
-
+    slot_token, slot_weight, slot_filled = _buffer_slots(
+        order, count[:num_buckets], start[:num_buckets], expert_weights,
+        capacity, num_tokens)
     rows = (num_experts, -1)
     return DispatchPlan(
-        slot_token=ops.reshape(ops.mod(slot_assignment, num_tokens), rows),
+        slot_token=ops.reshape(slot_token, rows),
         slot_weight=ops.reshape(slot_weight, rows),
         slot_filled=ops.reshape(slot_filled, rows),
-        block_expert=None,
         assignment_slot=_token_major(slot, k, num_tokens),
-        assignment_weight=ops.where(_token_major(kept, k, num_tokens),
-                                    weights, 0.0),
+        assignment_weight=ops.where(
+            _token_major(kept, k, num_tokens),
+            ops.cast(expert_weights, "float32"), 0.0),
         dropped_fraction=1.0 - _fraction(ops.sum(ops.cast(kept, "int32")),
                                          ops.sum(ops.cast(valid, "int32"))),
         num_groups=num_groups)
 
 
-def num_dropless_blocks(num_assignments, num_experts, block_size):
-    """Static bound on the blocks a dropless plan needs.
+def _buffer_slots(order, count, start, expert_weights, capacity, num_tokens):
+    """Each bucket's first `capacity` assignments as buffer slots.
 
-    Each expert with n > 0 assignments fills ceil(n / block_size) blocks, at
-    most (n + block_size - 1) / block_size; at most min(E, N k) experts are
-    non-empty.
+    Args:
+        order, count, start: from `_sort_into_buckets`, `count` and `start`
+            cut to the buckets that have slots.
+        expert_weights: float [N, k].
+        capacity: slots per bucket.
+        num_tokens: N.
+
+    Returns:
+        (slot_token, slot_weight, slot_filled), each [buckets, capacity].
     """
-    if isinstance(num_assignments, int):
-        padding = min(num_experts, num_assignments) * (block_size - 1)
-    else:
-        padding = ops.minimum(num_experts, num_assignments) * (block_size - 1)
-    return (num_assignments + padding + block_size - 1) // block_size
+    num_assignments = ops.shape(order)[0]
+    slot_index = ops.expand_dims(ops.arange(capacity, dtype="int32"), 0)
+    slot_filled = ops.less(slot_index, ops.expand_dims(
+        ops.minimum(count, capacity), 1))
+    slot_assignment = ops.take(order, ops.minimum(
+        ops.expand_dims(start, 1) + slot_index, num_assignments - 1))
+    weights = _choice_major(ops.cast(expert_weights, "float32"))
+    slot_weight = ops.where(slot_filled, ops.take(weights, slot_assignment),
+                            0.0)
+    return ops.mod(slot_assignment, num_tokens), slot_weight, slot_filled
 
 
-# The largest automatic dropless block.
-MAX_AUTO_BLOCK_SIZE = 128
+def dropless_capacity(num_tokens, num_experts, k):
+    """Buffer slots per expert of a dropless plan: m + 2 sqrt(m), m = N k / E.
 
-
-def auto_block_size(num_assignments, num_experts):
-    """Rows per dropless block: N k / E, within [1, MAX_AUTO_BLOCK_SIZE].
-
-    Padding adds at most E (block_size - 1) rows and every block gathers its
-    expert's weights, so blocks of about the mean load keep both the rows
-    (under 2 N k) and the weight traffic (about 2 E expert matrices) within
-    a small factor of what the layer must do anyway.
+    The load of a balanced router is about Poisson with mean m, so few
+    experts overflow a buffer this size and the overflow rows, computed block
+    by block, stay a small part of the work; the buffer itself is at most
+    1 + 2 / sqrt(m) times the mean load. At most N (an expert gets a token
+    at most once).
     """
-    if isinstance(num_assignments, int):
-        return max(1, min(MAX_AUTO_BLOCK_SIZE,
-                          num_assignments // num_experts))
-    return ops.clip(num_assignments // num_experts, 1, MAX_AUTO_BLOCK_SIZE)
+    if isinstance(num_tokens, int):
+        mean = num_tokens * k / num_experts
+        return max(1, min(num_tokens, math.ceil(mean + 2 * math.sqrt(mean))))
+    mean = ops.cast(num_tokens, "float32") * k / num_experts
+    capacity = ops.cast(ops.ceil(mean + 2 * ops.sqrt(mean)), "int32")
+    return ops.maximum(ops.minimum(capacity, num_tokens), 1)
 
 
-def plan_dropless(expert_indices, expert_weights, num_experts,
+# Rows per overflow block when the buffer's capacity is not static.
+DEFAULT_BLOCK_SIZE = 64
+
+
+def plan_dropless(expert_indices, expert_weights, num_experts, capacity=None,
                   block_size=None):
     """Plans token-choice dispatch that never drops an assignment.
 
-    Each expert's assignments (first choices first) fill consecutive blocks of
-    `block_size` rows; the expert's last block is padded with empty slots.
-    The buffer [blocks, block_size, d] holds at most N k + E (block_size - 1)
-    rows, and `block_expert` says whose weights each block uses. An index
-    outside [0, E) means "no expert", as in `plan_top_k`.
+    Each expert takes its first `capacity` assignments (first choices
+    first, as in `plan_top_k`) into an [E, capacity] buffer; the rest, its
+    overflow, become rows of an overflow list sorted by expert, cut into
+    blocks of at most `block_size` rows of one expert
+    (`DispatchPlan.overflow`). The
+    experts multiply the buffer as one batched matmul and the blocks one by
+    one with their expert's weights (`_grouped_matmul.grouped_matmul`), so
+    the work is the buffer plus the overflow actually present, whatever the
+    routing skew, and every shape is static: the overflow list has N k
+    rows (the most there can be) plus one block of padding. An index outside
+    [0, E) means "no expert", as in `plan_top_k`.
 
     Args:
         expert_indices: int [N, k] with static k.
         expert_weights: float [N, k].
         num_experts: E.
-        block_size: rows per block (> 0), or None for `auto_block_size`.
+        capacity: buffer slots per expert, or None for `dropless_capacity`.
+        block_size: most rows per overflow block, or None for the capacity
+            (`DEFAULT_BLOCK_SIZE` when the capacity is not a static int).
 
     Returns:
-        A `DispatchPlan` with `block_expert` set and nothing dropped.
+        A `DispatchPlan` with `overflow` set and nothing dropped.
     """
     k = expert_indices.shape[1]
     num_tokens = ops.shape(expert_indices)[0]
     num_assignments = num_tokens * k
+    if capacity is None:
+        capacity = dropless_capacity(num_tokens, num_experts, k)
     if block_size is None:
-        block_size = auto_block_size(num_assignments, num_experts)
-    else:
-        block_size = _validation.check_positive_int("block_size", block_size)
+        block_size = (capacity if isinstance(capacity, int)
+                      else DEFAULT_BLOCK_SIZE)
+    block_size = _validation.check_positive_int("block_size", block_size)
     expert, valid = _valid_experts(expert_indices, num_experts)
     bucket = ops.where(valid, expert, num_experts)
     order, position, count, start = _sort_into_buckets(bucket,
                                                        num_experts + 1)
     count, start = count[:num_experts], start[:num_experts]
-    expert_blocks = (count + block_size - 1) // block_size
-    block_end = ops.cumsum(expert_blocks)
-    block_start = block_end - expert_blocks  # [E]
+    in_buffer = ops.logical_and(valid, ops.less(position, capacity))
+    slot_token, slot_weight, slot_filled = _buffer_slots(
+        order, count, start, expert_weights, capacity, num_tokens)
 
-    num_blocks = num_dropless_blocks(num_assignments, num_experts, block_size)
-    block_index = ops.arange(num_blocks, dtype="int32")
-    # Blocks past the last used one go to the last expert, all empty.
+    # Overflow: expert e's assignments past its capacity, rows
+    # overflow_start[e] ... overflow_start[e] + overflow_count[e] - 1.
+    overflow_count = ops.maximum(count - capacity, 0)
+    overflow_end = ops.cumsum(overflow_count)
+    overflow_start = overflow_end - overflow_count
+    row = ops.arange(num_assignments + block_size, dtype="int32")
+    row_expert = ops.minimum(
+        ops.cast(ops.searchsorted(overflow_end, row, side="right"), "int32"),
+        num_experts - 1)
+    row_assignment = ops.take(order, ops.clip(
+        ops.take(start, row_expert) + capacity + row
+        - ops.take(overflow_start, row_expert), 0, num_assignments - 1))
+
+    expert_blocks = (overflow_count + block_size - 1) // block_size
+    blocks_end = ops.cumsum(expert_blocks)
+    max_blocks = _max_blocks(num_assignments, num_experts, block_size)
+    block = ops.arange(max_blocks, dtype="int32")
     block_expert = ops.minimum(
-        ops.cast(ops.searchsorted(block_end, block_index, side="right"),
-                 "int32"), num_experts - 1)
-    row_position = (
-        ops.expand_dims(
-            (block_index - ops.take(block_start, block_expert)) * block_size,
-            1)
-        + ops.expand_dims(ops.arange(block_size, dtype="int32"), 0))
-    slot_filled = ops.less(
-        row_position, ops.expand_dims(ops.take(count, block_expert), 1))
-    slot_assignment = ops.take(order, ops.clip(
-        ops.expand_dims(ops.take(start, block_expert), 1) + row_position,
-        0, num_assignments - 1))
+        ops.cast(ops.searchsorted(blocks_end, block, side="right"), "int32"),
+        num_experts - 1)
+    block_offset = block_size * (
+        block - ops.take(blocks_end - expert_blocks, block_expert))
     weights = ops.cast(expert_weights, "float32")
-    slot_weight = ops.where(
-        slot_filled, ops.take(_choice_major(weights), slot_assignment), 0.0)
+    row_used = ops.less(row, overflow_end[-1])
+    overflow = Overflow(
+        row_token=ops.mod(row_assignment, num_tokens),
+        row_expert=row_expert,
+        row_weight=ops.where(
+            row_used, ops.take(_choice_major(weights), row_assignment), 0.0),
+        row_used=row_used,
+        blocks=Blocks(
+            expert=block_expert,
+            start=ops.take(overflow_start, block_expert) + block_offset,
+            length=ops.clip(
+                ops.take(overflow_count, block_expert) - block_offset, 0,
+                block_size),
+            count=blocks_end[-1],
+            size=block_size))
 
-    slot = ops.where(
-        valid,
-        ops.take(block_start, ops.minimum(expert, num_experts - 1))
-        * block_size + position, 0)
+    safe_expert = ops.minimum(expert, num_experts - 1)
+    overflow_row = (ops.take(overflow_start, safe_expert) + position
+                    - capacity)
+    buffer_slots = num_experts * capacity
+    slot = ops.where(in_buffer, expert * capacity + position,
+                     ops.where(valid, buffer_slots + overflow_row, 0))
     return DispatchPlan(
-        slot_token=ops.mod(slot_assignment, num_tokens),
+        slot_token=slot_token,
         slot_weight=slot_weight,
         slot_filled=slot_filled,
-        block_expert=block_expert,
         assignment_slot=_token_major(slot, k, num_tokens),
         assignment_weight=ops.where(_token_major(valid, k, num_tokens),
                                     weights, 0.0),
-        dropped_fraction=ops.zeros((), "float32"))
+        dropped_fraction=ops.zeros((), "float32"),
+        overflow=overflow)
+
+
+def _max_blocks(num_assignments, num_experts, block_size):
+    """Static bound on overflow blocks: ceil(A / size) plus one partial block
+    per expert (at most A experts overflow)."""
+    if isinstance(num_assignments, int):
+        return -(-num_assignments // block_size) + min(num_experts,
+                                                     num_assignments)
+    return ((num_assignments + block_size - 1) // block_size
+            + ops.minimum(num_experts, num_assignments))
 
 
 def plan_expert_choice(slot_token, slot_weight, num_tokens):
@@ -342,35 +412,29 @@ def plan_expert_choice(slot_token, slot_weight, num_tokens):
         ops.reshape(slot_token, (-1,)), num_segments=num_tokens)
     return DispatchPlan(
         slot_token=slot_token, slot_weight=slot_weight,
-        slot_filled=slot_filled, block_expert=None, assignment_slot=None,
+        slot_filled=slot_filled, assignment_slot=None,
         assignment_weight=None,
         dropped_fraction=1.0 - ops.mean(
             ops.cast(ops.greater(times_taken, 0.0), "float32")))
 
 
-def plan_routing(routing, num_tokens, num_experts, capacity_factor,
-                 min_capacity=1, num_groups=1, dropless=False,
-                 block_size=None):
+def plan_routing(routing, num_tokens, num_experts, capacity_factor=None,
+                 min_capacity=1, num_groups=1, block_size=None):
     """The `DispatchPlan` of a router's result, whichever router made it.
 
     An `ExpertSlots` result (the router filled expert slots itself) gets
     `plan_expert_choice`. A `RoutingResult` (tokens chose experts) gets
-    `plan_dropless` when `dropless`, else `plan_top_k` with
-    `expert_capacity(N / num_groups, E, k, capacity_factor, min_capacity)`
-    slots per expert and group.
+    `plan_top_k` with `expert_capacity(N / num_groups, E, k,
+    capacity_factor, min_capacity)` slots per expert and group, or, when
+    `capacity_factor` is None, `plan_dropless` (no capacity, nothing
+    dropped; `num_groups` and `min_capacity` do not apply).
     """
     if isinstance(routing, ExpertSlots):
-        if dropless:
-            raise ValueError(
-                "`dropless` applies to routers where tokens choose experts; "
-                "this router fills expert slots itself (it returned "
-                "ExpertSlots), so nothing is dropped by capacity. Use "
-                "dropless=False.")
         return plan_expert_choice(routing.slot_token, routing.slot_weight,
                                   num_tokens)
-    if dropless:
+    if capacity_factor is None:
         return plan_dropless(routing.expert_indices, routing.expert_weights,
-                             num_experts, block_size)
+                             num_experts, block_size=block_size)
     if isinstance(num_tokens, int) and num_tokens % num_groups:
         raise ValueError(
             f"The number of token groups, {num_groups} (the MoE layer's "
@@ -439,7 +503,16 @@ def dispatch(tokens, plan, place_groups=_unplaced):
                      ops.zeros_like(gathered))
 
 
-def combine(expert_outputs, plan, num_tokens=None, place_groups=_unplaced):
+def dispatch_overflow(tokens, plan):
+    """The overflow of a dropless plan for `FeedForwardExperts`:
+    (rows [N k + S, d], row_expert [N k + S], blocks)."""
+    overflow = plan.overflow
+    return (ops.take(tokens, overflow.row_token, axis=0),
+            overflow.row_expert, overflow.blocks)
+
+
+def combine(expert_outputs, plan, num_tokens=None, place_groups=_unplaced,
+            overflow_outputs=None):
     """Each token's gate-weighted sum of its expert outputs: -> [N, d_out].
 
     Dropped assignments contribute zero; a token with every assignment
@@ -447,7 +520,8 @@ def combine(expert_outputs, plan, num_tokens=None, place_groups=_unplaced):
     carries it through). Token-choice plans gather each token's k outputs
     (within its group when the plan has groups); expert-choice plans (no
     `assignment_slot`) sum the weighted slot outputs into their tokens, and
-    need `num_tokens`. `place_groups` is as in `dispatch`.
+    need `num_tokens`. `place_groups` is as in `dispatch`. A dropless plan
+    also needs the experts' `overflow_outputs` [N k + S, d_out].
     """
     output_dim = expert_outputs.shape[-1]
     if plan.assignment_slot is None:
@@ -470,8 +544,11 @@ def combine(expert_outputs, plan, num_tokens=None, place_groups=_unplaced):
                 ops.reshape(rows, (num_groups, -1)))),
             (-1, k, output_dim))  # [N, k, d]
     else:
-        gathered = ops.take(ops.reshape(expert_outputs, (-1, output_dim)),
-                            plan.assignment_slot, axis=0)  # [N, k, d]
+        flat_outputs = ops.reshape(expert_outputs, (-1, output_dim))
+        if plan.overflow is not None:
+            flat_outputs = ops.concatenate([flat_outputs, overflow_outputs])
+        gathered = ops.take(flat_outputs, plan.assignment_slot,
+                            axis=0)  # [N, k, d]
     return ops.einsum("nk,nkd->nd",
                       ops.cast(plan.assignment_weight, gathered.dtype),
                       gathered)

@@ -38,6 +38,15 @@ class ExpertChoiceRouter(keras.layers.Layer):
     same sequence: in a causal language model this leaks information across
     positions in training, the caveat of the paper's Limitations section.
 
+    Inference keeps these semantics: each expert still takes its top C
+    tokens of the call's macro-batch. Nothing a token chose can be dropped,
+    because tokens choose nothing; a token no expert took gets zero output,
+    and the MoE layer's `dropped_fraction` reports the fraction of such
+    tokens. A token's output therefore depends on the rest of its batch (and
+    on padding) at inference too: for decoding, or wherever per-example
+    results must not depend on batching, use a token-choice router, which
+    drops nothing at inference.
+
     The layer always computes in float32. C is a Python int when the token
     count is static, and a scalar tensor otherwise (TensorFlow with an
     unknown batch size), which XLA folds into a constant when it compiles.

@@ -1,10 +1,14 @@
 """A batch of independent feed-forward experts stored as stacked weights."""
 
+import functools
+
 import keras
 from keras import ops
 
 from sgmoe import _validation
 from sgmoe.layers._expert_matmul import expert_matmul
+from sgmoe.layers._grouped_matmul import grouped_feed_forward
+from sgmoe.layers._grouped_matmul import grouped_matmul
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -49,13 +53,11 @@ class FeedForwardExperts(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: [E, C, d] dispatch buffer, or [B, C, d] blocks with
-            `block_expert`.
-        block_expert: optional int [B], the expert whose weights each block
-            of rows uses (dropless dispatch); None means row e is expert e.
+        inputs: [E, C, d] dispatch buffer.
 
     Returns:
-        [E, C, d_out] (or [B, C, d_out]).
+        [E, C, d_out]. `call_with_overflow` also computes the overflow rows
+        of dropless dispatch.
 
     Example:
 
@@ -138,31 +140,87 @@ class FeedForwardExperts(keras.layers.Layer):
                 name="bias_out", shape=(self.num_experts, output_dim),
                 initializer=self.bias_initializer)
 
-    def call(self, inputs, block_expert=None, training=None):
+    def call(self, inputs, training=None):
+        return self._run(self._forward, inputs, training)
+
+    def call_with_overflow(self, inputs, overflow, training=None):
+        """The buffer and the overflow rows of dropless dispatch.
+
+        Args:
+            inputs: [E, C, d] dispatch buffer.
+            overflow: (rows [R, d], row_expert int [R], blocks), as
+                `dispatch.dispatch_overflow` gives them: rows sorted by
+                expert, `blocks` (`_grouped_matmul.Blocks`) cutting them
+                into blocks of one expert each. Each block runs its own
+                expert's network, reading the weights in place
+                (`_grouped_matmul.grouped_feed_forward`; with dropout in
+                training, two `grouped_matmul`s).
+            training: whether dropout applies.
+
+        Returns:
+            ([E, C, d_out], [R, d_out]); rows in no block have unspecified
+            values.
+        """
+        rows, row_expert, blocks = overflow
+        if training and self.dropout:
+            # Dropout masks would be [R, h]: the unfused path makes them.
+            forward = functools.partial(
+                self._grouped_forward, rows=rows, row_expert=row_expert,
+                blocks=blocks)
+            return self._run(forward, inputs, training)
+        weights = self._cast_weights()
+        if not self.use_bias:
+            weights += [ops.zeros((w.shape[0], w.shape[2]), w.dtype)
+                        for w in weights]
+        return grouped_feed_forward(inputs, rows, weights, blocks,
+                                    self.activation,
+                                    rematerialize=self.rematerialize)
+
+    def _cast_weights(self):
         weights = [self.kernel_in, self.kernel_out]
         if self.use_bias:
             weights += [self.bias_in, self.bias_out]
-        weights = [ops.cast(w, self.compute_dtype) for w in weights]
-        if block_expert is not None:
-            # Row b of the input belongs to expert block_expert[b].
-            weights = [ops.take(w, block_expert, axis=0) for w in weights]
+        return [ops.cast(w, self.compute_dtype) for w in weights]
+
+    def _run(self, forward, inputs, training):
+        weights = self._cast_weights()
         if self.rematerialize:
-            return keras.remat(self._forward)(inputs, *weights)
-        return self._forward(inputs, *weights, training=training)
+            return keras.remat(forward)(inputs, *weights)
+        return forward(inputs, *weights, training=training)
+
+    def _hidden(self, hidden, training):
+        hidden = self.activation(hidden)
+        if training and self.dropout:
+            hidden = keras.random.dropout(hidden, self.dropout,
+                                          seed=self.seed_generator)
+        return hidden
 
     def _forward(self, inputs, kernel_in, kernel_out, bias_in=None,
                  bias_out=None, training=None):
         hidden = expert_matmul(inputs, kernel_in)  # [E, C, h]
         if bias_in is not None:
             hidden = hidden + ops.expand_dims(bias_in, 1)
-        hidden = self.activation(hidden)
-        if training and self.dropout:
-            hidden = keras.random.dropout(hidden, self.dropout,
-                                          seed=self.seed_generator)
+        hidden = self._hidden(hidden, training)
         outputs = expert_matmul(hidden, kernel_out)  # [E, C, d_out]
         if bias_out is not None:
             outputs = outputs + ops.expand_dims(bias_out, 1)
         return outputs
+
+    def _grouped_forward(self, inputs, kernel_in, kernel_out, bias_in=None,
+                         bias_out=None, training=None, *, rows, row_expert,
+                         blocks):
+        hidden, row_hidden = grouped_matmul(inputs, rows, kernel_in, blocks)
+        if bias_in is not None:
+            hidden = hidden + ops.expand_dims(bias_in, 1)
+            row_hidden = row_hidden + ops.take(bias_in, row_expert, axis=0)
+        hidden = self._hidden(hidden, training)
+        row_hidden = self._hidden(row_hidden, training)
+        outputs, row_outputs = grouped_matmul(hidden, row_hidden, kernel_out,
+                                              blocks)
+        if bias_out is not None:
+            outputs = outputs + ops.expand_dims(bias_out, 1)
+            row_outputs = row_outputs + ops.take(bias_out, row_expert, axis=0)
+        return outputs, row_outputs
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)

@@ -1,5 +1,8 @@
 """Hierarchical Mixture-of-Experts (Shazeer et al. 2017, Appendix B)."""
 
+from typing import Any
+from typing import NamedTuple
+
 import keras
 from keras import ops
 
@@ -7,6 +10,7 @@ from sgmoe import _validation
 from sgmoe.layers import _moe_common
 from sgmoe.layers import balancing
 from sgmoe.layers import dispatch
+from sgmoe.layers._grouped_matmul import grouped_matmul
 from sgmoe.layers.noisy_top_k_gating import noisy_top_k
 
 LOSS_NAMES = ("importance_loss", "load_loss")
@@ -46,9 +50,14 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
     `MixtureOfExperts`. Group i's experts are rows i * experts_per_group to
     (i + 1) * experts_per_group - 1 of one `FeedForwardExperts` layer, so a
     layout that shards experts along that axis keeps each group's experts
-    together. Assignments over capacity are dropped at either level, as in
-    `MixtureOfExperts`, and counted in `dropped_fraction`; X^(i) counts the
-    tokens that reached group i.
+    together. In training, assignments over capacity are dropped at either
+    level, as in `MixtureOfExperts`, and counted in `dropped_fraction`;
+    X^(i) counts the tokens that reached group i. Outside training (unless
+    `eval_capacity_factor` is given), and with `dropless`, neither level
+    drops anything: each level's buffer is followed by its overflow rows,
+    sorted by group (by expert), on which the secondary gates (the
+    experts) run block by block with their own group's (expert's) weights
+    (`dispatch.plan_dropless`).
 
     The monitoring variables are those of `MixtureOfExperts`, over all
     num_groups * experts_per_group experts (group-major):
@@ -65,9 +74,10 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         expert_hidden_dim: hidden units of each expert (keyword argument).
         capacity_factor, eval_capacity_factor, min_capacity, output_activation,
         output_dim, expert_activation, use_bias, kernel_initializer,
-        rematerialize_experts, expert_dropout, noisy, importance_weight,
-        load_weight, noise_epsilon, seed: as in `MixtureOfExperts`; capacity
-            applies at both levels.
+        rematerialize_experts, expert_dropout, dropless, noisy,
+        importance_weight, load_weight, noise_epsilon, seed: as in
+            `MixtureOfExperts`; capacity (and dropless dispatch) applies at
+            both levels.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -102,6 +112,7 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         kernel_initializer=None,
         rematerialize_experts=False,
         expert_dropout=0.0,
+        dropless=False,
         noisy=True,
         importance_weight=0.1,
         load_weight=0.1,
@@ -124,6 +135,7 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
             min_capacity, output_activation, output_dim, expert_activation,
             use_bias, kernel_initializer, rematerialize_experts,
             expert_dropout)
+        self.dropless = bool(dropless)
         self.noisy = bool(noisy)
         self.importance_weight = _validation.check_non_negative_float(
             "importance_weight", importance_weight)
@@ -161,7 +173,8 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         noisy = self.noisy and bool(training)
         groups, per_group = self.num_groups, self.experts_per_group
 
-        # Primary gate: tokens [N, d] -> groups, buffer [G, C1, d].
+        # Primary gate: tokens [N, d] -> groups: a buffer [G, C1, d], and
+        # with dropless dispatch overflow rows [R1, d] sorted by group.
         x = ops.cast(tokens, "float32")
         primary = noisy_top_k(
             ops.matmul(x, self.primary_w_gate), self.k_primary,
@@ -169,56 +182,37 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
                           else None),
             noise_epsilon=self.noise_epsilon,
             seed_generator=self.seed_generator)
-        primary_plan = dispatch.plan_top_k(
-            primary.expert_indices, primary.weights, groups,
-            dispatch.expert_capacity(num_tokens, groups, self.k_primary,
-                                     capacity_factor, self.min_capacity))
+        primary_plan = self._plan(primary.expert_indices, primary.weights,
+                                  groups, num_tokens, capacity_factor)
         group_tokens = dispatch.dispatch(tokens, primary_plan)
-        in_group = primary_plan.slot_filled  # [G, C1]
+        slots = _group_slots(group_tokens, primary_plan, tokens)
 
         # Secondary gates: group i's network on group i's slots only.
-        group_x = ops.cast(group_tokens, "float32")
+        slot_x = ops.cast(slots.inputs, "float32")
         secondary = noisy_top_k(
-            ops.einsum("gcd,gde->gce", group_x, self.secondary_w_gate),
+            self._group_logits(slot_x, self.secondary_w_gate, slots),
             self.k_secondary,
-            noise_logits=(ops.einsum("gcd,gde->gce", group_x,
-                                     self.secondary_w_noise) if noisy
-                          else None),
+            noise_logits=(self._group_logits(slot_x, self.secondary_w_noise,
+                                             slots) if noisy else None),
             noise_epsilon=self.noise_epsilon,
             seed_generator=self.seed_generator)
         # Expert j of group i is expert i * experts_per_group + j; empty
         # slots route to no expert.
-        group_offset = ops.reshape(
-            ops.arange(groups, dtype="int32") * per_group, (groups, 1, 1))
         expert_indices = ops.where(
-            ops.expand_dims(in_group, -1),
-            secondary.expert_indices + group_offset, self.num_experts)
-        expert_indices = ops.reshape(expert_indices, (-1, self.k_secondary))
-        secondary_weights = ops.reshape(secondary.weights,
-                                        (-1, self.k_secondary))
-        capacity = dispatch.expert_capacity(
-            num_tokens * self.k_primary, self.num_experts, self.k_secondary,
-            capacity_factor, self.min_capacity)
-        group_capacity = ops.shape(group_tokens)[1]
-        capacity = (min(capacity, group_capacity)
-                    if isinstance(capacity, int)
-                    and isinstance(group_capacity, int)
-                    else ops.minimum(capacity, group_capacity))
-        secondary_plan = dispatch.plan_top_k(
-            expert_indices, secondary_weights, self.num_experts, capacity)
-        expert_outputs = self.experts(
-            dispatch.dispatch(ops.reshape(group_tokens, (-1, self.input_dim)),
-                              secondary_plan),
-            training=training)
-        group_outputs = dispatch.combine(expert_outputs, secondary_plan)
-        outputs = dispatch.combine(
-            ops.reshape(group_outputs, (groups, -1, group_outputs.shape[-1])),
-            primary_plan)
+            ops.expand_dims(slots.filled, -1),
+            secondary.expert_indices
+            + ops.expand_dims(slots.group * per_group, -1),
+            self.num_experts)
+        secondary_plan = self._plan(
+            expert_indices, secondary.weights, self.num_experts,
+            num_tokens * self.k_primary, capacity_factor,
+            max_capacity=ops.shape(group_tokens)[1])
+        slot_outputs = self._experts(slots.inputs, secondary_plan, training)
+        outputs = _combine_groups(slot_outputs, primary_plan, group_tokens)
         outputs = self.output_activation(outputs)
 
         importance, load = self._importance_and_load(
-            primary, secondary, primary_plan, expert_indices,
-            secondary_weights)
+            primary, secondary, slots, expert_indices)
         auxiliary_losses = {
             "importance_loss":
                 self.importance_weight * balancing.cv_squared(importance),
@@ -227,23 +221,63 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         if training:
             self.add_loss(sum(auxiliary_losses.values()))
         # Kept assignments over all N * k_primary * k_secondary.
-        reached_groups = ops.sum(ops.cast(in_group, "float32"))
+        reached_groups = ops.sum(ops.cast(slots.filled, "float32"))
         kept = ((1.0 - secondary_plan.dropped_fraction) * reached_groups
                 * self.k_secondary)
-        dropped_fraction = 1.0 - kept / ops.cast(
-            num_tokens * self.k_primary * self.k_secondary, "float32")
+        total = ops.cast(num_tokens * self.k_primary * self.k_secondary,
+                         "float32")
+        dropped_fraction = (total - kept) / total
         _moe_common.record_statistics(self, importance, load,
                                       dropped_fraction, auxiliary_losses)
         return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
 
-    def _importance_and_load(self, primary, secondary, primary_plan,
-                             expert_indices, secondary_weights):
+    def _plan(self, indices, weights, num_experts, tokens, capacity_factor,
+              max_capacity=None):
+        """Dropless (no capacity factor) or capacity dispatch of a level."""
+        if capacity_factor is None:
+            return dispatch.plan_dropless(indices, weights, num_experts)
+        capacity = dispatch.expert_capacity(
+            tokens, num_experts, indices.shape[1], capacity_factor,
+            self.min_capacity)
+        if max_capacity is not None:
+            capacity = (min(capacity, max_capacity)
+                        if isinstance(capacity, int)
+                        and isinstance(max_capacity, int)
+                        else ops.minimum(capacity, max_capacity))
+        return dispatch.plan_top_k(indices, weights, num_experts, capacity)
+
+    def _group_logits(self, slot_x, kernel, slots):
+        """Each slot's logits under its own group's kernel [G, d, E_g]."""
+        num_buffer = slots.buffer_shape[0] * slots.buffer_shape[1]
+        buffer_x = ops.reshape(slot_x[:num_buffer],
+                               slots.buffer_shape + (slot_x.shape[-1],))
+        if slots.blocks is None:
+            logits = ops.matmul(buffer_x, kernel)
+            return ops.reshape(logits, (-1, kernel.shape[-1]))
+        logits, row_logits = grouped_matmul(buffer_x, slot_x[num_buffer:],
+                                            kernel, slots.blocks)
+        return ops.concatenate(
+            [ops.reshape(logits, (-1, kernel.shape[-1])), row_logits])
+
+    def _experts(self, slot_inputs, plan, training):
+        """The experts on the slots: [slots, d] -> [slots, d_out]."""
+        expert_inputs = dispatch.dispatch(slot_inputs, plan)
+        if plan.overflow is None:
+            return dispatch.combine(
+                self.experts(expert_inputs, training=training), plan)
+        expert_outputs, overflow_outputs = self.experts.call_with_overflow(
+            expert_inputs, dispatch.dispatch_overflow(slot_inputs, plan),
+            training=training)
+        return dispatch.combine(expert_outputs, plan,
+                                overflow_outputs=overflow_outputs)
+
+    def _importance_and_load(self, primary, secondary, slots,
+                             expert_indices):
         """Importance_H and Load_H [G * E_g], from the gates of both levels."""
         groups, per_group = self.num_groups, self.experts_per_group
-        in_group = ops.cast(primary_plan.slot_filled, "float32")  # [G, C1]
+        filled = ops.cast(slots.filled, "float32")  # [S]
         # G_primary(x)_i * G_i(x)_j for every (slot, choice); 0 for empty.
-        pair_weights = (ops.reshape(primary_plan.slot_weight, (-1, 1))
-                        * secondary_weights)
+        pair_weights = ops.expand_dims(slots.weight, 1) * secondary.weights
         importance = balancing.count_per_expert(
             ops.minimum(expert_indices, self.num_experts - 1),
             self.num_experts, weights=pair_weights)
@@ -254,14 +288,15 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
             primary_load = balancing.count_per_expert(
                 primary.expert_indices, groups)
         if secondary.probability_in_top_k is not None:
-            secondary_load = ops.sum(
-                secondary.probability_in_top_k
-                * ops.expand_dims(in_group, -1), axis=1)  # [G, E_g]
+            secondary_load = ops.segment_sum(
+                secondary.probability_in_top_k * ops.expand_dims(filled, -1),
+                slots.group, num_segments=groups)  # [G, E_g]
         else:
             secondary_load = ops.reshape(balancing.count_per_expert(
                 expert_indices, self.num_experts + 1)[:self.num_experts],
                 (groups, per_group))
-        tokens_in_group = ops.maximum(ops.sum(in_group, axis=1), 1.0)  # [G]
+        tokens_in_group = ops.maximum(
+            ops.segment_sum(filled, slots.group, num_segments=groups), 1.0)
         load = (ops.expand_dims(primary_load / tokens_in_group, 1)
                 * secondary_load)
         return importance, ops.reshape(load, (-1,))
@@ -278,6 +313,7 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
             "k_primary": self.k_primary,
             "k_secondary": self.k_secondary,
             **_moe_common.expert_config(self),
+            "dropless": self.dropless,
             "noisy": self.noisy,
             "importance_weight": self.importance_weight,
             "load_weight": self.load_weight,
@@ -285,3 +321,42 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
             "seed": self.seed,
         })
         return config
+
+
+class _GroupSlots(NamedTuple):
+    """The primary level's output, as one list of slots [S] for the
+    secondary gates: the group buffer's G * C1 slots, then (dropless) its
+    overflow rows."""
+
+    inputs: Any  # [S, d]
+    group: Any  # int32 [S]
+    filled: Any  # bool [S]
+    weight: Any  # float32 [S], the primary gate value; 0 if empty
+    buffer_shape: Any  # (G, C1)
+    blocks: Any  # the overflow's `Blocks`, or None
+
+
+def _group_slots(group_tokens, plan, tokens):
+    groups, capacity = ops.shape(group_tokens)[0], ops.shape(group_tokens)[1]
+    slot_group = ops.repeat(ops.arange(groups, dtype="int32"), capacity)
+    parts = [(ops.reshape(group_tokens, (-1, group_tokens.shape[-1])),
+              slot_group, ops.reshape(plan.slot_filled, (-1,)),
+              ops.reshape(plan.slot_weight, (-1,)))]
+    overflow = plan.overflow
+    if overflow is not None:
+        rows, row_expert, _ = dispatch.dispatch_overflow(tokens, plan)
+        parts.append((rows, row_expert, overflow.row_used,
+                      overflow.row_weight))
+    inputs, group, filled, weight = (ops.concatenate(list(part), axis=0)
+                                     for part in zip(*parts))
+    return _GroupSlots(inputs, group, filled, weight, (groups, capacity),
+                       None if overflow is None else overflow.blocks)
+
+
+def _combine_groups(slot_outputs, plan, group_tokens):
+    """Slot outputs [S, d] back to tokens through the primary plan."""
+    groups, capacity = ops.shape(group_tokens)[0], ops.shape(group_tokens)[1]
+    buffer_outputs = ops.reshape(slot_outputs[:groups * capacity],
+                                 (groups, capacity, slot_outputs.shape[-1]))
+    return dispatch.combine(buffer_outputs, plan,
+                            overflow_outputs=slot_outputs[groups * capacity:])

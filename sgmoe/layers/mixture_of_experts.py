@@ -11,6 +11,7 @@ from sgmoe.layers import dispatch
 from sgmoe.layers.expert_choice_router import ExpertChoiceRouter
 from sgmoe.layers.gshard_router import GShardRouter
 from sgmoe.layers.noisy_top_k_gating import NoisyTopKGating
+from sgmoe.layers.routing_result import ExpertSlots
 from sgmoe.layers.strictly_balanced_gating import StrictlyBalancedGating
 from sgmoe.layers.switch_router import SwitchRouter
 
@@ -44,17 +45,26 @@ class MixtureOfExperts(keras.layers.Layer):
     output has the input's shape with d_out last.
 
     Dispatch is sparse with static shapes: data movement is O(tokens * k * d)
-    and expert FLOPs O(tokens * k * d * h * capacity_factor), whatever the
-    number of experts. Each expert takes at most
-    `ceil(capacity_factor * tokens * k / num_experts)` tokens per call; the
-    least preferred assignments beyond that are dropped (a token's first
-    choices are served before anyone's second choices). A dropped assignment
-    contributes nothing, the token's other experts still count, and a token
-    with all its assignments dropped gets a zero output, which a residual
-    connection around the layer carries past it. The paper itself dispatches
-    without a capacity limit; its balancing losses keep the load within a
-    small factor of the mean, which is what the default capacity factor of
-    1.25 leaves room for.
+    and expert FLOPs O(tokens * k * d * h), whatever the number of experts.
+
+    Capacity (GShard, Switch Transformer) is a training-time device. In
+    training each expert takes at most `ceil(capacity_factor * tokens * k /
+    num_experts)` tokens per call; the least preferred assignments beyond
+    that are dropped (a token's first choices are served before anyone's
+    second choices). A dropped assignment contributes nothing, the token's
+    other experts still count, and a token with all its assignments dropped
+    gets a zero output, which a residual connection around the layer carries
+    past it. Outside training nothing is dropped by default, as in the
+    paper's layer, which has no capacity limit: the assignments that do not
+    fit an expert's buffer overflow into rows computed block by block with
+    that expert's weights (`dispatch.plan_dropless`), so every token gets
+    all its k experts whatever the routing skew, and a model evaluates,
+    predicts and decodes independently of how the other tokens of the batch
+    route. `eval_capacity_factor` asks for a capacity at inference instead
+    (GShard/Switch style): a fixed cost per call, paid for with dropped
+    assignments wherever the routing is uneven, which the clean (noise-free)
+    gate of a model trained with noise often is. `dropless=True` drops
+    nothing in training either (MegaBlocks, Gale et al. 2022).
 
     Statistics of the last call are kept in non-trainable variables, for
     monitoring: `expert_importance` [E], `expert_load` [E],
@@ -74,10 +84,11 @@ class MixtureOfExperts(keras.layers.Layer):
             that splits tokens into groups (`GShardRouter`), capacity
             applies per group: ceil(capacity_factor * tokens_per_group * k
             / E).
-        eval_capacity_factor: the same outside training (> 0); None means
-            `capacity_factor`. It is read when a call is traced, so it can be
-            changed on a built or loaded model without rebuilding it; a
-            compiled predict function must be re-traced to see a new value
+        eval_capacity_factor: a capacity factor outside training (> 0), or
+            None (the default) for none: inference then keeps every
+            assignment (see above). It is read when a call is traced, so it
+            can be changed on a built or loaded model without rebuilding it;
+            a compiled predict function must be re-traced to see a new value
             (`model.make_predict_function(force=True)`).
         min_capacity: the least number of slots per expert (and group),
             whatever the capacity factor gives (GShard's minimum capacity).
@@ -99,17 +110,18 @@ class MixtureOfExperts(keras.layers.Layer):
             device, or 1 under a mesh to have every "batch" row compute
             every token for its experts instead (more FLOPs and token
             traffic, no expert-gradient sync); it must divide the tokens of
-            every call. Not used by dropless dispatch or by routers that
-            fill expert slots themselves.
-        dropless: if true, no assignment is ever dropped (MegaBlocks, Gale et
-            al. 2022): each expert's tokens fill blocks of `block_size`
-            rows, its last block padded, and every block runs with its
-            expert's weights; capacity arguments are then not used. Shapes
-            stay static: at most tokens * k + E * (block_size - 1) rows.
-        block_size: rows per block of dropless dispatch, or None (the
-            default) for about the mean load tokens * k / E, at most 128
-            (`dispatch.auto_block_size`). Smaller blocks pad less; larger
-            blocks gather expert weights fewer times.
+            every call. Not used by dropless dispatch (inference without
+            an `eval_capacity_factor`, or `dropless`), which routes the
+            whole macro-batch as one group, or by routers that fill expert
+            slots themselves.
+        dropless: if true, no assignment is ever dropped, in training too:
+            each expert's first assignments fill an [E, C, d] buffer (C
+            about the mean load plus two standard deviations of a balanced
+            router, `dispatch.dropless_capacity`) and the rest are computed
+            in blocks of one expert each; capacity arguments are then not
+            used. Only for routers where tokens choose experts.
+        block_size: most rows per overflow block of dropless dispatch, or
+            None (the default) for the buffer's capacity per expert.
         output_activation: applied to the combined output; "sigmoid"
             reproduces the paper's language model.
         output_dim: d_out of each expert; defaults to the input dimension.
@@ -274,9 +286,15 @@ class MixtureOfExperts(keras.layers.Layer):
         self.experts.build((self.num_experts, None, self.input_dim))
         if self.dense_expert is not None:
             self.dense_expert.build((1, None, self.input_dim))
-        loss_spec = self.router.compute_output_spec(
-            keras.KerasTensor((None, self.input_dim))).auxiliary_losses
-        _moe_common.add_statistics(self, self.num_experts, loss_spec)
+        routing_spec = self.router.compute_output_spec(
+            keras.KerasTensor((None, self.input_dim)))
+        if self.dropless and isinstance(routing_spec, ExpertSlots):
+            raise ValueError(
+                "`dropless` applies to routers where tokens choose experts; "
+                f"{type(self.router).__name__} fills expert slots itself, so "
+                "nothing is dropped by capacity. Use dropless=False.")
+        _moe_common.add_statistics(self, self.num_experts,
+                                   routing_spec.auxiliary_losses)
 
     def call(self, inputs, training=None):
         tokens, leading_shape = _moe_common.flatten_tokens(self, inputs)
@@ -287,7 +305,7 @@ class MixtureOfExperts(keras.layers.Layer):
             capacity_factor=_moe_common.capacity_factor(self, training),
             min_capacity=self.min_capacity,
             num_groups=self._token_groups(num_tokens),
-            dropless=self.dropless, block_size=self.block_size)
+            block_size=self.block_size)
         # Placements a distribution's layout map may ask for (the paper's
         # layout: see sgmoe.distribute.expert_layout_map).
         place_groups = functools.partial(_moe_common.distribute_tensor, self,
@@ -295,11 +313,15 @@ class MixtureOfExperts(keras.layers.Layer):
         expert_inputs = _moe_common.distribute_tensor(
             self.experts, "input",
             dispatch.dispatch(tokens, plan, place_groups))
-        expert_outputs = self.experts(expert_inputs,
-                                      block_expert=plan.block_expert,
-                                      training=training)
+        if plan.overflow is None:
+            expert_outputs = self.experts(expert_inputs, training=training)
+            overflow_outputs = None
+        else:
+            expert_outputs, overflow_outputs = self.experts.call_with_overflow(
+                expert_inputs, dispatch.dispatch_overflow(tokens, plan),
+                training=training)
         outputs = dispatch.combine(expert_outputs, plan, num_tokens,
-                                   place_groups)
+                                   place_groups, overflow_outputs)
         if self.dense_expert is not None:
             outputs = outputs + self.dense_expert(
                 ops.expand_dims(tokens, 0), training=training)[0]

@@ -47,7 +47,15 @@ class StrictlyBalancedGating(keras.layers.Layer):
     expert has C_eval = ceil(eval_capacity_factor * m) slots (clamped to
     N), filled with its highest-G_sigma tokens among those above its
     threshold. An expert with more than C_eval tokens above threshold keeps
-    the C_eval highest; the paper's threshold mask is unbounded.
+    the C_eval highest; the paper's threshold mask is unbounded. This cap
+    stays at inference, unlike the token-choice routers' capacity, because
+    the threshold mask bounds nothing per token: a token may pass the
+    thresholds of all E experts (every token passes every threshold of an
+    untrained T = 0), so a static no-drop bound would be N * E slots, the
+    dense cost sparse dispatch exists to avoid. The default C_eval = 2 m
+    leaves twice the training load per expert; raise
+    `eval_capacity_factor` (up to E / k, where C_eval reaches N) to drop
+    less.
 
     A token's gate values are normalised over the experts that hold it; a
     token no expert holds gets zero output (a residual connection around

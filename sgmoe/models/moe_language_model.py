@@ -124,8 +124,9 @@ class MoELanguageModel(moe_model.MoEModel):
             expert, so its presets have none.
         feed_forward_hidden_layers: hidden layers of a "feed_forward" layer.
         capacity_factor: expert capacity factor in training.
-        eval_capacity_factor: the same outside training; None means
-            `capacity_factor`.
+        eval_capacity_factor: a capacity factor outside training; None
+            (the default) drops nothing at inference (see
+            `MixtureOfExperts`).
         importance_weight: w_importance of the MoE balancing loss.
         load_weight: w_load of the MoE balancing loss.
         dropout: DropProb, dropout rate after every layer but the softmax.

@@ -80,12 +80,11 @@ class MoETranslationModel(moe_model.MoEModel):
     routers that look across the batch (strictly balanced in training,
     expert choice) therefore let a decoder position's routing depend on
     other positions, later ones included; the paper used strictly balanced
-    gating anyway. Padding positions also take expert capacity, so outputs
-    are independent of the padding (and decoding scores equal teacher-forced
-    ones) only when no assignment is dropped: give `eval_capacity_factor`
-    >= num_experts / k (hierarchical: num_groups * experts_per_group /
-    (k_primary * k_secondary)), or use a strictly balanced router whose
-    eval capacity reaches the whole batch, as the tiny presets do.
+    gating anyway. Token-choice MoEs drop nothing at inference by default,
+    so their outputs are independent of the padding and decoding scores
+    equal teacher-forced ones; an `eval_capacity_factor` (or a strictly
+    balanced router's inference cap, unless it reaches the whole batch as
+    in the tiny presets) would let padding positions take expert capacity.
 
     Loss: compiled with `loss=None`, the model computes the mean token
     cross-entropy over non-padding targets plus the MoE balancing losses.

@@ -19,9 +19,9 @@ width), and dropout 0.1.
 "small_moe" and "small_baseline" (vocabulary 2000, width 128; with and
 without the two MoE layers) are the bundled-data demo of
 scripts/train_translation.py, a few minutes on 2 CPU cores. The tiny
-presets (vocabulary 32, width 16) are for tests. They
-keep every MoE from dropping assignments at inference (a strictly balanced
-router's eval capacity, or `eval_capacity_factor` >= experts / k), so that
+presets (vocabulary 32, width 16) are for tests. No MoE of theirs drops an
+assignment at inference (token-choice MoEs drop nothing there by default;
+the strictly balanced router's inference cap reaches the whole batch), so
 padding never changes a sentence's outputs and decoding scores equal
 teacher-forced ones. "tiny_pyramid" has 4 experts in the encoder MoE and 8
 in the decoder MoE (DeepSpeed-MoE's pyramid: more experts later).
@@ -91,17 +91,15 @@ PRESETS = {
                                      router="strictly_balanced"))),
     "tiny_h": dict(_TINY, **_both(dict(
         _TINY_EXPERTS, num_groups=4, experts_per_group=4, k_primary=2,
-        k_secondary=2, expert_hidden_dim=16, eval_capacity_factor=4.0))),
+        k_secondary=2, expert_hidden_dim=16))),
     # The bundled-data demo of scripts/train_translation.py (CPU, minutes):
     # 16 experts, k = 4, as flat as the paper's MoE-32 but with noisy top-k
-    # gating and an eval capacity that never drops an assignment.
+    # gating.
     "small_moe": dict(_SMALL, **_both(dict(
-        _SMALL_EXPERTS, num_experts=16, k=4, eval_capacity_factor=4.0))),
+        _SMALL_EXPERTS, num_experts=16, k=4))),
     "small_baseline": dict(_SMALL),
     "tiny_pyramid": dict(
         _TINY,
-        encoder_moe=dict(_TINY_EXPERTS, num_experts=4, k=2,
-                         eval_capacity_factor=2.0),
-        decoder_moe=dict(_TINY_EXPERTS, num_experts=8, k=2,
-                         eval_capacity_factor=4.0)),
+        encoder_moe=dict(_TINY_EXPERTS, num_experts=4, k=2),
+        decoder_moe=dict(_TINY_EXPERTS, num_experts=8, k=2)),
 }

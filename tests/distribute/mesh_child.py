@@ -16,7 +16,10 @@ before JAX starts); prints one JSON line with what the test checks:
 - "paper_layout": the "lm" report and the forward collectives on the mesh
   batch:8 with experts split over "batch" (expert_axis="batch");
 - "indivisible_experts_error": what creating 2 experts over a "model" axis
-  of 4 raises.
+  of 4 raises;
+- "inference": the sharded tiny LM (capacity factor 0.5, so training
+  drops) evaluated on the mesh against the same weights on one device:
+  the largest logit difference and each MoE's dropped fraction.
 """
 
 import json
@@ -226,6 +229,23 @@ def forward_collectives(num_experts, num_tokens=512, model_dim=24, k=2,
             for op, dtype, shape, size in collectives(text)]
 
 
+def inference_without_drops(sharded, distribution, ids):
+    """Logits of the mesh model and of one device with its weights."""
+    training_dropped = float(np.array(moe_layer(sharded).dropped_fraction))
+    with distribution.scope():
+        sharded_logits = np.array(sharded(ids, training=False))
+    single = language_model(None)
+    single.set_weights([np.array(w.value) for w in sharded.weights])
+    single_logits = np.array(single(ids, training=False))
+    return {
+        "training_dropped": training_dropped,
+        "dropped": float(np.array(moe_layer(sharded).dropped_fraction)),
+        "single_dropped": float(np.array(moe_layer(single).dropped_fraction)),
+        "max_difference": float(np.abs(sharded_logits - single_logits).max()),
+        "logit_scale": float(np.abs(single_logits).max()),
+    }
+
+
 def indivisible_experts_error():
     """The error for 2 experts over a "model" axis of 4."""
     with model_parallel(MESH).scope():
@@ -259,6 +279,7 @@ def main():
         for e in (8, 32)}
 
     more_ids = rng.randint(1, VOCAB, (BATCH, LENGTH)).astype("int32")
+    inference = inference_without_drops(sharded, distribution, more_ids)
     checkpoints = checkpoint_round_trips(single, sharded, distribution,
                                          more_ids, targets)
     print(json.dumps({
@@ -269,6 +290,7 @@ def main():
         "collectives": {str(e): forward_collectives(e) for e in (8, 32)},
         "paper_layout": paper,
         "indivisible_experts_error": indivisible_experts_error(),
+        "inference": inference,
     }))
 
 

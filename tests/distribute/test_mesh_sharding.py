@@ -236,3 +236,12 @@ def test_tensorflow_data_parallel_step_matches_one_device(reports):
                                rtol=1e-5)
     assert report["max_difference"] < 1e-5
     assert report["min_moved"] > 1e-3
+
+
+def test_inference_on_the_mesh_drops_nothing(mesh):
+    # Capacity factor 0.5 drops in training; evaluation on the mesh keeps
+    # every assignment and equals one device with the same weights.
+    report = mesh["inference"]
+    assert report["training_dropped"] > 0.0
+    assert report["dropped"] == 0.0 and report["single_dropped"] == 0.0
+    assert report["max_difference"] <= 1e-5 * max(1.0, report["logit_scale"])

@@ -22,7 +22,8 @@ def random_routing(num_tokens, k, num_experts, seed=0, skew=0.0):
 
 def numpy_plan(plan):
     return {name: (None if value is None else ops.convert_to_numpy(value))
-            for name, value in plan._asdict().items()}
+            for name, value in plan._asdict().items()
+            if name != "overflow"}
 
 
 def check_round_trip(plan, indices, weights, kept, num_experts, block_size):
@@ -39,10 +40,7 @@ def check_round_trip(plan, indices, weights, kept, num_experts, block_size):
     filled = p["slot_filled"].ravel()
     kept_slots = slots[kept]
     assert len(set(kept_slots.tolist())) == kept.sum()
-    row_expert = (np.arange(p["slot_token"].shape[0])
-                  if p["block_expert"] is None else p["block_expert"])
-    np.testing.assert_array_equal(row_expert[kept_slots // block_size],
-                                  indices[kept])
+    np.testing.assert_array_equal(kept_slots // block_size, indices[kept])
     token_of_assignment = np.repeat(np.arange(num_tokens)[:, None], k, 1)
     np.testing.assert_array_equal(slot_token[kept_slots],
                                   token_of_assignment[kept])
@@ -118,37 +116,101 @@ def test_out_of_range_index_means_no_expert():
     check_round_trip(plan, indices, weights, kept, 3, block_size=2)
 
 
-@pytest.mark.parametrize("num_tokens, k, num_experts, block_size, skew", [
-    (12, 2, 4, 4, 0.7), (30, 3, 5, 8, 2.0), (9, 2, 8, 3, 0.0),
-    (16, 1, 2, 16, 5.0), (7, 2, 16, 1, 0.3)])
+def overflow_numpy(plan):
+    overflow = plan.overflow
+    values = {name: ops.convert_to_numpy(value) for name, value in
+              overflow._asdict().items() if name != "blocks"}
+    blocks = overflow.blocks
+    count = int(ops.convert_to_numpy(blocks.count))
+    values["blocks"] = [
+        tuple(int(v) for v in ops.convert_to_numpy(ops.stack(
+            [blocks.expert[i], blocks.start[i], blocks.length[i]])))
+        for i in range(count)]
+    return values
+
+
+@pytest.mark.parametrize("num_tokens, k, num_experts, capacity, block_size, "
+                         "skew", [
+                             (12, 2, 4, 2, 4, 0.7), (30, 3, 5, 3, 2, 2.0),
+                             (9, 2, 8, 1, 3, 0.0), (16, 1, 2, 4, 16, 5.0),
+                             (7, 2, 16, 1, 1, 0.3), (40, 2, 4, 20, 5, 0.0)])
 def test_dropless_keeps_every_assignment(num_tokens, k, num_experts,
-                                         block_size, skew):
+                                         capacity, block_size, skew):
     indices, weights = random_routing(num_tokens, k, num_experts,
                                       seed=num_experts, skew=skew)
     plan = dispatch.plan_dropless(ops.convert_to_tensor(indices),
                                   ops.convert_to_tensor(weights), num_experts,
-                                  block_size)
-    num_blocks = plan.slot_token.shape[0]
-    assignments = num_tokens * k
-    assert num_blocks == -(-(assignments + min(num_experts, assignments)
-                             * (block_size - 1)) // block_size)
-    assert tuple(plan.slot_token.shape) == (num_blocks, block_size)
-    kept = np.ones_like(indices, dtype=bool)
-    check_round_trip(plan, indices, weights, kept, num_experts, block_size)
+                                  capacity, block_size)
     assert float(ops.convert_to_numpy(plan.dropped_fraction)) == 0.0
-    # Each expert's rows are contiguous whole blocks, in expert order, with
-    # all its tokens first: the padding is only at each expert's end.
+    assert tuple(plan.slot_token.shape) == (num_experts, capacity)
+    # The buffer holds what capacity dispatch would keep, exactly as
+    # plan_top_k holds it.
+    in_buffer = ref.capacity_kept(indices, num_experts, capacity)
+    top_k = numpy_plan(dispatch.plan_top_k(
+        ops.convert_to_tensor(indices), ops.convert_to_tensor(weights),
+        num_experts, capacity))
     p = numpy_plan(plan)
+    for name in ("slot_token", "slot_weight", "slot_filled"):
+        np.testing.assert_array_equal(p[name], top_k[name])
+    np.testing.assert_array_equal(p["assignment_slot"][in_buffer],
+                                  top_k["assignment_slot"][in_buffer])
+    np.testing.assert_allclose(p["assignment_weight"], weights)
+
+    # The rest are overflow rows: one each, of their expert, token and gate,
+    # sorted by expert, first choices first.
+    o = overflow_numpy(plan)
+    num_rows = len(o["row_token"])
+    assert num_rows == num_tokens * k + block_size
+    overflow_rows = p["assignment_slot"][~in_buffer] - num_experts * capacity
+    assert len(set(overflow_rows.tolist())) == (~in_buffer).sum()
+    np.testing.assert_array_equal(np.sort(overflow_rows),
+                                  np.arange((~in_buffer).sum()))
+    token = np.repeat(np.arange(num_tokens)[:, None], k, 1)
+    np.testing.assert_array_equal(o["row_token"][overflow_rows],
+                                  token[~in_buffer])
+    np.testing.assert_array_equal(o["row_expert"][overflow_rows],
+                                  indices[~in_buffer])
+    np.testing.assert_allclose(o["row_weight"][overflow_rows],
+                               weights[~in_buffer])
+    used = o["row_used"]
+    assert used.sum() == (~in_buffer).sum() and used[:used.sum()].all()
+    np.testing.assert_array_equal(o["row_weight"][~used], 0.0)
+    assert np.all(np.diff(o["row_expert"][used]) >= 0)
+
+    # Blocks: consecutive, each within one expert's rows, at most
+    # block_size long, covering exactly the used rows.
+    covered = []
+    for expert, start, length in o["blocks"]:
+        assert 1 <= length <= block_size
+        rows = np.arange(start, start + length)
+        np.testing.assert_array_equal(o["row_expert"][rows], expert)
+        covered.extend(rows.tolist())
+    np.testing.assert_array_equal(covered, np.arange(used.sum()))
     counts = np.bincount(indices.ravel(), minlength=num_experts)
-    blocks = -(-counts // block_size)
-    np.testing.assert_array_equal(
-        p["block_expert"][:blocks.sum()], np.repeat(np.arange(num_experts),
-                                                    blocks))
-    for e in range(num_experts):
-        rows = p["block_expert"][:blocks.sum()] == e
-        tokens = p["slot_token"][:blocks.sum()][rows].ravel()[:counts[e]]
-        np.testing.assert_array_equal(np.sort(tokens), np.nonzero(
-            (indices == e).any(1))[0])
+    assert len(o["blocks"]) == (-(-np.maximum(counts - capacity, 0)
+                                  // block_size)).sum()
+
+    # Identity experts: every token gets (sum of its gates) * x back.
+    x = np.random.RandomState(1).randn(num_tokens, 6).astype("float32")
+    x_tensor = ops.convert_to_tensor(x)
+    rows, _, _ = dispatch.dispatch_overflow(x_tensor, plan)
+    y = ops.convert_to_numpy(dispatch.combine(
+        dispatch.dispatch(x_tensor, plan), plan, overflow_outputs=rows))
+    np.testing.assert_allclose(y, weights.sum(1, keepdims=True) * x,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_dropless_default_capacity_is_the_balanced_tail():
+    assert dispatch.dropless_capacity(4096, 1024, 2) == 14  # 8 + 2 sqrt(8)
+    assert dispatch.dropless_capacity(4096, 8, 2) == 1088
+    assert dispatch.dropless_capacity(4, 64, 2) == 1
+    assert dispatch.dropless_capacity(16, 1, 2) == 16  # at most N
+    indices, weights = random_routing(64, 2, 8, skew=3.0)
+    plan = dispatch.plan_dropless(ops.convert_to_tensor(indices),
+                                  ops.convert_to_tensor(weights), 8)
+    capacity = dispatch.dropless_capacity(64, 8, 2)
+    assert tuple(plan.slot_token.shape) == (8, capacity)
+    assert plan.overflow.blocks.size == capacity
 
 
 def test_expert_choice_plan_sums_slots_into_tokens():
@@ -186,8 +248,10 @@ def test_buffer_grows_with_tokens_times_k_not_experts():
         dropless = dispatch.plan_dropless(ops.convert_to_tensor(indices),
                                           ops.convert_to_tensor(weights),
                                           num_experts, block_size=4)
+        # Buffer E * (m + 2 sqrt(m)) plus N k + 4 overflow rows.
         assert (np.prod(dropless.slot_token.shape)
-                <= 64 * 2 + min(num_experts, 128) * 3 + 4)
+                <= 64 * 2 + 2 * np.sqrt(64 * 2 * num_experts) + num_experts)
+        assert dropless.overflow.row_token.shape[0] == 64 * 2 + 4
 
 
 def test_min_capacity():
@@ -204,20 +268,4 @@ def test_rejects_bad_arguments():
         dispatch.expert_capacity(8, 4, 2, 1.0, min_capacity=0)
     with pytest.raises(ValueError, match="`block_size`"):
         dispatch.plan_dropless(ops.zeros((4, 2), "int32"), ops.ones((4, 2)),
-                               4, 0)
-
-
-def test_auto_block_size_keeps_rows_within_twice_the_assignments():
-    assert dispatch.auto_block_size(8192, 8) == 128
-    assert dispatch.auto_block_size(8192, 1024) == 8
-    assert dispatch.auto_block_size(16, 64) == 1
-    for num_experts in (4, 64, 512):
-        indices, weights = random_routing(256, 2, num_experts,
-                                          seed=num_experts)
-        plan = dispatch.plan_dropless(ops.convert_to_tensor(indices),
-                                      ops.convert_to_tensor(weights),
-                                      num_experts)
-        assert np.prod(plan.slot_token.shape) <= 2 * 512 + num_experts
-        check_round_trip(plan, indices, weights,
-                         np.ones_like(indices, dtype=bool), num_experts,
-                         block_size=plan.slot_token.shape[1])
+                               4, block_size=0)

@@ -107,7 +107,7 @@ def test_inference_matches_reference_without_noise():
 
 
 def test_capacity_drops_at_both_levels_exactly():
-    layer = build_layer(capacity_factor=0.75)
+    layer = build_layer(capacity_factor=0.75, eval_capacity_factor=0.75)
     x = tokens(seed=4)
     y = layer(x, training=False)
     primary_capacity = int(np.ceil(0.75 * NUM_TOKENS * 2 / GROUPS))

@@ -62,7 +62,8 @@ def test_sparse_dispatch_equals_dense_reference(k):
 
 
 def test_dropped_tokens_are_accounted_exactly():
-    moe = build_moe(k=2, capacity_factor=0.5)
+    # Capacity at inference only when asked for.
+    moe = build_moe(k=2, capacity_factor=0.5, eval_capacity_factor=0.5)
     x = inputs()
     y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
     capacity = int(np.ceil(0.5 * BATCH * LENGTH * 2 / NUM_EXPERTS))
@@ -77,7 +78,8 @@ def test_dropped_tokens_are_accounted_exactly():
 
 
 def test_token_groups_give_each_group_its_own_capacity():
-    moe = build_moe(k=2, capacity_factor=0.75, token_groups=2)
+    moe = build_moe(k=2, capacity_factor=0.75, eval_capacity_factor=0.75,
+                    token_groups=2)
     x = inputs()  # 10 tokens: groups of 5, 2 slots per expert and group
     y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
     capacity = int(np.ceil(0.75 * BATCH * LENGTH / 2 * 2 / NUM_EXPERTS))
@@ -93,7 +95,7 @@ def test_token_groups_give_each_group_its_own_capacity():
 
 
 def test_token_groups_must_divide_the_tokens():
-    moe = build_moe(token_groups=3)
+    moe = build_moe(token_groups=3, eval_capacity_factor=4.0)
     with pytest.raises(ValueError, match="`token_groups`"):
         moe(inputs(), training=False)  # 10 tokens
 
@@ -257,7 +259,8 @@ def test_eval_capacity_factor_applies_outside_training_and_can_change():
 
 
 def test_residual_expert_adds_a_dense_ffn_for_every_token(tmp_path):
-    moe = build_moe(k=2, capacity_factor=0.5, residual_expert=True)
+    moe = build_moe(k=2, capacity_factor=0.5, eval_capacity_factor=0.5,
+                    residual_expert=True)
     x = inputs()
     y = ops.convert_to_numpy(moe(x, training=False)).reshape(-1, DIM)
     capacity = int(np.ceil(0.5 * BATCH * LENGTH * 2 / NUM_EXPERTS))
