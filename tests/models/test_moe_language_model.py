@@ -335,3 +335,27 @@ def test_config_round_trip_and_argument_errors():
         MoELanguageModel(10, num_experts=4, padding_id="0")
     assert MoELanguageModel(10, num_experts=64, num_groups=16)\
         .experts_per_group == 4
+
+
+@pytest.mark.parametrize("preset", ["tiny_moe", "tiny_moe_h"])
+def test_evaluation_drops_nothing_by_default(preset):
+    """A capacity factor of 0.5 drops in training; evaluation keeps every
+    assignment and equals an evaluation capacity that holds every token."""
+    model = MoELanguageModel.from_preset(preset, vocabulary_size=40,
+                                         capacity_factor=0.5, seed=2)
+    model.build((None, LENGTH))
+    randomize(model, seed=2, scale=0.5)
+    ids = np.random.RandomState(2).randint(1, 40, (8, LENGTH))
+    moe = next(layer for layer in model._flatten_layers()
+               if isinstance(layer, (MixtureOfExperts,
+                                     HierarchicalMixtureOfExperts)))
+    model(ids, training=True)
+    assert float(moe.dropped_fraction) > 0.0
+    logits = infer(model, ids)
+    model(ids, training=False)
+    assert float(moe.dropped_fraction) == 0.0
+    experts = getattr(moe, "num_experts")
+    moe.eval_capacity_factor = float(experts)  # C = N: nothing can drop
+    model.make_predict_function(force=True)
+    np.testing.assert_allclose(infer(model, ids), logits, rtol=1e-5,
+                               atol=1e-6)
