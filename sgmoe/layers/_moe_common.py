@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe.layers import dispatch
 from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 
 
@@ -43,7 +44,7 @@ def capacity_factor(moe, training):
     whose default None keeps every assignment. `dropless` layers never use
     a capacity.
     """
-    if getattr(moe, "dropless", False):
+    if moe.dropless:
         return None
     if training:
         return moe.capacity_factor
@@ -58,6 +59,27 @@ def feed_forward_experts(moe, num_experts, name):
         use_bias=moe.use_bias, kernel_initializer=moe.kernel_initializer,
         rematerialize=moe.rematerialize_experts, dropout=moe.expert_dropout,
         seed=moe.seed, dtype=moe.dtype_policy, name=name)
+
+
+def run_experts(experts, tokens, plan, training, num_tokens=None,
+                place_groups=dispatch.unplaced, place_inputs=dispatch.unplaced):
+    """Dispatch by `plan`, the experts, combine: tokens [N, d] -> [N, d_out].
+
+    A dropless plan's overflow rows go through
+    `experts.call_with_overflow`. `place_groups` and `place_inputs` are
+    placements a distribution may ask for: of the grouped tensors (see
+    `dispatch.dispatch`) and of the expert buffer.
+    """
+    expert_inputs = place_inputs(dispatch.dispatch(tokens, plan,
+                                                   place_groups))
+    if plan.overflow is None:
+        return dispatch.combine(experts(expert_inputs, training=training),
+                                plan, num_tokens, place_groups)
+    expert_outputs, overflow_outputs = experts.call_with_overflow(
+        expert_inputs, dispatch.dispatch_overflow(tokens, plan),
+        training=training)
+    return dispatch.combine(expert_outputs, plan, num_tokens, place_groups,
+                            overflow_outputs)
 
 
 def batch_shards():

@@ -476,11 +476,12 @@ def _gather_rows(values, rows):
     return ops.take_along_axis(values, ops.expand_dims(rows, -1), axis=1)
 
 
-def _unplaced(grouped):
-    return grouped
+def unplaced(values):
+    """The identity: no placement asked for."""
+    return values
 
 
-def dispatch(tokens, plan, place_groups=_unplaced):
+def dispatch(tokens, plan, place_groups=unplaced):
     """Gathers tokens [N, d] into the expert buffer; empty slots are 0.
 
     `place_groups` is applied to the grouped [G, ., d] tensors of a plan
@@ -511,7 +512,7 @@ def dispatch_overflow(tokens, plan):
             overflow.row_expert, overflow.blocks)
 
 
-def combine(expert_outputs, plan, num_tokens=None, place_groups=_unplaced,
+def combine(expert_outputs, plan, num_tokens=None, place_groups=unplaced,
             overflow_outputs=None):
     """Each token's gate-weighted sum of its expert outputs: -> [N, d_out].
 

@@ -207,7 +207,8 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
             expert_indices, secondary.weights, self.num_experts,
             num_tokens * self.k_primary, capacity_factor,
             max_capacity=ops.shape(group_tokens)[1])
-        slot_outputs = self._experts(slots.inputs, secondary_plan, training)
+        slot_outputs = _moe_common.run_experts(self.experts, slots.inputs,
+                                               secondary_plan, training)
         outputs = _combine_groups(slot_outputs, primary_plan, group_tokens)
         outputs = self.output_activation(outputs)
 
@@ -258,18 +259,6 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
                                             kernel, slots.blocks)
         return ops.concatenate(
             [ops.reshape(logits, (-1, kernel.shape[-1])), row_logits])
-
-    def _experts(self, slot_inputs, plan, training):
-        """The experts on the slots: [slots, d] -> [slots, d_out]."""
-        expert_inputs = dispatch.dispatch(slot_inputs, plan)
-        if plan.overflow is None:
-            return dispatch.combine(
-                self.experts(expert_inputs, training=training), plan)
-        expert_outputs, overflow_outputs = self.experts.call_with_overflow(
-            expert_inputs, dispatch.dispatch_overflow(slot_inputs, plan),
-            training=training)
-        return dispatch.combine(expert_outputs, plan,
-                                overflow_outputs=overflow_outputs)
 
     def _importance_and_load(self, primary, secondary, slots,
                              expert_indices):

@@ -310,18 +310,10 @@ class MixtureOfExperts(keras.layers.Layer):
         # layout: see sgmoe.distribute.expert_layout_map).
         place_groups = functools.partial(_moe_common.distribute_tensor, self,
                                          "token_groups")
-        expert_inputs = _moe_common.distribute_tensor(
-            self.experts, "input",
-            dispatch.dispatch(tokens, plan, place_groups))
-        if plan.overflow is None:
-            expert_outputs = self.experts(expert_inputs, training=training)
-            overflow_outputs = None
-        else:
-            expert_outputs, overflow_outputs = self.experts.call_with_overflow(
-                expert_inputs, dispatch.dispatch_overflow(tokens, plan),
-                training=training)
-        outputs = dispatch.combine(expert_outputs, plan, num_tokens,
-                                   place_groups, overflow_outputs)
+        outputs = _moe_common.run_experts(
+            self.experts, tokens, plan, training, num_tokens, place_groups,
+            place_inputs=functools.partial(_moe_common.distribute_tensor,
+                                           self.experts, "input"))
         if self.dense_expert is not None:
             outputs = outputs + self.dense_expert(
                 ops.expand_dims(tokens, 0), training=training)[0]
