@@ -345,7 +345,7 @@ def measure(num_experts, config):
         ]
         dense_step = moe_layer.compile_value_and_grad(dense_loss)
         every_expert_weights = moe_layer.backend_values([
-            layer.router.w_gate, layer.experts.kernel_in,
+            layer.router.kernel, layer.experts.kernel_in,
             layer.experts.bias_in, layer.experts.kernel_out,
             layer.experts.bias_out])
         every_expert_step = moe_layer.compile_value_and_grad(

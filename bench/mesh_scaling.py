@@ -87,7 +87,7 @@ def measure(num_devices):
     import numpy as np
 
     from sgmoe.distribute import model_parallel
-    from sgmoe.distribute._collectives import collectives
+    from collectives import collectives  # bench/collectives.py
     from sgmoe.models import MoELanguageModel
 
     devices = jax.devices(FLAGS.platform)[:num_devices]

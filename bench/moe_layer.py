@@ -48,7 +48,7 @@ from sgmoe.layers import ExpertChoiceRouter
 from sgmoe.layers import GShardRouter
 from sgmoe.layers import HierarchicalMixtureOfExperts
 from sgmoe.layers import MixtureOfExperts
-from sgmoe.layers import StrictlyBalancedGating
+from sgmoe.layers import StrictlyBalancedRouter
 from sgmoe.layers import SwitchRouter
 from sgmoe.layers import dispatch
 
@@ -78,7 +78,7 @@ flags.DEFINE_enum(
     "jitter 0.01, z-loss 1e-3); gshard: GShardRouter (k=2, one group, random "
     "second expert); expert_choice: ExpertChoiceRouter with capacity factor "
     "c = --k (each token gets --k experts on average); strictly_balanced: "
-    "StrictlyBalancedGating with --k; hierarchical: "
+    "StrictlyBalancedRouter with --k; hierarchical: "
     "HierarchicalMixtureOfExperts with G = 2**floor(log2(E) / 2) groups of "
     "E / G experts, k = 2 at each level.")
 flags.DEFINE_bool(
@@ -399,12 +399,13 @@ def build_layer(num_experts, config):
         "gshard": lambda: GShardRouter(num_experts, seed=0),
         "expert_choice": lambda: ExpertChoiceRouter(
             num_experts, capacity_factor=k, seed=0),
-        "strictly_balanced": lambda: StrictlyBalancedGating(
+        "strictly_balanced": lambda: StrictlyBalancedRouter(
             num_experts, k=k, seed=0),
     }
     router = routers[name]()
     layer = MixtureOfExperts(
-        num_experts=num_experts, expert_hidden_dim=hidden_dim, k=k,
+        num_experts=num_experts, expert_hidden_dim=hidden_dim,
+        k=k if name == "noisy_top_k" else None,
         capacity_factor=capacity_factor, seed=0, router=router)
     if name in ("expert_choice", "strictly_balanced"):
         # Each expert fills ceil(k * T / E) slots.
@@ -495,7 +496,7 @@ def benchmark_dropless(num_experts, config):
     # A gate with N(0, 1) logits, so that the clean routing of inference
     # is as uneven as a balanced trained router's rather than the zero
     # gate's (every token to experts 0 and 1).
-    layers["capacity"].router.w_gate.assign(
+    layers["capacity"].router.kernel.assign(
         keras.random.normal((model_dim, num_experts), seed=seed)
         / math.sqrt(model_dim))
     for source, target in zip(layers["capacity"].weights,

@@ -182,7 +182,9 @@ def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
         model.fit(timed, epochs=1, verbose=0, shuffle=False)
     seconds = time.time() - start
     words = sum(int(np.count_nonzero(targets)) for _, targets in timed)
-    moe_layers = training.find_moe_layers(model)
+    from sgmoe.layers import find_moe_layers
+
+    moe_layers = find_moe_layers(model)
     totals = RoutingTotals(moe_layers)
     perplexity = model.evaluate(test, verbose=0, return_dict=True,
                                 callbacks=[totals])["perplexity"]

@@ -63,13 +63,13 @@ def parse_args(argv):
 
 def train_and_score(args, label, preset, vocabulary, test_pairs):
     from sgmoe import data
+    from sgmoe import evaluation
     from sgmoe import models
-    from sgmoe import training
 
     keras.utils.set_random_seed(args.seed)
     model = models.MoETranslationModel.from_preset(
-        preset, vocabulary_size=len(vocabulary), start_id=vocabulary.bos_id,
-        end_id=vocabulary.eos_id, seed=args.seed)
+        preset, vocabulary_size=len(vocabulary), bos_id=vocabulary.bos_id,
+        eos_id=vocabulary.eos_id, seed=args.seed)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                   jit_compile=args.jit_compile)
     train_prefix = args.train_prefix
@@ -88,11 +88,11 @@ def train_and_score(args, label, preset, vocabulary, test_pairs):
     if args.test_sentences:
         test = test.take(1)
     cross_entropy = model.evaluate(test, verbose=0)
-    hypotheses = training.translate_lines(
+    hypotheses = evaluation.translate_lines(
         model, vocabulary, [source for source, _ in test_pairs],
         beam_width=1, jit_compile=args.jit_compile)
-    bleu = training.corpus_bleu(hypotheses,
-                                [target for _, target in test_pairs])
+    bleu = evaluation.corpus_bleu(hypotheses,
+                                  [target for _, target in test_pairs])
     counts = models.count_translation_parameters(model.get_config())
     row = {"model": label, "preset": preset,
            "parameters": counts["total"],

@@ -19,7 +19,6 @@ through sacrebleu against the target side.
       --target_language=fr --output_file=/tmp/newstest2014.hyp.fr
 """
 
-import json
 import os
 import sys
 import time
@@ -33,8 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                         "data")
 DEFAULT_EVAL_FILES = {
-    "language_model": os.path.join(DATA_DIR, "brown.test.txt.gz"),
-    "translation": os.path.join(DATA_DIR, "ding.de-en.test"),
+    "MoELanguageModel": os.path.join(DATA_DIR, "brown.test.txt.gz"),
+    "MoETranslationModel": os.path.join(DATA_DIR, "ding.de-en.test"),
 }
 
 FLAGS = flags.FLAGS
@@ -66,26 +65,23 @@ def fail(message):
     sys.exit(f"evaluate: {message}")
 
 
-def model_kind(model_path):
-    """"language_model" or "translation", from the saved model's class."""
-    config_path = os.path.join(model_path, "config.json")
+def load_model_class(model_path):
+    from sgmoe import evaluation
+
     try:
-        with open(config_path) as file:
-            class_name = json.load(file)["class_name"]
-    except FileNotFoundError:
-        fail(f"{config_path}: no such file (train with --model_dir first; "
-             "the model is written when training ends)")
-    except (OSError, ValueError, KeyError) as error:
-        fail(f"{config_path}: not a saved sgmoe model: {error}")
-    kinds = {"MoELanguageModel": "language_model",
-             "MoETranslationModel": "translation"}
-    kind = kinds.get(class_name.rsplit(">", 1)[-1])
-    if kind is None:
-        fail(f"{config_path}: cannot evaluate a {class_name}")
-    return kind
+        return evaluation.saved_model_class(model_path)
+    except FileNotFoundError as error:
+        fail(f"{error} (train with --model_dir first; the model is written "
+             "when training ends)")
+    except ValueError as error:
+        fail(error)
 
 
-def evaluate_language_model(data, models, model_path, eval_files):
+def evaluate_language_model(model_path, eval_files):
+    from sgmoe import data
+    from sgmoe import evaluation
+    from sgmoe import models
+
     vocabulary = data.WordVocabulary.load(FLAGS.model_dir)
     dataset = data.language_model_dataset(
         eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
@@ -95,27 +91,31 @@ def evaluate_language_model(data, models, model_path, eval_files):
     model = models.MoELanguageModel.from_preset(model_path)
     model.compile(metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
-    perplexity = model.evaluate(dataset, verbose=0,
-                                return_dict=True)["perplexity"]
+    perplexity = evaluation.evaluate_perplexity(model, dataset)
     if longer:
         print(f"left out {longer} sentences longer than --max_length="
               f"{FLAGS.max_length}")
     print(f"test perplexity: {perplexity:.2f}")
 
 
-def evaluate_translation(data, models, training, model_path, eval_files):
+def evaluate_translation(model_path, eval_files):
+    from sgmoe import data
+    from sgmoe import evaluation
+    from sgmoe import models
+
     vocabulary = data.SubwordVocabulary.load(FLAGS.model_dir)
     sources, targets = data.parallel_files(
         eval_files, FLAGS.source_language, FLAGS.target_language)
     pairs = data.read_sentence_pairs(sources, targets)
     model = models.MoETranslationModel.from_preset(model_path)
     start = time.time()
-    hypotheses = training.translate_lines(
+    hypotheses = evaluation.translate_lines(
         model, vocabulary, [source for source, _ in pairs],
         batch_size=FLAGS.batch_size, beam_width=FLAGS.beam_width,
         length_penalty=FLAGS.length_penalty,
         max_source_length=FLAGS.max_length, jit_compile=FLAGS.jit_compile)
-    score = training.corpus_bleu(hypotheses, [target for _, target in pairs])
+    score = evaluation.corpus_bleu(hypotheses,
+                                   [target for _, target in pairs])
     if FLAGS.output_file:
         with open(FLAGS.output_file, "w", encoding="utf-8") as file:
             file.writelines(line + "\n" for line in hypotheses)
@@ -131,19 +131,14 @@ def main(argv):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
     model_path = os.path.join(FLAGS.model_dir, "model")
-    kind = model_kind(model_path)
-    eval_files = FLAGS.eval_files or DEFAULT_EVAL_FILES[kind]
+    model_class = load_model_class(model_path)
+    evaluate = {"MoELanguageModel": evaluate_language_model,
+                "MoETranslationModel": evaluate_translation}
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    from sgmoe import data
-    from sgmoe import models
-    from sgmoe import training
-
     try:
-        if kind == "language_model":
-            evaluate_language_model(data, models, model_path, eval_files)
-        else:
-            evaluate_translation(data, models, training, model_path,
-                                 eval_files)
+        evaluate[model_class.__name__](
+            model_path,
+            FLAGS.eval_files or DEFAULT_EVAL_FILES[model_class.__name__])
     except (ValueError, OSError) as error:  # DataError included
         fail(error)
 

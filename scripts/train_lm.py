@@ -18,9 +18,9 @@ the same command resumes from the last one; the vocabulary and TensorBoard
 event files (`tensorboard --logdir MODEL_DIR/logs`) go there too.
 """
 
+import functools
 import os
 import sys
-import warnings
 
 from absl import app
 from absl import flags
@@ -28,14 +28,16 @@ from absl import flags
 # TensorFlow's C++ notices (XLA ignoring assert ops, CPU features) are not
 # for the user of a training script.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if _SCRIPTS_DIR not in sys.path:
+    sys.path.insert(0, _SCRIPTS_DIR)
 
-from sgmoe.training import script_flags  # noqa: E402
+import training_flags  # noqa: E402
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                        "data")
+DATA_DIR = os.path.join(_SCRIPTS_DIR, "..", "data")
 
 FLAGS = flags.FLAGS
-script_flags.define_training_flags(
+training_flags.define_training_flags(
     preset="small_moe", train_steps=600, batch_size=32, learning_rate=2e-3,
     log_every=100, checkpoint_every=100)
 flags.DEFINE_string(
@@ -64,27 +66,18 @@ def fail(message):
     sys.exit(f"train_lm: {message}")
 
 
-def vocabulary_for(data):
-    """The model directory's vocabulary, or one built from the training text."""
-    return script_flags.shared_vocabulary(
-        data.WordVocabulary, lambda: data.WordVocabulary.build(
-            FLAGS.train_files, max_size=FLAGS.vocabulary_size or None,
-            min_count=FLAGS.min_count))
+def build_vocabulary():
+    from sgmoe import data
+
+    return data.WordVocabulary.build(
+        FLAGS.train_files, max_size=FLAGS.vocabulary_size or None,
+        min_count=FLAGS.min_count)
 
 
-def mean_tokens_per_sentence(data):
-    """Words + </S> per training sentence, for the words/s figures."""
-    words = sentences = 0
-    for path in data.expand_file_patterns(FLAGS.train_files):
-        for line in data.read_text_lines(path):
-            if line.strip():
-                words += len(line.split()) + 1
-                sentences += 1
-    return words / max(sentences, 1)
-
-
-def build_model(models, vocabulary_size):
+def build_model(vocabulary_size):
     import keras
+
+    from sgmoe import models
 
     overrides = {name: getattr(FLAGS, name) for name in (
         "num_experts", "k", "model_dim", "expert_hidden_dim")
@@ -92,44 +85,57 @@ def build_model(models, vocabulary_size):
     model = models.MoELanguageModel.from_preset(
         FLAGS.preset, vocabulary_size=vocabulary_size, padding_id=0,
         seed=FLAGS.seed, **overrides)
-    model.compile(optimizer=script_flags.make_optimizer(),
+    model.compile(optimizer=training_flags.make_optimizer(),
                   metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
     model(keras.ops.zeros((1, 8), dtype="int32"))  # builds the weights
     return model
 
 
-def main(argv):
-    del argv
-    script_flags.check_training_flags(fail, positive=("max_length",))
-    # Keras warns whenever an evaluation dataset of unknown length ends,
-    # which is how every evaluation here ends.
-    warnings.filterwarnings("ignore", message="Your input ran out of data")
-    import keras
-
-    if FLAGS.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+def load_data():
+    """The vocabulary, the training words per step and the evaluation
+    batches; a data error ends the script."""
     from sgmoe import data
-    from sgmoe import models
     from sgmoe import training
 
-    keras.utils.set_random_seed(FLAGS.seed)
-    try:  # first: --multi_host starts the processes
-        scope = script_flags.distribution_scope()
-    except ValueError as error:
-        fail(error)
     try:
-        vocabulary = vocabulary_for(data)
-        tokens_per_step = FLAGS.batch_size * mean_tokens_per_sentence(data)
+        vocabulary = training.shared_vocabulary(
+            FLAGS.model_dir, data.WordVocabulary, build_vocabulary)
+        tokens_per_step = FLAGS.batch_size * data.mean_tokens_per_sentence(
+            FLAGS.train_files)
         eval_data = data.language_model_dataset(
             FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
-        if FLAGS.mesh:  # a mesh splits every batch evenly
-            eval_data = data.pad_batches(eval_data, FLAGS.batch_size)
     except data.DataError as error:
         fail(error)
+    if FLAGS.mesh:  # a mesh splits every batch evenly
+        eval_data = data.pad_batches(eval_data, FLAGS.batch_size)
+    return vocabulary, tokens_per_step, eval_data
+
+
+def train_dataset(vocabulary, skip_batches):
+    """One endless, seeded stream: batch i is the same in every run, so a
+    resumed run skips the batches its checkpoint had consumed."""
+    from sgmoe import data
+
+    return data.language_model_dataset(
+        FLAGS.train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
+        shuffle=True, seed=FLAGS.seed, repeat=True, skip_batches=skip_batches)
+
+
+def main(argv):
+    del argv
+    training_flags.check_training_flags(fail, positive=("max_length",))
+    scope = training_flags.start_run(fail)  # first: --multi_host
+    import keras
+
+    from sgmoe import evaluation
+    from sgmoe import layers
+    from sgmoe import training
+
+    vocabulary, tokens_per_step, eval_data = load_data()
     with scope:
-        model = build_model(models, len(vocabulary))
-    eval_callbacks = script_flags.evaluation_callbacks()
+        model = build_model(len(vocabulary))
+    eval_callbacks = training_flags.evaluation_callbacks()
     print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
           f"{keras.backend.backend()}, {model.count_params():,} parameters")
 
@@ -137,38 +143,29 @@ def main(argv):
         model, train_steps=FLAGS.train_steps, log_every=FLAGS.log_every,
         model_dir=FLAGS.model_dir, checkpoint_every=FLAGS.checkpoint_every,
         tokens_per_step=tokens_per_step)
+    untrained = None
     if run.state:
         print(f"resumed from {run.state.path} at step {run.first_step}")
     else:
-        untrained = model.evaluate(eval_data, verbose=0, return_dict=True,
-                                   callbacks=eval_callbacks)["perplexity"]
-
-    # One endless, seeded stream: batch i is the same in every run, so a
-    # resumed run skips the batches its checkpoint had consumed.
+        untrained = evaluation.evaluate_perplexity(model, eval_data,
+                                                   eval_callbacks)
     try:
-        seconds = run.fit(lambda skip_batches: data.language_model_dataset(
-            FLAGS.train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
-            shuffle=True, seed=FLAGS.seed, repeat=True,
-            skip_batches=skip_batches))
+        seconds = run.fit(functools.partial(train_dataset, vocabulary))
     except training.NonFiniteLossError as error:
         fail(error)
-    perplexity = model.evaluate(eval_data, verbose=0, return_dict=True,
-                                callbacks=eval_callbacks)["perplexity"]
-    if run.remaining_steps:
-        steps = run.remaining_steps
-        print(f"trained {steps} steps in {seconds:.0f}s "
-              f"({steps * tokens_per_step / seconds:.0f} words/s)")
-    for name, layer in training.find_moe_layers(model).items():
-        load = keras.ops.convert_to_numpy(layer.expert_load)
-        print(f"{name}: load max/mean {load.max() / load.mean():.2f} on the "
-              f"last evaluation batch")
+    perplexity = evaluation.evaluate_perplexity(model, eval_data,
+                                                eval_callbacks)
+    training_flags.print_training_time(run, seconds, tokens_per_step,
+                                       "words")
+    for name, layer in layers.find_moe_layers(model).items():
+        load = training.moe_statistics(layer)["max_over_mean_load"]
+        print(f"{name}: load max/mean {load:.2f} on the last evaluation "
+              "batch")
     if FLAGS.model_dir:
-        script_flags.save_model(model)
-    if run.state:
-        print(f"validation perplexity: {perplexity:.1f}")
-    else:
-        print(f"validation perplexity: {perplexity:.1f} "
-              f"(untrained: {untrained:.1f})")
+        training.save_model_preset(model,
+                                   os.path.join(FLAGS.model_dir, "model"))
+    baseline = "" if untrained is None else f" (untrained: {untrained:.1f})"
+    print(f"validation perplexity: {perplexity:.1f}{baseline}")
 
 
 if __name__ == "__main__":

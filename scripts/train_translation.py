@@ -3,7 +3,7 @@
 A thin script over the library: `sgmoe.data` learns a shared SentencePiece
 vocabulary and batches the parallel text, `MoETranslationModel.from_preset`
 builds the model, `sgmoe.training` trains, checkpoints and monitors it, and
-`sgmoe.training.corpus_bleu` (sacrebleu) scores the translations of the
+`sgmoe.evaluation.corpus_bleu` (sacrebleu) scores the translations of the
 evaluation set. With no flags it trains the `small_moe` preset on the
 bundled German-English Ding sentences for a few minutes on a 2-core CPU and
 prints BLEU on their validation split.
@@ -23,11 +23,10 @@ one; the vocabulary (subwords.model), the TensorBoard event files
 (MODEL_DIR/model, read by scripts/evaluate.py) go there too.
 """
 
-import itertools
+import functools
 import os
 import sys
 import time
-import warnings
 
 from absl import app
 from absl import flags
@@ -35,14 +34,16 @@ from absl import flags
 # TensorFlow's C++ notices (XLA ignoring assert ops, CPU features) are not
 # for the user of a training script.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if _SCRIPTS_DIR not in sys.path:
+    sys.path.insert(0, _SCRIPTS_DIR)
 
-from sgmoe.training import script_flags  # noqa: E402
+import training_flags  # noqa: E402
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                        "data")
+DATA_DIR = os.path.join(_SCRIPTS_DIR, "..", "data")
 
 FLAGS = flags.FLAGS
-script_flags.define_training_flags(
+training_flags.define_training_flags(
     preset="small_moe", train_steps=800, batch_size=64, learning_rate=5e-3,
     log_every=100, checkpoint_every=100)
 flags.DEFINE_string(
@@ -66,58 +67,18 @@ flags.DEFINE_integer("eval_sentences", 0,
                      "Score only the first N evaluation pairs; 0: all.")
 
 
+
 def fail(message):
     sys.exit(f"train_translation: {message}")
 
 
-def vocabulary_for(data, train_sources, train_targets):
-    """The model directory's vocabulary, or one learned from the training
-    text of both languages."""
-    return script_flags.shared_vocabulary(
-        data.SubwordVocabulary, lambda: data.SubwordVocabulary.train(
-            train_sources + train_targets, vocab_size=FLAGS.vocabulary_size,
-            character_coverage=0.9995, seed=FLAGS.seed))  # rare ones: bytes
-
-
-def mean_target_pieces(data, vocabulary, targets, sample=2000):
-    """Pieces + </s> per training target, from the first lines, for the
-    words/s figures (target pieces per second)."""
-    lines = itertools.islice(
-        (line for path in targets for line in data.read_text_lines(path)
-         if line.strip()), sample)
-    pieces = vocabulary.tokenize(list(lines)).row_lengths().numpy()
-    return float(pieces.mean()) + 1
-
-
-def bleu(training, model, vocabulary, pairs):
-    hypotheses = training.translate_lines(
-        model, vocabulary, [source for source, _ in pairs],
-        beam_width=FLAGS.beam_width, jit_compile=FLAGS.jit_compile)
-    return training.corpus_bleu(hypotheses, [target for _, target in pairs])
-
-
-def main(argv):
-    del argv
-    script_flags.check_training_flags(
-        fail, positive=("vocabulary_size", "max_length", "beam_width"))
-    if FLAGS.eval_sentences < 0:
-        fail(f"--eval_sentences must be >= 0, received "
-             f"{FLAGS.eval_sentences}")
-    warnings.filterwarnings("ignore", message="Your input ran out of data")
-    import keras
-
-    if FLAGS.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+def load_data():
+    """The training files, the shared vocabulary, the training target
+    pieces per step and the evaluation pairs; a data error ends the
+    script."""
     from sgmoe import data
-    from sgmoe import distribute
-    from sgmoe import models
     from sgmoe import training
 
-    keras.utils.set_random_seed(FLAGS.seed)
-    try:  # first: --multi_host starts the processes
-        scope = script_flags.distribution_scope()
-    except ValueError as error:
-        fail(error)
     try:
         train_sources, train_targets = data.parallel_files(
             FLAGS.train_files, FLAGS.source_language, FLAGS.target_language)
@@ -125,28 +86,76 @@ def main(argv):
             FLAGS.eval_files, FLAGS.source_language, FLAGS.target_language)
         data.check_parallel_files(train_sources, train_targets)
         data.check_parallel_files(eval_sources, eval_targets)
-        vocabulary = vocabulary_for(data, train_sources, train_targets)
+        vocabulary = training.shared_vocabulary(
+            FLAGS.model_dir, data.SubwordVocabulary,
+            lambda: data.SubwordVocabulary.train(
+                train_sources + train_targets,
+                vocab_size=FLAGS.vocabulary_size,
+                character_coverage=0.9995,  # rare characters: bytes
+                seed=FLAGS.seed))
         pairs = data.read_sentence_pairs(eval_sources, eval_targets,
                                          limit=FLAGS.eval_sentences)
-        tokens_per_step = FLAGS.batch_size * mean_target_pieces(
-            data, vocabulary, train_targets)
+        # From the first targets: the words/s figures are target pieces/s.
+        tokens_per_step = FLAGS.batch_size * data.mean_tokens_per_sentence(
+            train_targets, vocabulary, max_sentences=2000)
     except ValueError as error:  # DataError included
         fail(error)
+    return (train_sources, train_targets), vocabulary, tokens_per_step, pairs
 
-    def make_dataset(skip_batches):
-        return data.translation_dataset(
-            train_sources, train_targets, vocabulary, FLAGS.batch_size,
-            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
-            skip_batches=skip_batches)
 
+def train_dataset(train_files, vocabulary, skip_batches):
+    from sgmoe import data
+
+    return data.translation_dataset(
+        *train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
+        shuffle=True, seed=FLAGS.seed, repeat=True, skip_batches=skip_batches)
+
+
+def build_model(vocabulary):
+    from sgmoe import models
+
+    model = models.MoETranslationModel.from_preset(
+        FLAGS.preset, vocabulary_size=len(vocabulary),
+        bos_id=vocabulary.bos_id, eos_id=vocabulary.eos_id,
+        seed=FLAGS.seed)
+    model.compile(optimizer=training_flags.make_optimizer(),
+                  jit_compile=FLAGS.jit_compile)
+    model.build()
+    return model
+
+
+def validation_bleu(model, vocabulary, pairs):
+    """Translates the evaluation pairs' sources; prints and returns BLEU."""
+    from sgmoe import evaluation
+
+    start = time.time()
+    hypotheses = evaluation.translate_lines(
+        model, vocabulary, [source for source, _ in pairs],
+        beam_width=FLAGS.beam_width, jit_compile=FLAGS.jit_compile)
+    score = evaluation.corpus_bleu(hypotheses,
+                                   [target for _, target in pairs])
+    print(f"translated {len(pairs)} evaluation pairs in "
+          f"{time.time() - start:.0f}s, "
+          f"{'greedy' if FLAGS.beam_width == 1 else 'beam'} decoding: "
+          f"{score.text} ({score.signature})")
+    return score
+
+
+def main(argv):
+    del argv
+    training_flags.check_training_flags(
+        fail, positive=("vocabulary_size", "max_length", "beam_width"))
+    if FLAGS.eval_sentences < 0:
+        fail(f"--eval_sentences must be >= 0, received "
+             f"{FLAGS.eval_sentences}")
+    scope = training_flags.start_run(fail)  # first: --multi_host
+    import keras
+
+    from sgmoe import training
+
+    train_files, vocabulary, tokens_per_step, pairs = load_data()
     with scope:
-        model = models.MoETranslationModel.from_preset(
-            FLAGS.preset, vocabulary_size=len(vocabulary),
-            start_id=vocabulary.bos_id, end_id=vocabulary.eos_id,
-            seed=FLAGS.seed)
-        model.compile(optimizer=script_flags.make_optimizer(),
-                      jit_compile=FLAGS.jit_compile)
-        model.build()
+        model = build_model(vocabulary)
     print(f"{FLAGS.preset}: {FLAGS.source_language}->"
           f"{FLAGS.target_language}, vocabulary {len(vocabulary)} pieces, "
           f"backend {keras.backend.backend()}, {model.count_params():,} "
@@ -159,31 +168,17 @@ def main(argv):
     if run.state:
         print(f"resumed from {run.state.path} at step {run.first_step}")
     try:
-        seconds = run.fit(make_dataset)
+        seconds = run.fit(functools.partial(train_dataset, train_files,
+                                            vocabulary))
     except training.NonFiniteLossError as error:
         fail(error)
-    if run.remaining_steps:
-        steps = run.remaining_steps
-        print(f"trained {steps} steps in {seconds:.0f}s "
-              f"({steps * tokens_per_step / seconds:.0f} target pieces/s)")
+    training_flags.print_training_time(run, seconds, tokens_per_step,
+                                       "target pieces")
     if FLAGS.model_dir:
-        script_flags.save_model(model)
-    start = time.time()
-    score = bleu(training, model, vocabulary, pairs)
-    print(f"translated {len(pairs)} evaluation pairs in "
-          f"{time.time() - start:.0f}s, "
-          f"{'greedy' if FLAGS.beam_width == 1 else 'beam'} decoding: "
-          f"{score.text} ({score.signature})")
-    # Next to the training curves in TensorBoard; one writer.
-    if FLAGS.model_dir and distribute.is_primary_process():
-        import tensorflow as tf
-
-        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        writer = tf.summary.create_file_writer(
-            os.path.join(FLAGS.model_dir, "logs", "validation"))
-        with writer.as_default():
-            tf.summary.scalar("bleu", score.score, step=step)
-        writer.close()
+        training.save_model_preset(model,
+                                   os.path.join(FLAGS.model_dir, "model"))
+    score = validation_bleu(model, vocabulary, pairs)
+    run.write_scalars({"bleu": score.score})  # next to the training curves
     print(f"validation BLEU: {score.score:.2f}")
 
 

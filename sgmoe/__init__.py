@@ -1,5 +1,6 @@
 """sgmoe: sparsely-gated Mixture-of-Experts layers and models for Keras 3."""
 
+from sgmoe import evaluation
 from sgmoe import layers
 from sgmoe import models
 from sgmoe import optimizers

@@ -8,6 +8,7 @@ backend alike.
 
 from sgmoe.data.data_error import DataError
 from sgmoe.data.language_model_dataset import language_model_dataset
+from sgmoe.data.mean_tokens_per_sentence import mean_tokens_per_sentence
 from sgmoe.data.one_billion_word import OneBillionWordPatterns
 from sgmoe.data.one_billion_word import one_billion_word_patterns
 from sgmoe.data.parallel_files import parallel_files

@@ -205,10 +205,9 @@ def batches_by_length(examples, length_fn, boundaries, batch_size,
 
     This is sort-by-length bucketing within a window, like the
     maxi-batches of Marian NMT: the per-example work is vectorised over
-    blocks. Bucketing one example at a time with `group_by_window` (what
-    `tf.data.Dataset.bucket_by_sequence_length` does) made the language
-    model pipeline 10x slower on this project's 2-core machine (0.1 vs
-    1.0 M tokens/s).
+    blocks, not done one example at a time as `group_by_window` (and
+    `tf.data.Dataset.bucket_by_sequence_length`) does; the difference in
+    speed is in `docs/data.md`.
 
     Args:
         examples: a dataset of tuples of ragged tensors [n, (length)], as

@@ -11,8 +11,8 @@ class DataError(ValueError):
     (and line number, where there is one) and holds no newline, so a script
     can print it as its last line:
 
-    >>> try:
-    ...     vocabulary = sgmoe.data.WordVocabulary.build(FLAGS.train_files)
-    ... except sgmoe.data.DataError as error:
-    ...     sys.exit(f"train_lm: {error}")
+    try:
+        vocabulary = sgmoe.data.WordVocabulary.build("train/*.txt")
+    except sgmoe.data.DataError as error:
+        sys.exit(f"train_lm: {error}")
     """

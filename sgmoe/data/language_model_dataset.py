@@ -84,14 +84,14 @@ def language_model_dataset(
 
     Example:
 
-    >>> vocabulary = sgmoe.data.WordVocabulary.build(
-    ...     "data/brown.train.txt.gz", max_size=8000)
-    >>> train = sgmoe.data.language_model_dataset(
-    ...     "data/brown.train.txt.gz", vocabulary, batch_size=32,
-    ...     max_length=64, shuffle=True, repeat=True, seed=1)
-    >>> model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
-    ...     from_logits=True, ignore_class=0), ...)
-    >>> model.fit(train, steps_per_epoch=1000)
+    vocabulary = sgmoe.data.WordVocabulary.build(
+        "data/brown.train.txt.gz", max_size=8000)
+    train = sgmoe.data.language_model_dataset(
+        "data/brown.train.txt.gz", vocabulary, batch_size=32,
+        max_length=64, shuffle=True, repeat=True, seed=1)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=0), ...)
+    model.fit(train, steps_per_epoch=1000)
     """
     _pipeline.check_vocabulary(vocabulary, WordVocabulary)
     boundaries, drop_remainder = _pipeline.pipeline_settings(

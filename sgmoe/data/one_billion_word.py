@@ -37,9 +37,9 @@ def one_billion_word_patterns(directory):
 
     Example:
 
-    >>> patterns = one_billion_word_patterns("lm1b")
-    >>> vocabulary = WordVocabulary.build(patterns.train, min_count=3)
-    >>> test = language_model_dataset(patterns.test, vocabulary, 64, 100)
+    patterns = one_billion_word_patterns("lm1b")
+    vocabulary = WordVocabulary.build(patterns.train, min_count=3)
+    test = language_model_dataset(patterns.test, vocabulary, 64, 100)
     """
     return OneBillionWordPatterns(
         *(os.path.join(directory, pattern)

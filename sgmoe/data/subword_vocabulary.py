@@ -45,7 +45,8 @@ class SubwordVocabulary:
     >>> vocabulary = SubwordVocabulary.train(
     ...     ["data/ding.de-en.train.de.gz", "data/ding.de-en.train.en.gz"],
     ...     vocab_size=8000)
-    >>> vocabulary.save("runs/de_en")  # runs/de_en/subwords.model
+    >>> vocabulary.save("runs/de_en")
+    'runs/de_en/subwords.model'
     >>> ids = vocabulary.tokenize(["Wie geht's?"])  # int32 [1, (pieces)]
     >>> vocabulary.detokenize(ids).numpy()
     array([b"Wie geht's?"], dtype=object)

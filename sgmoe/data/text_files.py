@@ -87,9 +87,9 @@ def expand_file_patterns(file_patterns):
 
     Example:
 
-    >>> expand_file_patterns("lm1b/training-*/news.en-*,data/extra.txt.gz")
-    ['lm1b/training-monolingual.tokenized.shuffled/news.en-00001-of-00100',
-     ..., 'data/extra.txt.gz']
+    expand_file_patterns("lm1b/training-*/news.en-*,data/extra.txt.gz")
+    # ['lm1b/training-monolingual.tokenized.shuffled/news.en-00001-of-00100',
+    #  ..., 'data/extra.txt.gz']
     """
     if isinstance(file_patterns, (str, os.PathLike)):
         file_patterns = [file_patterns]

@@ -66,13 +66,13 @@ def translation_dataset(
 
     Example:
 
-    >>> vocabulary = sgmoe.data.SubwordVocabulary.train(
-    ...     ["data/ding.de-en.train.de.gz", "data/ding.de-en.train.en.gz"])
-    >>> train = sgmoe.data.translation_dataset(
-    ...     "data/ding.de-en.train.de.gz", "data/ding.de-en.train.en.gz",
-    ...     vocabulary, batch_size=64, max_length=64, shuffle=True,
-    ...     repeat=True, seed=1)
-    >>> model.fit(train, steps_per_epoch=1000)  # model((source, target_in))
+    vocabulary = sgmoe.data.SubwordVocabulary.train(
+        ["data/ding.de-en.train.de.gz", "data/ding.de-en.train.en.gz"])
+    train = sgmoe.data.translation_dataset(
+        "data/ding.de-en.train.de.gz", "data/ding.de-en.train.en.gz",
+        vocabulary, batch_size=64, max_length=64, shuffle=True,
+        repeat=True, seed=1)
+    model.fit(train, steps_per_epoch=1000)  # model((source, target_in))
     """
     _pipeline.check_vocabulary(vocabulary, SubwordVocabulary)
     boundaries, drop_remainder = _pipeline.pipeline_settings(

@@ -36,7 +36,8 @@ class WordVocabulary:
 
     >>> vocabulary = WordVocabulary.build(
     ...     "data/brown.train.txt.gz", max_size=8000)
-    >>> vocabulary.save("runs/brown_lm")  # runs/brown_lm/vocabulary.txt
+    >>> vocabulary.save("runs/brown_lm")
+    'runs/brown_lm/vocabulary.txt'
     >>> vocabulary = WordVocabulary.load("runs/brown_lm")
     >>> vocabulary.encode(["the cat sat"]).to_list()
     [[4, 4481, 677]]

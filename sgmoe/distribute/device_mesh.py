@@ -36,9 +36,9 @@ def device_mesh(mesh, devices=None):
 
     Example:
 
-    >>> mesh = device_mesh("batch:2,model:4")  # 8 devices
-    >>> mesh.shape, mesh.axis_names
-    ((2, 4), ('batch', 'model'))
+    mesh = device_mesh("batch:2,model:4")  # 8 devices
+    mesh.shape, mesh.axis_names
+    # ((2, 4), ('batch', 'model'))
     """
     sizes = parse_mesh_spec(mesh)
     shape = tuple(sizes[axis] for axis in MESH_AXES)

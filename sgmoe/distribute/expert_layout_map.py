@@ -6,18 +6,29 @@ from sgmoe.distribute.mesh_spec import BATCH_AXIS
 from sgmoe.distribute.mesh_spec import MESH_AXES
 from sgmoe.distribute.mesh_spec import MODEL_AXIS
 from sgmoe.distribute.mesh_spec import check_expert_axis
+from sgmoe.layers import feed_forward_experts
+from sgmoe.layers import moe_layer
 
-# The expert layer of every sgmoe MoE layer is a `FeedForwardExperts` named
-# "experts"; a standalone one keeps its default name, "feed_forward_experts"
-# with a numeric suffix. A Residual-MoE's "dense_expert" (one expert) does not
-# match and stays replicated.
-_EXPERT_LAYER = r"(.*/)?(feed_forward_)?experts(_[0-9]+)?"
 
-EXPERT_KERNEL_PATTERN = _EXPERT_LAYER + r"/kernel_(in|out)"
-EXPERT_BIAS_PATTERN = _EXPERT_LAYER + r"/bias_(in|out)"
+def _one_of(names):
+    return "(" + "|".join(names) + ")"
+
+
+# The experts of every sgmoe MoE layer are a `FeedForwardExperts` named
+# `moe_layer.EXPERTS`; a standalone one keeps its default name,
+# "feed_forward_experts" with a numeric suffix. A Residual-MoE's
+# "dense_expert" (one expert) does not match and stays replicated. The
+# names come from the layers, so renaming a part there renames it here.
+_EXPERT_LAYER = rf"(.*/)?(feed_forward_)?{moe_layer.EXPERTS}(_[0-9]+)?"
+
+EXPERT_KERNEL_PATTERN = (_EXPERT_LAYER + "/"
+                         + _one_of(feed_forward_experts.KERNEL_NAMES))
+EXPERT_BIAS_PATTERN = (_EXPERT_LAYER + "/"
+                       + _one_of(feed_forward_experts.BIAS_NAMES))
 # Activations placed only with expert_axis="batch" (see below).
-EXPERT_BUFFER_PATTERN = _EXPERT_LAYER + r"/(input|output)"
-TOKEN_GROUPS_PATTERN = r"(.*/)?[^/]+/token_groups"
+EXPERT_BUFFER_PATTERN = (_EXPERT_LAYER + "/" + _one_of(
+    (moe_layer.EXPERT_INPUT, moe_layer.EXPERT_OUTPUT)))
+TOKEN_GROUPS_PATTERN = r"(.*/)?[^/]+/" + moe_layer.TOKEN_GROUPS
 
 
 def expert_layout_map(mesh, expert_axis=MODEL_AXIS):
@@ -52,8 +63,8 @@ def expert_layout_map(mesh, expert_axis=MODEL_AXIS):
     each expert on one device only, so no expert gradient is summed over
     devices. Token groups are then split over "batch" and the expert
     buffer over its expert axis on "batch" too (rules for
-    "<moe>/token_groups" and "<experts>/input|output", which the MoE
-    layers look up), so XLA moves each device's dispatched tokens to
+    "<moe>/token_groups" and "<experts>/input", which the MoE layers look
+    up, and "<experts>/output", which Keras looks up), so XLA moves each device's dispatched tokens to
     their experts' devices and back with all-to-alls of its N * k *
     capacity_factor * d / B values. Use it with a "batch"-only mesh
     ("batch:8"); a "model" axis then only replicates.

@@ -1,4 +1,4 @@
-"""The `--mesh` text: named mesh axes and their sizes."""
+"""Mesh specs ("batch:2,model:4"): named mesh axes and their sizes."""
 
 import re
 

@@ -12,7 +12,7 @@ JAX_ONLY_MESSAGE = (
     "ModelParallel is a prototype that silently places every weight on one "
     "device, so expert weights would not be sharded. Run with "
     "KERAS_BACKEND=jax to shard experts over the \"model\" axis; on "
-    "TensorFlow, sgmoe.distribute.distribution_for_flags(\"batch:N\") gives "
+    "TensorFlow, sgmoe.distribute.distribution_for_mesh(\"batch:N\") gives "
     "data parallelism through tf.distribute.")
 
 
@@ -44,7 +44,7 @@ def model_parallel(mesh, devices=None, expert_axis=MODEL_AXIS):
     `dropless=True`) or expert-choice dispatch route the whole global batch
     as one group.
 
-    JAX backend only (see `distribution_for_flags` for TensorFlow).
+    JAX backend only (see `distribution_for_mesh` for TensorFlow).
 
     Args:
         mesh: a spec, "batch:2,model:4" or {"batch": 2, "model": 4}, or a
@@ -67,10 +67,10 @@ def model_parallel(mesh, devices=None, expert_axis=MODEL_AXIS):
 
     Example:
 
-    >>> distribution = model_parallel("batch:2,model:4")  # 8 devices
-    >>> with distribution.scope():
-    ...     model = MoELanguageModel.from_preset("tiny_moe_h")
-    ...     model.compile(optimizer="adam")
+    distribution = model_parallel("batch:2,model:4")  # 8 devices
+    with distribution.scope():
+        model = MoELanguageModel.from_preset("tiny_moe_h")
+        model.compile(optimizer="adam")
     """
     if keras.backend.backend() != "jax":
         raise ValueError(

@@ -4,17 +4,18 @@
 [E, a, b] expert weights. Its value is exactly that; what differs is how the
 backward pass is laid out when C, the slots per expert, is small.
 
-On XLA's CPU backend (TensorFlow and JAX alike) the two gradient products
-run far below memory speed at small C when written the way automatic
-differentiation writes them. At E=1024, C=8, a=512, b=1024 on 2 cores
-(TensorFlow), both gradients together took 770 ms against 154 ms
-feature-major (`python bench/expert_matmul.py --num_experts=1024`); alone,
-in one-off measurements:
-* the input gradient dy @ kernel^T, token-major [E, C, a] out: 715 ms,
-  against 116 ms written feature-major (kernel @ dy^T, [E, a, C] out) and
-  then transposed;
-* the weight gradient inputs^T @ dy with inputs^T folded into the product:
-  148 ms, against 87 ms with inputs^T materialised.
+The gradients are computed feature-major when C <=
+`FEATURE_MAJOR_MAX_CAPACITY`:
+
+* input gradient: (kernel @ upstream^T) [E, a, C], then transposed to
+  [E, C, a], instead of upstream @ kernel^T;
+* kernel gradient: inputs^T [E, a, C] materialised, then @ upstream
+  [E, C, b] -> [E, a, b].
+
+On XLA's CPU backend (TensorFlow and JAX alike) the products as automatic
+differentiation writes them run far below memory speed at small C; the
+measurements are in `bench/README.md` (`bench/expert_matmul.py`).
+
 XLA's simplifier folds transposes into the dots they feed or come from, and
 sinks them through elementwise ops with a broadcast operand, which would undo
 both layouts. `_pinned` adds 0 * (a dot's output) to a value, which XLA
@@ -22,9 +23,8 @@ cannot simplify away (0 * v is NaN for an infinite v), so the value is
 materialised in the layout asked for; each pin is an elementwise pass over a
 small [E, C, a] buffer.
 
-At large C the token-major products are as fast or faster (the crossover is
-C = 64-256 here), so above `FEATURE_MAJOR_MAX_CAPACITY` this is plain
-`ops.matmul` with automatic differentiation.
+Above `FEATURE_MAJOR_MAX_CAPACITY`, where the token-major products are as
+fast or faster, this is plain `ops.matmul` with automatic differentiation.
 """
 
 from keras import ops

@@ -1,4 +1,5 @@
-"""Random draws for layers, fast under XLA on every backend."""
+"""Seeded random draws for layers, with Philox on TensorFlow (see
+`standard_normal`)."""
 
 import keras
 
@@ -6,14 +7,21 @@ import keras
 def standard_normal(shape, seed_generator):
     """float32 N(0, 1) samples of `shape`, drawn from a `SeedGenerator`.
 
-    Same contract as `keras.random.normal(shape, seed=seed_generator)`. On
-    TensorFlow it asks for the Philox algorithm: TensorFlow's default choice
-    under XLA on CPU took 750-1090 ms for a [4096, 1024] draw where Philox
-    took 25 ms (bench/moe_layer.py, 1024 experts), which made the noise the
-    most expensive part of a noisy gate. Keras offers no way to pick it.
-    On CPU the draws are the same values keras.random.normal gives (its
-    auto-selected algorithm is Philox there too); only the XLA lowering
-    differs.
+    Same contract as `keras.random.normal(shape, seed=seed_generator)`: each
+    call advances `seed_generator` once. On TensorFlow the draw is
+    `tf.random.stateless_normal` with the Philox algorithm, which Keras
+    offers no way to pick: TensorFlow's default choice compiles to a much
+    slower XLA kernel on CPU (`bench/README.md`, router hot spots). On CPU
+    the values are those `keras.random.normal` gives, whose auto-selected
+    algorithm is Philox there too; only the XLA lowering differs. Other
+    backends call `keras.random.normal`.
+
+    Args:
+        shape: the output shape.
+        seed_generator: a `keras.random.SeedGenerator`.
+
+    Returns:
+        float32 tensor of `shape`.
     """
     if keras.backend.backend() != "tensorflow":
         return keras.random.normal(shape, seed=seed_generator)

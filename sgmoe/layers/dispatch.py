@@ -32,7 +32,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.layers._grouped_matmul import Blocks
-from sgmoe.layers.routing_result import ExpertSlots
+from sgmoe.layers.routers.routing_result import ExpertSlots
 
 # Sort keys are bucket * assignments + assignment, held in int32.
 _MAX_SORT_KEY = 2**31 - 1
@@ -438,7 +438,7 @@ def plan_routing(routing, num_tokens, num_experts, capacity_factor=None,
     if isinstance(num_tokens, int) and num_tokens % num_groups:
         raise ValueError(
             f"The number of token groups, {num_groups} (the MoE layer's "
-            "`token_groups` or its router's `num_groups`), must divide the "
+            "`token_groups` or its router's), must divide the "
             f"number of tokens in the macro-batch, received {num_tokens} "
             "tokens.")
     capacity = expert_capacity(num_tokens // num_groups, num_experts,

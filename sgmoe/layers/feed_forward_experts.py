@@ -10,6 +10,11 @@ from sgmoe.layers._expert_matmul import expert_matmul
 from sgmoe.layers._grouped_matmul import grouped_feed_forward
 from sgmoe.layers._grouped_matmul import grouped_matmul
 
+# The stacked weights, [E, ...] each: a distribution's layout map splits
+# them along the expert axis (`sgmoe.distribute.expert_layout_map`).
+KERNEL_NAMES = ("kernel_in", "kernel_out")
+BIAS_NAMES = ("bias_in", "bias_out")
+
 
 @keras.saving.register_keras_serializable(package="sgmoe")
 class FeedForwardExperts(keras.layers.Layer):
@@ -26,9 +31,9 @@ class FeedForwardExperts(keras.layers.Layer):
     expert axis into both fans and initialise E times too small.
 
     With at most 64 slots per expert the matmuls' gradients are computed
-    feature-major (`_expert_matmul.expert_matmul`), which XLA's CPU backend
-    runs about 5x faster at 8 slots per expert; values and gradients
-    are those of `ops.matmul`.
+    feature-major (`_expert_matmul.expert_matmul`), a layout XLA's CPU
+    backend runs faster at small capacities (`bench/expert_matmul.py`);
+    values and gradients are those of `ops.matmul`.
 
     Args:
         num_experts: E.
@@ -125,19 +130,19 @@ class FeedForwardExperts(keras.layers.Layer):
         output_dim = self.output_dim or input_dim
         initializer = self._kernel_initializer()
         self.kernel_in = self.add_weight(
-            name="kernel_in",
+            name=KERNEL_NAMES[0],
             shape=(self.num_experts, input_dim, self.hidden_dim),
             initializer=initializer)
         self.kernel_out = self.add_weight(
-            name="kernel_out",
+            name=KERNEL_NAMES[1],
             shape=(self.num_experts, self.hidden_dim, output_dim),
             initializer=initializer)
         if self.use_bias:
             self.bias_in = self.add_weight(
-                name="bias_in", shape=(self.num_experts, self.hidden_dim),
+                name=BIAS_NAMES[0], shape=(self.num_experts, self.hidden_dim),
                 initializer=self.bias_initializer)
             self.bias_out = self.add_weight(
-                name="bias_out", shape=(self.num_experts, output_dim),
+                name=BIAS_NAMES[1], shape=(self.num_experts, output_dim),
                 initializer=self.bias_initializer)
 
     def call(self, inputs, training=None):

@@ -7,24 +7,25 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
-from sgmoe.layers import _moe_common
+from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import balancing
 from sgmoe.layers import dispatch
 from sgmoe.layers._grouped_matmul import grouped_matmul
-from sgmoe.layers.noisy_top_k_gating import noisy_top_k
+from sgmoe.layers.moe_layer import MoELayer
+from sgmoe.layers.routers.noisy_top_k_router import noisy_top_k
 
 LOSS_NAMES = ("importance_loss", "load_loss")
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class HierarchicalMixtureOfExperts(keras.layers.Layer):
+class HierarchicalMixtureOfExperts(MoELayer):
     """Two-level MoE: a primary gate picks groups, each group is a MoE.
 
     Shazeer et al. 2017, "Outrageously Large Neural Networks", Appendix B.
-    A primary noisy top-k gating network chooses `k_primary` of `num_groups`
-    groups per token; group i is a MoE of its own, with its own noisy top-k
-    gating network G_i over `experts_per_group` experts, of which it picks
-    `k_secondary`:
+    A primary noisy top-k gating network chooses `k_primary` of
+    `expert_groups` groups per token; group i is a MoE of its own, with its
+    own noisy top-k gating network G_i over `experts_per_group` experts, of
+    which it picks `k_secondary`:
 
         y_H = sum_i sum_j G_primary(x)_i * G_i(x)_j * E_{i,j}(x)
 
@@ -36,16 +37,16 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
     where X^(i) are the tokens the primary gate sent to group i; the
     product form gives the primary gate a gradient through the load.
     L_importance = importance_weight * CV(Importance_H)^2 and L_load =
-    load_weight * CV(Load_H)^2 over all num_groups * experts_per_group
+    load_weight * CV(Load_H)^2 over all expert_groups * experts_per_group
     values. Both gates use the paper's noisy top-k (`noisy_top_k`: zero-
     initialised W_g and W_noise, noise only in training, float32).
 
     Cost stays sparse: the primary dispatch gathers each group's tokens into
-    a [num_groups, C1, d] buffer (C1 = capacity_factor * N * k_primary /
-    num_groups slots), the secondary gates run on those slots only (one
+    a [expert_groups, C1, d] buffer (C1 = capacity_factor * N * k_primary /
+    expert_groups slots), the secondary gates run on those slots only (one
     batched matmul over the groups), and the secondary dispatch gathers
-    them into [num_groups * experts_per_group, C2, d] with C2 =
-    capacity_factor * N * k_primary * k_secondary / (num_groups *
+    them into [expert_groups * experts_per_group, C2, d] with C2 =
+    capacity_factor * N * k_primary * k_secondary / (expert_groups *
     experts_per_group), the same static-shape sort-and-gather dispatch as
     `MixtureOfExperts`. Group i's experts are rows i * experts_per_group to
     (i + 1) * experts_per_group - 1 of one `FeedForwardExperts` layer, so a
@@ -59,25 +60,26 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
     experts) run block by block with their own group's (expert's) weights
     (`dispatch.plan_dropless`).
 
-    The monitoring variables are those of `MixtureOfExperts`, over all
-    num_groups * experts_per_group experts (group-major):
+    The monitoring variables are those of `MoELayer`, over all
+    expert_groups * experts_per_group experts (group-major):
     `expert_importance` (Importance_H), `expert_load` (Load_H),
     `dropped_fraction` (of the N * k_primary * k_secondary assignments) and
     `auxiliary_losses` {"importance_loss", "load_loss"}.
 
     Args:
-        num_groups: groups the primary gate chooses among.
+        expert_groups: groups the primary gate chooses among.
         experts_per_group: experts in each group.
-        k_primary: groups per token (<= num_groups).
+        k_primary: groups per token (<= expert_groups).
         k_secondary: experts per token within each chosen group (<=
             experts_per_group).
         expert_hidden_dim: hidden units of each expert (keyword argument).
         capacity_factor, eval_capacity_factor, min_capacity, output_activation,
         output_dim, expert_activation, use_bias, kernel_initializer,
-        rematerialize_experts, expert_dropout, dropless, noisy,
-        importance_weight, load_weight, noise_epsilon, seed: as in
-            `MixtureOfExperts`; capacity (and dropless dispatch) applies at
-            both levels.
+        rematerialize_experts, expert_dropout, dropless, seed: as in
+            `MoELayer`; capacity (and dropless dispatch) applies at both
+            levels.
+        noisy, importance_weight, load_weight, noise_epsilon: as in
+            `NoisyTopKRouter`, for both levels' gates.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -96,46 +98,30 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
 
     def __init__(
         self,
-        num_groups,
+        expert_groups,
         experts_per_group,
         k_primary=2,
         k_secondary=2,
         *,
         expert_hidden_dim,
-        capacity_factor=1.25,
-        eval_capacity_factor=None,
-        min_capacity=1,
-        output_activation=None,
-        output_dim=None,
-        expert_activation="relu",
-        use_bias=True,
-        kernel_initializer=None,
-        rematerialize_experts=False,
-        expert_dropout=0.0,
-        dropless=False,
         noisy=True,
         importance_weight=0.1,
         load_weight=0.1,
         noise_epsilon=1e-2,
-        seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.num_groups = _validation.check_positive_int("num_groups",
-                                                         num_groups)
+        self.expert_groups = _validation.check_positive_int("expert_groups",
+                                                            expert_groups)
         self.experts_per_group = _validation.check_positive_int(
             "experts_per_group", experts_per_group)
         self.k_primary = _validation.check_top_k(
-            k_primary, self.num_groups, "k_primary", "num_groups")
+            k_primary, self.expert_groups, "k_primary", "expert_groups")
         self.k_secondary = _validation.check_top_k(
             k_secondary, self.experts_per_group, "k_secondary",
             "experts_per_group")
-        _moe_common.set_expert_arguments(
-            self, expert_hidden_dim, capacity_factor, eval_capacity_factor,
-            min_capacity, output_activation, output_dim, expert_activation,
-            use_bias, kernel_initializer, rematerialize_experts,
-            expert_dropout)
-        self.dropless = bool(dropless)
+        # The capacity, expert and base layer arguments (see MoELayer).
+        super().__init__(self.expert_groups * self.experts_per_group,
+                         expert_hidden_dim, **kwargs)
         self.noisy = bool(noisy)
         self.importance_weight = _validation.check_non_negative_float(
             "importance_weight", importance_weight)
@@ -143,17 +129,13 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
             "load_weight", load_weight)
         self.noise_epsilon = _validation.check_non_negative_float(
             "noise_epsilon", noise_epsilon)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.num_experts = self.num_groups * self.experts_per_group
-        self.experts = _moe_common.feed_forward_experts(
-            self, self.num_experts, "experts")
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def build(self, input_shape):
-        self.input_dim = _moe_common.input_dim(self, input_shape)
+        super().build(input_shape)
         gate_shapes = {
-            "primary": (self.input_dim, self.num_groups),
-            "secondary": (self.num_groups, self.input_dim,
+            "primary": (self.input_dim, self.expert_groups),
+            "secondary": (self.expert_groups, self.input_dim,
                           self.experts_per_group),
         }
         # Appendix A: gating weights start at zero. Float32 whatever the
@@ -163,15 +145,14 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
                 setattr(self, f"{level}_w_{kind}", self.add_weight(
                     name=f"{level}_w_{kind}", shape=shape,
                     initializer="zeros", dtype="float32", autocast=False))
-        self.experts.build((self.num_experts, None, self.input_dim))
-        _moe_common.add_statistics(self, self.num_experts, LOSS_NAMES)
+        self.add_statistics(LOSS_NAMES)
 
     def call(self, inputs, training=None):
-        tokens, leading_shape = _moe_common.flatten_tokens(self, inputs)
+        tokens, leading_shape = self.flatten_tokens(inputs)
         num_tokens = ops.shape(tokens)[0]
-        capacity_factor = _moe_common.capacity_factor(self, training)
+        capacity_factor = self.call_capacity_factor(training)
         noisy = self.noisy and bool(training)
-        groups, per_group = self.num_groups, self.experts_per_group
+        groups, per_group = self.expert_groups, self.experts_per_group
 
         # Primary gate: tokens [N, d] -> groups: a buffer [G, C1, d], and
         # with dropless dispatch overflow rows [R1, d] sorted by group.
@@ -182,7 +163,8 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
                           else None),
             noise_epsilon=self.noise_epsilon,
             seed_generator=self.seed_generator)
-        primary_plan = self._plan(primary.expert_indices, primary.weights,
+        primary_plan = self._plan(primary.expert_indices,
+                                  primary.expert_weights,
                                   groups, num_tokens, capacity_factor)
         group_tokens = dispatch.dispatch(tokens, primary_plan)
         slots = _group_slots(group_tokens, primary_plan, tokens)
@@ -204,11 +186,11 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
             + ops.expand_dims(slots.group * per_group, -1),
             self.num_experts)
         secondary_plan = self._plan(
-            expert_indices, secondary.weights, self.num_experts,
+            expert_indices, secondary.expert_weights, self.num_experts,
             num_tokens * self.k_primary, capacity_factor,
             max_capacity=ops.shape(group_tokens)[1])
-        slot_outputs = _moe_common.run_experts(self.experts, slots.inputs,
-                                               secondary_plan, training)
+        slot_outputs = self.run_experts(slots.inputs, secondary_plan,
+                                        training)
         outputs = _combine_groups(slot_outputs, primary_plan, group_tokens)
         outputs = self.output_activation(outputs)
 
@@ -228,8 +210,8 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
         total = ops.cast(num_tokens * self.k_primary * self.k_secondary,
                          "float32")
         dropped_fraction = (total - kept) / total
-        _moe_common.record_statistics(self, importance, load,
-                                      dropped_fraction, auxiliary_losses)
+        self.record_statistics(importance, load, dropped_fraction,
+                               auxiliary_losses)
         return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
 
     def _plan(self, indices, weights, num_experts, tokens, capacity_factor,
@@ -263,10 +245,11 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
     def _importance_and_load(self, primary, secondary, slots,
                              expert_indices):
         """Importance_H and Load_H [G * E_g], from the gates of both levels."""
-        groups, per_group = self.num_groups, self.experts_per_group
+        groups, per_group = self.expert_groups, self.experts_per_group
         filled = ops.cast(slots.filled, "float32")  # [S]
         # G_primary(x)_i * G_i(x)_j for every (slot, choice); 0 for empty.
-        pair_weights = ops.expand_dims(slots.weight, 1) * secondary.weights
+        pair_weights = (ops.expand_dims(slots.weight, 1)
+                        * secondary.expert_weights)
         importance = balancing.count_per_expert(
             ops.minimum(expert_indices, self.num_experts - 1),
             self.num_experts, weights=pair_weights)
@@ -290,26 +273,24 @@ class HierarchicalMixtureOfExperts(keras.layers.Layer):
                 * secondary_load)
         return importance, ops.reshape(load, (-1,))
 
-    def compute_output_shape(self, input_shape):
-        output_dim = self.output_dim or input_shape[-1]
-        return tuple(input_shape[:-1]) + (output_dim,)
-
     def get_config(self):
         config = super().get_config()
         config.update({
-            "num_groups": self.num_groups,
+            "expert_groups": self.expert_groups,
             "experts_per_group": self.experts_per_group,
             "k_primary": self.k_primary,
             "k_secondary": self.k_secondary,
-            **_moe_common.expert_config(self),
-            "dropless": self.dropless,
             "noisy": self.noisy,
             "importance_weight": self.importance_weight,
             "load_weight": self.load_weight,
             "noise_epsilon": self.noise_epsilon,
-            "seed": self.seed,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config(
+            renamed_arguments(config, {"num_groups": "expert_groups"}))
 
 
 class _GroupSlots(NamedTuple):

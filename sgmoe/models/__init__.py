@@ -1,8 +1,6 @@
 """Language models built from sgmoe layers, their presets and metrics."""
 
 from sgmoe.models.deep_feed_forward import DeepFeedForward
-from sgmoe.models.fine_tuning import is_moe_layer
-from sgmoe.models.fine_tuning import moe_layers
 from sgmoe.models.fine_tuning import set_moe_layers_trainable
 from sgmoe.models.fine_tuning import set_non_moe_layers_trainable
 from sgmoe.models.model_size import count_parameters

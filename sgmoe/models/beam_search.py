@@ -29,7 +29,7 @@ from keras import tree
 NEGATIVE_SCORE = -1e9
 
 
-def length_penalty(length, alpha):
+def length_penalty_factor(length, alpha):
     """GNMT's length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha.
 
     Wu et al. 2016, "Google's Neural Machine Translation System", §7: a
@@ -77,8 +77,8 @@ def _check_search_arguments(max_length, beam_width=1):
             f"beam_width={beam_width!r}.")
 
 
-def greedy_search(step_fn, initial_state, batch_size, max_length, start_id,
-                  end_id, padding_id=0):
+def greedy_search(step_fn, initial_state, batch_size, max_length, bos_id,
+                  eos_id, padding_id=0):
     """Greedy decoding: the most probable token at every step.
 
     Args:
@@ -86,8 +86,8 @@ def greedy_search(step_fn, initial_state, batch_size, max_length, start_id,
         initial_state: nested tensors with leading axis `batch_size`.
         batch_size: rows decoded at once.
         max_length: static maximum output length (tokens, end included).
-        start_id: the token fed at the first step.
-        end_id: the token that ends a sequence.
+        bos_id: the token fed at the first step.
+        eos_id: the token that ends a sequence.
         padding_id: fills the positions after the end; never generated.
 
     Returns:
@@ -112,14 +112,14 @@ def greedy_search(step_fn, initial_state, batch_size, max_length, start_id,
             step_log_probs, ops.expand_dims(chosen, -1), axis=-1)[:, 0]
         log_probs = log_probs + ops.where(finished, 0.0, chosen_log_prob)
         tokens = _write_column(tokens, step, chosen)
-        finished = ops.logical_or(finished, ops.equal(chosen, end_id))
+        finished = ops.logical_or(finished, ops.equal(chosen, eos_id))
         return (step + 1, tokens, chosen, finished, log_probs,
                 *tree.flatten(state))
 
     loop_vars = (
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch_size, max_length), padding_id, "int32"),
-        ops.full((batch_size,), start_id, "int32"),
+        ops.full((batch_size,), bos_id, "int32"),
         ops.zeros((batch_size,), "bool"),
         ops.zeros((batch_size,), "float32"),
         *flat_state,
@@ -151,18 +151,18 @@ def _gather_beams(values, beam_indices):
 
 
 def beam_search(step_fn, initial_state, batch_size, beam_width, max_length,
-                start_id, end_id, length_penalty_alpha=0.0, padding_id=0,
+                bos_id, eos_id, length_penalty=0.0, padding_id=0,
                 return_all_beams=False):
     """Beam search with GNMT's length penalty.
 
     Wu et al. 2016, §7. Each batch element keeps `beam_width` live
     hypotheses. At every step all beam_width * V extensions are scored by
     their total log-probability and the best `beam_width` kept; an
-    extension that ends with `end_id` moves to the element's finished list
-    with score log P(Y | X) / lp(Y) (`length_penalty`), and its live slot
-    is emptied, to be refilled by the next step's extensions of the other
-    live hypotheses (OpenNMT-style). With beam_width = 1 this is exactly
-    greedy decoding, whatever `length_penalty_alpha`.
+    extension that ends with `eos_id` moves to the element's finished list
+    with score log P(Y | X) / lp(Y) (`length_penalty_factor`), and its live
+    slot is emptied, to be refilled by the next step's extensions of the
+    other live hypotheses (OpenNMT-style). With beam_width = 1 this is exactly
+    greedy decoding, whatever `length_penalty`.
 
     The search of an element stops when no live hypothesis is left, or when
     its finished list is full and the best live hypothesis cannot beat the
@@ -184,9 +184,9 @@ def beam_search(step_fn, initial_state, batch_size, beam_width, max_length,
         batch_size: batch elements decoded at once.
         beam_width: hypotheses kept per element.
         max_length: static maximum output length (tokens, end included).
-        start_id: the token fed at the first step.
-        end_id: the token that ends a hypothesis.
-        length_penalty_alpha: alpha of `length_penalty` (0: raw
+        bos_id: the token fed at the first step.
+        eos_id: the token that ends a hypothesis.
+        length_penalty: alpha of `length_penalty_factor` (0: raw
             log-probability).
         padding_id: fills positions after the end; never generated.
         return_all_beams: return every finished slot, best first, instead
@@ -202,12 +202,12 @@ def beam_search(step_fn, initial_state, batch_size, beam_width, max_length,
     beams = beam_width
     state = tree.map_structure(lambda s: ops.repeat(s, beams, axis=0),
                                initial_state)
-    alpha = float(length_penalty_alpha)
+    alpha = float(length_penalty)
     if alpha < 0:
         raise ValueError(
-            "`length_penalty_alpha` must be >= 0, received "
-            f"length_penalty_alpha={length_penalty_alpha!r}.")
-    max_penalty = length_penalty(max_length, alpha)
+            "`length_penalty` must be >= 0, received "
+            f"length_penalty={length_penalty!r}.")
+    max_penalty = length_penalty_factor(max_length, alpha)
     half_negative = NEGATIVE_SCORE / 2
 
     def cond(step, alive_tokens, alive_log_probs, last, finished_tokens,
@@ -239,11 +239,11 @@ def beam_search(step_fn, initial_state, batch_size, beam_width, max_length,
         tokens = _write_column(_gather_beams(alive_tokens, parent), step,
                                token)
         live = ops.greater(top_log_probs, half_negative)
-        ended = ops.logical_and(live, ops.equal(token, end_id))
+        ended = ops.logical_and(live, ops.equal(token, eos_id))
 
         # Finished list: the best `beams` of the old and the new ones.
         new_scores = ops.where(
-            ended, top_log_probs / length_penalty(step + 1, alpha),
+            ended, top_log_probs / length_penalty_factor(step + 1, alpha),
             NEGATIVE_SCORE)
         all_scores = ops.concatenate([finished_scores, new_scores], axis=1)
         finished_scores, pick = ops.top_k(all_scores, beams)
@@ -273,7 +273,7 @@ def beam_search(step_fn, initial_state, batch_size, beam_width, max_length,
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch_size, beams, max_length), padding_id, "int32"),
         first_beam_only,
-        ops.full((batch_size, beams), start_id, "int32"),
+        ops.full((batch_size, beams), bos_id, "int32"),
         ops.full((batch_size, beams, max_length), padding_id, "int32"),
         ops.full((batch_size, beams), NEGATIVE_SCORE, "float32"),
         ops.full((batch_size, beams), NEGATIVE_SCORE, "float32"),

@@ -1,10 +1,8 @@
 """Freezing and unfreezing the MoE layers of a model in one call.
 
-A MoE layer is recognised by what monitors read from it, not by its class:
-any layer with `expert_importance`, `expert_load`, `dropped_fraction` and
-`auxiliary_losses` (every MoE layer of `sgmoe.layers` once built), so the
-helpers work on any Keras model, functional or subclassed, and on MoE layers
-written elsewhere that keep the same statistics.
+MoE layers are the `sgmoe.layers.MoELayer`s of the model, nested ones
+included (`sgmoe.layers.find_moe_layers`), so the helpers work on any Keras
+model, functional or subclassed.
 
 Keras reads `trainable` when a model is compiled: compile again after
 changing it.
@@ -13,17 +11,12 @@ Example:
 
 >>> model = MoELanguageModel.from_preset("tiny_moe")
 >>> model.build((None, None))
->>> set_non_moe_layers_trainable(model, False)  # fine-tune only the MoE
+>>> frozen = set_non_moe_layers_trainable(model, False)  # train the MoE only
 >>> model.compile(optimizer="adam")
 """
 
-MOE_ATTRIBUTES = ("expert_importance", "expert_load", "dropped_fraction",
-                  "auxiliary_losses")
-
-
-def is_moe_layer(layer):
-    """Whether `layer` has the statistics every MoE layer keeps."""
-    return all(hasattr(layer, name) for name in MOE_ATTRIBUTES)
+from sgmoe.layers.moe_layer import find_moe_layers
+from sgmoe.layers.moe_layer import is_moe_layer
 
 
 def _children(layer):
@@ -32,35 +25,12 @@ def _children(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
-def _check_built(model):
-    if not model.built:
-        raise ValueError(
-            f"Build {model.name!r} before looking for its MoE layers: they "
-            "are recognised by statistics variables created in build().")
-
-
-def moe_layers(model):
-    """The MoE layers of a built model, outermost first, depth first."""
-    _check_built(model)
-    found = []
-
-    def visit(layer):
-        for child in _children(layer):
-            if is_moe_layer(child):
-                found.append(child)
-            else:
-                visit(child)
-
-    visit(model)
-    return found
-
-
 def set_moe_layers_trainable(model, trainable):
     """Freezes (False) or unfreezes (True) every MoE layer of `model`.
 
     Returns the MoE layers changed.
     """
-    layers = moe_layers(model)
+    layers = list(find_moe_layers(model).values())
     for layer in layers:
         layer.trainable = bool(trainable)
     return layers
@@ -74,7 +44,6 @@ def set_non_moe_layers_trainable(model, trainable):
     would freeze the MoE layer too); their other parts are set. Returns the
     layers changed.
     """
-    _check_built(model)
     changed = []
 
     def contains_moe(layer):

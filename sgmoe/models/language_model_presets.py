@@ -31,7 +31,7 @@ _PAPER = {
     "dropout": 0.1,
     "num_sampled": 8192,
 }
-_HIERARCHICAL = {"num_groups": 16, "k_primary": 2, "k_secondary": 2}
+_HIERARCHICAL = {"expert_groups": 16, "k_primary": 2, "k_secondary": 2}
 _WIDE = {"model_dim": 1024}
 _TINY = {
     "vocabulary_size": 100,
@@ -63,7 +63,7 @@ PRESETS = {
     "lstm_2048_512": dict(_PAPER, layer_types=("lstm",), lstm_units=2048),
     # Tests and CPU runs.
     "tiny_moe": dict(_TINY, num_experts=4, k=2),
-    "tiny_moe_h": dict(_TINY, num_groups=2, experts_per_group=4,
+    "tiny_moe_h": dict(_TINY, expert_groups=2, experts_per_group=4,
                        k_primary=2, k_secondary=2),
     "small_moe": {
         "vocabulary_size": 8000,

@@ -33,7 +33,7 @@ def _architecture(config):
     resolved = moe_model.constructor_arguments(
         MoELanguageModel, config, language_model_presets.PRESETS)
     resolved["num_experts"], resolved["experts_per_group"] = (
-        resolve_experts(resolved["num_experts"], resolved["num_groups"],
+        resolve_experts(resolved["num_experts"], resolved["expert_groups"],
                         resolved["experts_per_group"]))
     return resolved
 
@@ -53,11 +53,11 @@ def _moe(c):
     parameters = experts * per_expert
     if c["expert_use_bias"]:
         parameters += experts * (h + d)
-    if c["num_groups"] is None:
+    if c["expert_groups"] is None:
         gating = 2 * d * experts
         return (parameters + gating,
                 c["k"] * per_expert + gating)
-    groups, per_group = c["num_groups"], c["experts_per_group"]
+    groups, per_group = c["expert_groups"], c["experts_per_group"]
     gating = 2 * d * groups + 2 * groups * d * per_group
     ops = (c["k_primary"] * c["k_secondary"] * per_expert + 2 * d * groups
            + c["k_primary"] * 2 * d * per_group)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
@@ -17,39 +18,40 @@ from sgmoe.models.sampled_softmax import SampledSoftmax
 LAYER_TYPES = ("lstm", "moe", "feed_forward")
 
 
-def resolve_experts(num_experts, num_groups, experts_per_group):
+def resolve_experts(num_experts, expert_groups, experts_per_group):
     """(num_experts, experts_per_group) of a flat or hierarchical MoE.
 
-    Flat (num_groups None): experts_per_group must be None. Hierarchical:
-    experts_per_group defaults to num_experts / num_groups, num_experts to
-    num_groups * experts_per_group, and given values must agree.
+    Flat (expert_groups None): experts_per_group must be None. Hierarchical:
+    experts_per_group defaults to num_experts / expert_groups, num_experts to
+    expert_groups * experts_per_group, and given values must agree.
     """
     if num_experts is not None:
         num_experts = _validation.check_positive_int("num_experts",
                                                      num_experts)
-    if num_groups is None:
+    if expert_groups is None:
         if experts_per_group is not None:
             raise ValueError(
-                "`experts_per_group` is only used with `num_groups` (a "
-                "hierarchical MoE), received num_groups=None, "
+                "`experts_per_group` is only used with `expert_groups` (a "
+                "hierarchical MoE), received expert_groups=None, "
                 f"experts_per_group={experts_per_group!r}.")
         return num_experts, None
-    num_groups = _validation.check_positive_int("num_groups", num_groups)
+    expert_groups = _validation.check_positive_int("expert_groups",
+                                                   expert_groups)
     if experts_per_group is None:
-        if num_experts is None or num_experts % num_groups:
+        if num_experts is None or num_experts % expert_groups:
             raise ValueError(
                 "A hierarchical MoE needs `experts_per_group`, or "
-                "`num_experts` divisible by `num_groups`; received "
-                f"num_experts={num_experts!r}, num_groups={num_groups}.")
-        return num_experts, num_experts // num_groups
+                "`num_experts` divisible by `expert_groups`; received "
+                f"num_experts={num_experts!r}, expert_groups={expert_groups}.")
+        return num_experts, num_experts // expert_groups
     experts_per_group = _validation.check_positive_int("experts_per_group",
                                                        experts_per_group)
-    if num_experts not in (None, num_groups * experts_per_group):
+    if num_experts not in (None, expert_groups * experts_per_group):
         raise ValueError(
-            f"`num_experts` must be num_groups * experts_per_group = "
-            f"{num_groups * experts_per_group}, received "
+            f"`num_experts` must be expert_groups * experts_per_group = "
+            f"{expert_groups * experts_per_group}, received "
             f"num_experts={num_experts}.")
-    return num_groups * experts_per_group, experts_per_group
+    return expert_groups * experts_per_group, experts_per_group
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -71,8 +73,9 @@ class MoELanguageModel(moe_model.MoEModel):
     (`output_activation="sigmoid"`), and the MoE sees every timestep of the
     batch at once (its input [batch, time, d] is one macro-batch of
     batch * time tokens). Experts are d -> `expert_hidden_dim` ReLU -> d.
-    With `num_groups` the MoE is hierarchical (`HierarchicalMixtureOfExperts`,
-    k_primary groups, then k_secondary experts in each); otherwise flat
+    With `expert_groups` the MoE is hierarchical
+    (`HierarchicalMixtureOfExperts`, k_primary groups, then k_secondary
+    experts in each); otherwise flat
     (`MixtureOfExperts`, k experts). Its balancing losses join the training
     loss.
 
@@ -108,12 +111,12 @@ class MoELanguageModel(moe_model.MoEModel):
         lstm_units: memory cells of each LSTM; None means `model_dim`. Other
             values add a projection to `model_dim` (LSTMP).
         num_experts: experts of a flat MoE; of a hierarchical one, the total
-            (num_groups * experts_per_group).
+            (expert_groups * experts_per_group).
         k: experts per token of a flat MoE (4 in the paper).
-        num_groups: groups of a hierarchical MoE (16 in the paper); None
+        expert_groups: groups of a hierarchical MoE (16 in the paper); None
             means a flat MoE.
         experts_per_group: experts in each group; defaults to
-            num_experts / num_groups.
+            num_experts / expert_groups.
         k_primary: groups per token of a hierarchical MoE (2 in the paper).
         k_secondary: experts per token in each chosen group (2 in the
             paper).
@@ -165,7 +168,7 @@ class MoELanguageModel(moe_model.MoEModel):
         lstm_units=None,
         num_experts=None,
         k=4,
-        num_groups=None,
+        expert_groups=None,
         experts_per_group=None,
         k_primary=2,
         k_secondary=2,
@@ -199,11 +202,11 @@ class MoELanguageModel(moe_model.MoEModel):
                            _validation.check_positive_int("lstm_units",
                                                           lstm_units))
         self.num_experts, self.experts_per_group = resolve_experts(
-            num_experts, num_groups, experts_per_group)
-        self.num_groups = num_groups
+            num_experts, expert_groups, experts_per_group)
+        self.expert_groups = expert_groups
         if "moe" in self.layer_types and self.num_experts is None:
             raise ValueError(
-                "A 'moe' layer needs `num_experts` (or `num_groups` and "
+                "A 'moe' layer needs `num_experts` (or `expert_groups` and "
                 "`experts_per_group`), received num_experts=None.")
         self.k = k
         self.k_primary = k_primary
@@ -283,15 +286,15 @@ class MoELanguageModel(moe_model.MoEModel):
             capacity_factor=self.capacity_factor,
             eval_capacity_factor=self.eval_capacity_factor,
             output_activation="sigmoid", use_bias=self.expert_use_bias,
-            importance_weight=self.importance_weight,
-            load_weight=self.load_weight, seed=self._seed(100 + index),
-            dtype=policy, name=name)
-        if self.num_groups is None:
+            seed=self._seed(100 + index), dtype=policy, name=name)
+        balancing = dict(importance_weight=self.importance_weight,
+                         load_weight=self.load_weight)
+        if self.expert_groups is None:
             return MixtureOfExperts(self.num_experts, k=self.k,
-                                    **moe_arguments)
+                                    router_args=balancing, **moe_arguments)
         return HierarchicalMixtureOfExperts(
-            self.num_groups, self.experts_per_group, self.k_primary,
-            self.k_secondary, **moe_arguments)
+            self.expert_groups, self.experts_per_group, self.k_primary,
+            self.k_secondary, **balancing, **moe_arguments)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -397,7 +400,7 @@ class MoELanguageModel(moe_model.MoEModel):
             "lstm_units": self.lstm_units,
             "num_experts": self.num_experts,
             "k": self.k,
-            "num_groups": self.num_groups,
+            "expert_groups": self.expert_groups,
             "experts_per_group": self.experts_per_group,
             "k_primary": self.k_primary,
             "k_secondary": self.k_secondary,
@@ -418,4 +421,5 @@ class MoELanguageModel(moe_model.MoEModel):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**renamed_arguments(config,
+                                       {"num_groups": "expert_groups"}))

@@ -8,7 +8,9 @@ import os
 import keras
 from keras import ops
 
-from sgmoe.models import fine_tuning
+from sgmoe.layers.hierarchical_mixture_of_experts import (
+    HierarchicalMixtureOfExperts)
+from sgmoe.layers.moe_layer import find_moe_layers
 
 PRESET_CONFIG_FILE = "config.json"
 PRESET_WEIGHTS_FILE = "model.weights.h5"
@@ -56,8 +58,8 @@ class MoEModel(keras.Model):
     preset_input_shape = None
 
     def moe_layers(self):
-        """The model's MoE layers (see `fine_tuning.moe_layers`)."""
-        return fine_tuning.moe_layers(self)
+        """The model's MoE layers (see `sgmoe.layers.find_moe_layers`)."""
+        return list(find_moe_layers(self).values())
 
     def summary(self, line_length=None, positions=None, print_fn=None,
                 expand_nested=False, show_trainable=False, layer_range=None):
@@ -107,19 +109,14 @@ class MoEModel(keras.Model):
 
 def describe_moe_layer(layer):
     """One line: experts, k, expert shape, expert and gating parameters."""
-    experts = getattr(layer, "experts", None)
-    if not hasattr(experts, "num_experts"):
-        total = sum(int(ops.size(w)) for w in layer.trainable_weights)
-        return (f" {layer.name} ({type(layer).__name__}): "
-                f"{int(ops.size(layer.expert_load))} experts; parameters "
-                f"{total:,}")
+    experts = layer.experts
     expert_weights = sum(int(ops.size(w)) for w in experts.trainable_weights)
     all_weights = sum(int(ops.size(w)) for w in layer.trainable_weights)
     num_experts = experts.num_experts
     shape = (f"{layer.input_dim} -> {experts.hidden_dim} -> "
              f"{experts.output_dim or layer.input_dim}")
-    if hasattr(layer, "num_groups") and hasattr(layer, "k_primary"):
-        routing = (f"{layer.num_groups} groups x {layer.experts_per_group} "
+    if isinstance(layer, HierarchicalMixtureOfExperts):
+        routing = (f"{layer.expert_groups} groups x {layer.experts_per_group} "
                    f"experts, k={layer.k_primary}x{layer.k_secondary}")
     else:
         routing = f"{num_experts} experts, k={layer.k}"

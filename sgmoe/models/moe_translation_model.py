@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
@@ -68,7 +69,7 @@ class MoETranslationModel(moe_model.MoEModel):
 
     MoE layers (`encoder_moe`, `decoder_moe`): a dict of keyword arguments
     of `sgmoe.layers.MixtureOfExperts` (flat: "num_experts", "k",
-    "router", ...) or, with "num_groups" and "experts_per_group", of
+    "router", ...) or, with "expert_groups" and "experts_per_group", of
     `sgmoe.layers.HierarchicalMixtureOfExperts` ("k_primary",
     "k_secondary", ...), over `MOE_DEFAULTS` (expert_hidden_dim 2048, a
     sigmoid output); None leaves the MoE out. The two may differ, e.g. in
@@ -123,8 +124,8 @@ class MoETranslationModel(moe_model.MoEModel):
             bidirectional, as in GNMT.
         dropout: rate of the dropout on the embeddings and on every layer's
             output before its residual sum.
-        start_id: the token the decoder starts from.
-        end_id: the token that ends a sentence.
+        bos_id: the token the decoder starts from.
+        eos_id: the token that ends a sentence.
         seed: seed of dropout and gating noise.
         **kwargs: base `keras.Model` arguments (name, dtype, ...).
 
@@ -160,8 +161,8 @@ class MoETranslationModel(moe_model.MoEModel):
         decoder_moe=None,
         bidirectional_encoder=True,
         dropout=0.0,
-        start_id=1,
-        end_id=2,
+        bos_id=1,
+        eos_id=2,
         seed=None,
         **kwargs,
     ):
@@ -197,14 +198,14 @@ class MoETranslationModel(moe_model.MoEModel):
                 "`lstm_units` between its directions, so both must be even; "
                 f"received model_dim={model_dim}, lstm_units={lstm_units}.")
         self.dropout = _validation.check_unit_interval("dropout", dropout)
-        for name, value in (("start_id", start_id), ("end_id", end_id)):
+        for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
             if (isinstance(value, bool) or not isinstance(value, int)
                     or not 0 < value < self.vocabulary_size):
                 raise ValueError(
                     f"`{name}` must be a token id in [1, vocabulary_size), "
                     f"received {name}={value!r}.")
-        self.start_id = start_id
-        self.end_id = end_id
+        self.bos_id = bos_id
+        self.eos_id = eos_id
         self.seed = seed
 
         dim, policy = self.model_dim, self.dtype_policy
@@ -282,12 +283,13 @@ class MoETranslationModel(moe_model.MoEModel):
             return None
         arguments = dict(MOE_DEFAULTS, **config)
         arguments.setdefault("seed", self._seed(100 + index))
-        hierarchical = "num_groups" in arguments
+        hierarchical = "expert_groups" in arguments
         layer_class = (HierarchicalMixtureOfExperts if hierarchical
                        else MixtureOfExperts)
         try:
-            return layer_class(dtype=self.dtype_policy, name=name,
-                               **arguments)
+            # from_config also reads the arguments of older saved configs.
+            return layer_class.from_config(
+                dict(arguments, dtype=self.dtype_policy, name=name))
         except TypeError as error:
             raise ValueError(
                 f"`{name}` must hold keyword arguments of "
@@ -486,11 +488,11 @@ class MoETranslationModel(moe_model.MoEModel):
         state = self._zero_decoder_state(batch_size)
         if kind == "greedy":
             return search.greedy_search(
-                step_fn, state, batch_size, max_length, self.start_id,
-                self.end_id, padding_id=PADDING_ID)
+                step_fn, state, batch_size, max_length, self.bos_id,
+                self.eos_id, padding_id=PADDING_ID)
         return search.beam_search(
             step_fn, state, batch_size, beam_width, max_length,
-            self.start_id, self.end_id, length_penalty_alpha=length_penalty,
+            self.bos_id, self.eos_id, length_penalty=length_penalty,
             padding_id=PADDING_ID, return_all_beams=return_all_beams)
 
     def _decode(self, kind, source_ids, max_length, jit_compile, **options):
@@ -587,15 +589,16 @@ class MoETranslationModel(moe_model.MoEModel):
             "decoder_moe": self.decoder_moe,
             "bidirectional_encoder": self.bidirectional_encoder,
             "dropout": self.dropout,
-            "start_id": self.start_id,
-            "end_id": self.end_id,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
             "seed": self.seed,
         })
         return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**renamed_arguments(
+            config, {"start_id": "bos_id", "end_id": "eos_id"}))
 
 
 class _AttentionDecoderCell(keras.layers.Layer):
@@ -657,7 +660,7 @@ def _check_moe_config(name, config):
         raise ValueError(
             f"`{name}` must be None or a dict of MoE layer arguments, "
             f"received {name}={config!r}.")
-    return dict(config)
+    return renamed_arguments(config, {"num_groups": "expert_groups"})
 
 
 def _state_sizes(cell):

@@ -47,8 +47,8 @@ def _flat(num_experts, k, **extra):
     return dict(_PAPER_EXPERTS, num_experts=num_experts, k=k, **extra)
 
 
-def _hierarchical(num_groups, experts_per_group, **extra):
-    return dict(_PAPER_EXPERTS, num_groups=num_groups,
+def _hierarchical(expert_groups, experts_per_group, **extra):
+    return dict(_PAPER_EXPERTS, expert_groups=expert_groups,
                 experts_per_group=experts_per_group, k_primary=2,
                 k_secondary=2, **extra)
 
@@ -90,7 +90,7 @@ PRESETS = {
     "tiny": dict(_TINY, **_both(dict(_TINY_EXPERTS, num_experts=4, k=2,
                                      router="strictly_balanced"))),
     "tiny_h": dict(_TINY, **_both(dict(
-        _TINY_EXPERTS, num_groups=4, experts_per_group=4, k_primary=2,
+        _TINY_EXPERTS, expert_groups=4, experts_per_group=4, k_primary=2,
         k_secondary=2, expert_hidden_dim=16))),
     # The bundled-data demo of scripts/train_translation.py (CPU, minutes):
     # 16 experts, k = 4, as flat as the paper's MoE-32 but with noisy top-k

@@ -42,9 +42,9 @@ def _moe(config, d):
     c = dict(MOE_DEFAULTS, **config)
     h = c["expert_hidden_dim"]
     out = c.get("output_dim") or d
-    hierarchical = "num_groups" in c
+    hierarchical = "expert_groups" in c
     if hierarchical:
-        groups, per_group = c["num_groups"], c["experts_per_group"]
+        groups, per_group = c["expert_groups"], c["experts_per_group"]
         experts = groups * per_group
     else:
         experts = c["num_experts"]
@@ -52,7 +52,9 @@ def _moe(config, d):
     expert_parameters = networks * (d * h + h * out)
     if c.get("use_bias", True):
         expert_parameters += networks * (h + out)
-    noise = 2 if c.get("noisy", True) else 1
+    noisy = (c if hierarchical else c.get("router_args") or {}).get("noisy",
+                                                                   True)
+    noise = 2 if noisy else 1
     if hierarchical:
         gating = noise * (d * groups + groups * d * per_group)
     else:

@@ -142,12 +142,12 @@ class Checkpointer(keras.callbacks.Callback):
 
     Example:
 
-    >>> checkpointer = Checkpointer("/tmp/run", checkpoint_every=100)
-    >>> state = checkpointer.restore(model)
-    >>> position = state.data_position if state else 0
-    >>> model.fit(stream.skip(position), steps_per_epoch=100, epochs=6,
-    ...           initial_epoch=state.initial_epoch(100) if state else 0,
-    ...           callbacks=[StopOnNonFiniteLoss(), checkpointer])
+    checkpointer = Checkpointer("/tmp/run", checkpoint_every=100)
+    state = checkpointer.restore(model)
+    position = state.data_position if state else 0
+    model.fit(stream.skip(position), steps_per_epoch=100, epochs=6,
+              initial_epoch=state.initial_epoch(100) if state else 0,
+              callbacks=[StopOnNonFiniteLoss(), checkpointer])
     """
 
     def __init__(self, model_dir, checkpoint_every=100, keep=3,

@@ -8,7 +8,7 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 
 from sgmoe import _validation
 from sgmoe.training import _logs
-from sgmoe.training.routing_statistics import find_moe_layers
+from sgmoe.layers.moe_layer import find_moe_layers
 from sgmoe.training.routing_statistics import moe_statistics
 
 
@@ -24,7 +24,7 @@ class MoETensorBoard(keras.callbacks.Callback):
     learning rate, and the validation logs.
 
     Tags (a layer's name is its `path`; see
-    `sgmoe.training.find_moe_layers`):
+    `sgmoe.layers.find_moe_layers`):
 
     * `moe/<layer>/cv_importance`, `moe/<layer>/cv_load`: std / mean
       (population std, 0 when the mean is 0) of `expert_importance` and
@@ -71,9 +71,9 @@ class MoETensorBoard(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(dataset, epochs=2, callbacks=[
-    ...     MoETensorBoard("/tmp/model_dir", update_freq=100,
-    ...                    tokens_per_step=64 * 20)])
+    model.fit(dataset, epochs=2, callbacks=[
+        MoETensorBoard("/tmp/model_dir", update_freq=100,
+                       tokens_per_step=64 * 20)])
     """
 
     def __init__(self, log_dir, update_freq=100, tokens_per_step=None,

@@ -36,8 +36,8 @@ class ProgressLogger(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(dataset, verbose=0, callbacks=[
-    ...     ProgressLogger(log_every=100, tokens_per_step=64 * 20)])
+    model.fit(dataset, verbose=0, callbacks=[
+        ProgressLogger(log_every=100, tokens_per_step=64 * 20)])
     """
 
     def __init__(self, log_every=100, tokens_per_step=None, print_fn=None):

@@ -1,72 +1,7 @@
-"""Finds Mixture-of-Experts layers in a model and summarises their routing."""
+"""Summaries of a Mixture-of-Experts layer's routing, as Python floats."""
 
 import numpy as np
 from keras import ops
-
-_STATISTIC_ATTRIBUTES = ("expert_importance", "expert_load",
-                         "dropped_fraction", "auxiliary_losses")
-
-
-def is_moe_layer(layer):
-    """Whether `layer` keeps the MoE monitoring statistics.
-
-    Duck typing: any layer with `expert_importance`, `expert_load`,
-    `dropped_fraction` and `auxiliary_losses` (set when it is built) counts,
-    whatever its class.
-    """
-    return all(hasattr(layer, name) for name in _STATISTIC_ATTRIBUTES)
-
-
-def find_moe_layers(model):
-    """The built MoE layers of a model, nested ones included, by tag name.
-
-    Names are the layers' `path`s. A sub-model built on its own before it
-    was nested gives its layers paths without the outer names, so paths can
-    repeat; layers whose path is not unique are named by their chain of
-    layer names from the model instead (e.g. "block/moe"), with a numeric
-    suffix if even that repeats.
-
-    Args:
-        model: a `keras.Model` or layer.
-
-    Returns:
-        A dict {name: layer}, in the order the layers are found.
-
-    Example:
-
-    >>> inputs = keras.Input((5, 16))
-    >>> outputs = MixtureOfExperts(4, 8, k=2, name="moe")(inputs)
-    >>> list(find_moe_layers(keras.Model(inputs, outputs)))
-    ['moe']
-    """
-    found = []  # (layer, chain of names)
-    seen = set()
-
-    def walk(layer, chain):
-        for sublayer in layer._flatten_layers(include_self=False,
-                                              recursive=False):
-            if id(sublayer) in seen:
-                continue
-            seen.add(id(sublayer))
-            sub_chain = chain + (sublayer.name,)
-            if is_moe_layer(sublayer):
-                found.append((sublayer, sub_chain))
-            walk(sublayer, sub_chain)
-
-    if is_moe_layer(model):
-        found.append((model, (model.name,)))
-    seen.add(id(model))
-    walk(model, ())
-
-    paths = [layer.path or layer.name for layer, _ in found]
-    names = {}
-    for (layer, chain), path in zip(found, paths):
-        name = path if paths.count(path) == 1 else "/".join(chain)
-        unique, suffix = name, 2
-        while unique in names:
-            unique, suffix = f"{name}_{suffix}", suffix + 1
-        names[unique] = layer
-    return names
 
 
 def coefficient_of_variation(values):
@@ -80,7 +15,7 @@ def moe_statistics(layer):
     """The routing statistics of a MoE layer's last call, as Python floats.
 
     Args:
-        layer: a MoE layer (see `is_moe_layer`).
+        layer: a `sgmoe.layers.MoELayer`.
 
     Returns:
         A dict with "cv_importance" and "cv_load" (coefficient of variation,

@@ -47,10 +47,10 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(dataset, callbacks=[
-    ...     StopOnNonFiniteLoss(),
-    ...     keras.callbacks.ModelCheckpoint("ckpt.weights.h5",
-    ...                                     save_weights_only=True)])
+    model.fit(dataset, callbacks=[
+        StopOnNonFiniteLoss(),
+        keras.callbacks.ModelCheckpoint("ckpt.weights.h5",
+                                        save_weights_only=True)])
     """
 
     def __init__(self, monitor="loss"):

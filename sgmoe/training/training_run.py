@@ -3,8 +3,11 @@
 import os
 import time
 
+import tensorflow as tf
+
 from sgmoe import _validation
 from sgmoe.distribute import processes
+from sgmoe.training import _logs
 from sgmoe.training.checkpointer import Checkpointer
 from sgmoe.training.moe_tensorboard import MoETensorBoard
 from sgmoe.training.progress_logger import ProgressLogger
@@ -39,14 +42,16 @@ class TrainingRun:
 
     Example:
 
-    >>> run = TrainingRun(model, train_steps=600, log_every=100,
-    ...                   model_dir="/tmp/lm")
-    >>> seconds = run.fit(lambda skip: make_batches(skip_batches=skip))
+    run = TrainingRun(model, train_steps=600, log_every=100,
+                      model_dir="/tmp/lm")
+    seconds = run.fit(lambda skip: make_batches(skip_batches=skip))
+    run.write_scalars({"bleu": 27.3})
     """
 
     def __init__(self, model, *, train_steps, log_every, model_dir=None,
                  checkpoint_every=100, tokens_per_step=None):
         self.model = model
+        self.model_dir = model_dir
         self.train_steps = _validation.check_positive_int(
             "train_steps", train_steps)
         self.log_every = _validation.check_positive_int("log_every",
@@ -97,3 +102,26 @@ class TrainingRun:
                 initial_epoch=self.first_step // self.log_every,
                 shuffle=False, verbose=0, callbacks=self.callbacks)
         return time.time() - start
+
+    def write_scalars(self, scalars, run_name="validation"):
+        """Writes scalars for TensorBoard, next to the training curves.
+
+        Each value is tagged with its key, at the model's current step (its
+        optimizer's `iterations`), in event files under
+        `model_dir/logs/<run_name>`. Only process 0 writes; without a
+        `model_dir` nothing is written.
+
+        Args:
+            scalars: {tag: number}, e.g. {"bleu": 27.3}.
+            run_name: the TensorBoard run, a subdirectory of
+                `model_dir/logs`.
+        """
+        if not self.model_dir or not processes.is_primary_process():
+            return
+        step = _logs.initial_step(self.model)
+        writer = tf.summary.create_file_writer(
+            os.path.join(self.model_dir, "logs", run_name))
+        with writer.as_default(step=step):
+            for tag, value in scalars.items():
+                tf.summary.scalar(tag, float(value))
+        writer.close()

@@ -4,6 +4,10 @@ import importlib.util
 import os
 import re
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 SCRIPT = os.path.join(ROOT, "bench", "constant_compute.py")
 

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 

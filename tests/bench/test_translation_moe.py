@@ -3,6 +3,10 @@
 import importlib.util
 import os
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
 from tests.data import keras_feeding
 
@@ -23,6 +24,7 @@ def test_datasets_train_a_model_on_the_current_backend(tmp_path):
     check(keras_feeding.run(str(tmp_path)), keras.backend.backend())
 
 
+@pytest.mark.subprocess
 def test_datasets_train_a_model_on_the_jax_backend(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="jax",
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")

@@ -23,8 +23,9 @@ def build_and_step(x, y):
     inputs = keras.Input((5, 16))
     hidden = keras.layers.Dense(16)(inputs)
     # Two token groups, as the mesh's two "batch" shards give.
-    hidden = hidden + MixtureOfExperts(8, 32, k=2, seed=0, noisy=False,
-                                       token_groups=2, name="moe")(hidden)
+    hidden = hidden + MixtureOfExperts(8, 32, k=2, seed=0, token_groups=2,
+                                       router_args={"noisy": False},
+                                       name="moe")(hidden)
     model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
     optimizer = FactoredAdam(1e-2)
     model.compile(optimizer=optimizer, loss="mse")

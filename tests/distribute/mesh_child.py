@@ -39,8 +39,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+from bench.collectives import collectives  # noqa: E402
 from sgmoe.distribute import model_parallel  # noqa: E402
-from sgmoe.distribute._collectives import collectives  # noqa: E402
 from sgmoe.layers import HierarchicalMixtureOfExperts  # noqa: E402
 from sgmoe.layers import MixtureOfExperts  # noqa: E402
 from sgmoe.models import MoELanguageModel  # noqa: E402
@@ -108,7 +108,7 @@ def hierarchical_model(distribution):
         inputs = keras.Input((LENGTH, 16))
         hidden = keras.layers.Dense(16, name="dense_in")(inputs)
         hidden = hidden + HierarchicalMixtureOfExperts(
-            num_groups=4, experts_per_group=2, k_primary=2, k_secondary=1,
+            expert_groups=4, experts_per_group=2, k_primary=2, k_secondary=1,
             expert_hidden_dim=32, noisy=False, seed=0, name="moe")(hidden)
         model = keras.Model(inputs,
                             keras.layers.Dense(1, name="dense_out")(hidden))
@@ -207,8 +207,8 @@ def forward_collectives(num_experts, num_tokens=512, model_dim=24, k=2,
     distribution = model_parallel(mesh, expert_axis=expert_axis)
     with distribution.scope():
         inputs = keras.Input((model_dim,))
-        layer = MixtureOfExperts(num_experts, 40, k=k, noisy=False, seed=0,
-                                 name="moe")
+        layer = MixtureOfExperts(num_experts, 40, k=k, seed=0, name="moe",
+                                 router_args={"noisy": False})
         model = keras.Model(inputs, layer(inputs))
         trainable = [v.value for v in model.trainable_variables]
         non_trainable = [v.value for v in model.non_trainable_variables]

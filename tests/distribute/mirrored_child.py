@@ -1,4 +1,4 @@
-"""Data parallelism on TensorFlow: `distribution_for_flags("batch:2")`.
+"""Data parallelism on TensorFlow: `distribution_for_mesh("batch:2")`.
 
 Run as a separate process by test_mesh_sharding.py: the CPU is split into two
 logical devices before TensorFlow starts, so the MirroredStrategy has two
@@ -28,7 +28,7 @@ import contextlib  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sgmoe.distribute import distribution_for_flags  # noqa: E402
+from sgmoe.distribute import distribution_for_mesh  # noqa: E402
 from sgmoe.layers import MixtureOfExperts  # noqa: E402
 
 
@@ -38,9 +38,9 @@ def trained(strategy, x, y):
         inputs = keras.Input((5, 16))
         hidden = keras.layers.Dense(16)(inputs)
         hidden = hidden + MixtureOfExperts(
-            4, 32, k=2, capacity_factor=2.0, noisy=False,
-            importance_weight=0.0, load_weight=0.0, seed=0,
-            name="moe")(hidden)
+            4, 32, k=2, capacity_factor=2.0, seed=0, name="moe",
+            router_args={"noisy": False, "importance_weight": 0.0,
+                         "load_weight": 0.0})(hidden)
         model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
         model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
         initial = [np.array(w) for w in model.trainable_weights]
@@ -51,7 +51,7 @@ def trained(strategy, x, y):
 
 
 def main():
-    strategy = distribution_for_flags("batch:2")
+    strategy = distribution_for_mesh("batch:2")
     rng = np.random.RandomState(0)
     x = rng.randn(8, 5, 16).astype("float32")
     y = rng.randn(8, 5, 1).astype("float32")

@@ -10,6 +10,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 
 def test_factored_slots_shard_along_the_expert_axis():
     script = os.path.join(os.path.dirname(__file__),

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CHILDREN = ("mesh_child.py", "mirrored_child.py")
@@ -58,7 +60,7 @@ def test_expert_weights_and_slots_are_sharded_the_rest_replicated(mesh):
     assert specs["moe_language_model/moe/experts/kernel_out"] == [
         "model", None, None]
     assert specs["moe_language_model/moe/experts/bias_in"] == ["model", None]
-    assert specs["moe_language_model/moe/router/w_gate"] == [None, None]
+    assert specs["moe_language_model/moe/router/kernel"] == [None, None]
     assert specs["moe_language_model/lstm_1/lstm_cell/kernel"] == [
         None, None]
     for path, spec in specs.items():
@@ -178,7 +180,7 @@ def test_papers_layout_gives_each_device_its_own_experts(mesh):
     specs = report["specs"]
     assert specs["moe_language_model/moe/experts/kernel_in"] == [
         "batch", None, None]
-    assert specs["moe_language_model/moe/router/w_gate"] == [None, None]
+    assert specs["moe_language_model/moe/router/kernel"] == [None, None]
     slots = {path.split("/", 1)[1]: spec
              for path, spec in report["slot_specs"].items()}
     assert slots["moe_language_model_moe_experts_kernel_out_momentum"] == [

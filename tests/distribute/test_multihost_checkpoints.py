@@ -17,6 +17,8 @@ import pytest
 from tests.distribute.launch import communicate_all
 from tests.distribute.launch import free_port
 
+pytestmark = pytest.mark.subprocess
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CHILD = os.path.join(HERE, "multihost_child.py")

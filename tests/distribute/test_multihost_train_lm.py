@@ -13,9 +13,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.distribute.launch import communicate_all
 from tests.distribute.launch import free_port
 from tests.helpers import bundled_head
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

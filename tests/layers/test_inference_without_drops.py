@@ -41,7 +41,8 @@ def router_of(name, seed=0):
 
 def build_moe(router="noisy_top_k", k=2, seed=0, **kwargs):
     """A built MoE whose gate sends the hot tokens first to expert 0."""
-    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, k=k, seed=seed,
+    moe = MixtureOfExperts(NUM_EXPERTS, HIDDEN, seed=seed,
+                           k=k if router == "noisy_top_k" else None,
                            router=router_of(router, seed), **kwargs)
     moe.build((None, DIM))
     rng = np.random.RandomState(seed)
@@ -156,7 +157,8 @@ class EveryExpertReference(keras.layers.Layer):
     ("switch", 1, None)])
 def test_dropless_training_gradients_match_the_reference(router, k,
                                                          block_size):
-    kwargs = {"noisy": False} if router == "noisy_top_k" else {}
+    kwargs = ({"router_args": {"noisy": False}} if router == "noisy_top_k"
+              else {})
     moe = build_moe(router, k, dropless=True, block_size=block_size,
                     **kwargs)
     x = skewed_tokens()

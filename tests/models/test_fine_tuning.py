@@ -1,13 +1,12 @@
-"""Freezing and unfreezing MoE layers, found by duck typing."""
+"""Freezing and unfreezing MoE layers, found by their base class."""
 
 import keras
 import numpy as np
-import pytest
 from keras import ops
 
 import sgmoe
+from sgmoe.layers import find_moe_layers
 from sgmoe.models import MoELanguageModel
-from sgmoe.models import moe_layers
 from sgmoe.models import set_moe_layers_trainable
 from sgmoe.models import set_non_moe_layers_trainable
 
@@ -21,7 +20,7 @@ def test_freeze_and_unfreeze_moe_and_the_rest():
                                          layer_types=("lstm", "moe"))
     model.build((None, None))
     moe = model.get_layer("moe")
-    assert moe_layers(model) == [moe]
+    assert list(find_moe_layers(model).values()) == [moe]
     moe_paths = {w.path for w in moe.trainable_weights}
     all_paths = trainable_paths(model)
     assert moe_paths and moe_paths < all_paths
@@ -56,7 +55,7 @@ def test_finds_moe_layers_nested_in_a_functional_model():
     outputs = keras.layers.Dense(3)(inner(inputs))
     outputs = sgmoe.layers.MixtureOfExperts(4, 8, k=2)(outputs)
     model = keras.Model(inputs, outputs)
-    found = moe_layers(model)
+    found = list(find_moe_layers(model).values())
     assert [type(layer).__name__ for layer in found] == [
         "HierarchicalMixtureOfExperts", "MixtureOfExperts"]
     set_non_moe_layers_trainable(model, False)
@@ -66,7 +65,21 @@ def test_finds_moe_layers_nested_in_a_functional_model():
         w.path for layer in found for w in layer.trainable_weights}
 
 
-def test_unbuilt_model_is_an_error():
+def test_unbuilt_model_finds_its_moe_layers():
     model = MoELanguageModel.from_preset("tiny_moe")
-    with pytest.raises(ValueError, match="Build"):
-        set_moe_layers_trainable(model, False)
+    changed = set_moe_layers_trainable(model, False)
+    assert [layer.name for layer in changed] == ["moe"]
+    assert not model.get_layer("moe").trainable
+
+
+def test_a_layer_with_moe_statistics_is_not_a_moe_layer():
+    class Impostor(keras.layers.Layer):
+        expert_importance = expert_load = dropped_fraction = None
+        auxiliary_losses = {}
+
+        def call(self, inputs):
+            return inputs
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Impostor()(inputs))
+    assert find_moe_layers(model) == {}

@@ -114,7 +114,7 @@ def test_exact_arithmetic_of_the_docstring():
     assert count_parameters("moe_34m") == 4_313_882_624
     assert count_parameters("moe_143m") == 4_371_054_592
     assert count_parameters("lstm_2048_512") == 9_445_376
-    flat_143m = dict(PRESETS["moe_143m"], num_groups=None,
+    flat_143m = dict(PRESETS["moe_143m"], expert_groups=None,
                      experts_per_group=None, num_experts=256, k=4)
     assert count_parameters(flat_143m) == 4_371_021_824
     assert ops_per_timestep("moe_143m") == 142_704_640

@@ -72,7 +72,7 @@ def test_architecture_matches_numpy():
     x1 = x0 + ref.lstm(x0, *lstm_weights(model.get_layer("lstm_1")))
     experts = moe.experts
     mixture = ref.top_k_mixture(
-        x1.reshape(-1, 16), ops.convert_to_numpy(moe.router.w_gate), 2,
+        x1.reshape(-1, 16), ops.convert_to_numpy(moe.router.kernel), 2,
         *(ops.convert_to_numpy(w) for w in (
             experts.kernel_in, experts.bias_in, experts.kernel_out,
             experts.bias_out))).reshape(x1.shape)
@@ -123,7 +123,7 @@ def test_layers_follow_the_preset():
         "moe_dropout", "lstm_2", "lstm_2_dropout", "softmax"]
     moe = model.get_layer("moe")
     assert isinstance(moe, HierarchicalMixtureOfExperts)
-    assert (moe.num_groups, moe.experts_per_group, moe.k_primary,
+    assert (moe.expert_groups, moe.experts_per_group, moe.k_primary,
             moe.k_secondary) == (2, 4, 2, 2)
     assert keras.activations.serialize(moe.output_activation) == "sigmoid"
     four = MoELanguageModel.from_preset("4xlstm_512", vocabulary_size=10)
@@ -235,6 +235,7 @@ np.savez(sys.argv[3], logits=model.predict(data["ids"], verbose=0),
 """
 
 
+@pytest.mark.subprocess
 def test_keras_file_reloads_in_a_fresh_process(tmp_path):
     """A .keras file reloads with safe_mode=True in a new Python process and
     predicts the same. The model holds every sgmoe model part: projected
@@ -324,16 +325,16 @@ def test_config_round_trip_and_argument_errors():
         MoELanguageModel(10, layer_types=("lstm", "gru"))
     with pytest.raises(ValueError, match="num_experts"):
         MoELanguageModel(10)
-    with pytest.raises(ValueError, match="num_groups \\* experts_per_group"):
-        MoELanguageModel(10, num_experts=64, num_groups=16,
+    with pytest.raises(ValueError, match="expert_groups \\* experts_per_group"):
+        MoELanguageModel(10, num_experts=64, expert_groups=16,
                          experts_per_group=8)
     with pytest.raises(ValueError, match="divisible"):
-        MoELanguageModel(10, num_experts=50, num_groups=16)
+        MoELanguageModel(10, num_experts=50, expert_groups=16)
     with pytest.raises(ValueError, match="dropout"):
         MoELanguageModel(10, num_experts=4, dropout=1.0)
     with pytest.raises(ValueError, match="padding_id"):
         MoELanguageModel(10, num_experts=4, padding_id="0")
-    assert MoELanguageModel(10, num_experts=64, num_groups=16)\
+    assert MoELanguageModel(10, num_experts=64, expert_groups=16)\
         .experts_per_group == 4
 
 

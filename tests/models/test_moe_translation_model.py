@@ -13,7 +13,7 @@ from keras import ops
 
 from sgmoe.layers import HierarchicalMixtureOfExperts
 from sgmoe.layers import MixtureOfExperts
-from sgmoe.layers import StrictlyBalancedGating
+from sgmoe.layers import StrictlyBalancedRouter
 from sgmoe.models import MoETranslationModel
 from sgmoe.models import TanhProductAttention
 from sgmoe.models import beam_search as search
@@ -127,7 +127,7 @@ def test_shapes_layers_and_parameter_count():
     assert [m.name for m in moes] == ["encoder_moe", "decoder_moe"]
     for moe in moes:
         assert isinstance(moe, MixtureOfExperts)
-        assert isinstance(moe.router, StrictlyBalancedGating)
+        assert isinstance(moe.router, StrictlyBalancedRouter)
         assert (moe.num_experts, moe.k, moe.expert_hidden_dim) == (4, 2, 32)
         assert moe.output_activation is keras.activations.sigmoid
     assert model.attention.attention_dim == 16
@@ -158,14 +158,14 @@ def test_pyramid_and_hierarchical_configurations():
     assert (pyramid.encoder_moe_layer.num_experts,
             pyramid.decoder_moe_layer.num_experts) == (4, 8)
     mixed = MoETranslationModel.from_preset(
-        "tiny", encoder_moe={"num_groups": 2, "experts_per_group": 4,
+        "tiny", encoder_moe={"expert_groups": 2, "experts_per_group": 4,
                              "expert_hidden_dim": 8},
         decoder_moe={"num_experts": 16, "k": 4, "expert_hidden_dim": 8})
     assert isinstance(mixed.encoder_moe_layer, HierarchicalMixtureOfExperts)
     assert mixed.encoder_moe_layer.num_experts == 8
     assert mixed.decoder_moe_layer.num_experts == 16
     assert (mixed.decoder_moe_layer.router.__class__.__name__
-            == "NoisyTopKGating")
+            == "NoisyTopKRouter")
     assert count_translation_parameters(pyramid)["experts"] == (
         (4 + 8) * (16 * 32 * 2 + 32 + 16))
     pyramid.build()
@@ -189,7 +189,7 @@ def test_paper_presets_construct_and_count():
             assert model.encoder_moe_layer.num_experts == experts // 2
     moe_32 = MoETranslationModel.from_preset("moe_32")
     assert moe_32.encoder_moe_layer.k == 4
-    assert isinstance(moe_32.decoder_moe_layer.router, StrictlyBalancedGating)
+    assert isinstance(moe_32.decoder_moe_layer.router, StrictlyBalancedRouter)
     moe_2048 = MoETranslationModel.from_preset("moe_2048_h")
     assert (moe_2048.decoder_moe_layer.k_primary,
             moe_2048.decoder_moe_layer.k_secondary) == (2, 2)
@@ -211,8 +211,8 @@ def test_invalid_arguments():
         MoETranslationModel(32, model_dim=16, encoder_layers=1)
     with pytest.raises(ValueError, match="decoder_moe"):
         MoETranslationModel(32, model_dim=16, decoder_moe={"experts": 4})
-    with pytest.raises(ValueError, match="end_id"):
-        MoETranslationModel(32, model_dim=16, end_id=32)
+    with pytest.raises(ValueError, match="eos_id"):
+        MoETranslationModel(32, model_dim=16, eos_id=32)
     with pytest.raises(ValueError, match="even"):
         MoETranslationModel(32, model_dim=15, lstm_units=16)
     with pytest.raises(ValueError, match="Unknown preset"):
@@ -240,14 +240,14 @@ MARKOV = np.array([[0, 0, 1.0, 0], [0, 0, 0.4, 0.6], [0, 0, 1.0, 0],
                    [0, 0, 0.6, 0.4]])
 
 
-def test_length_penalty():
+def test_length_penalty_factor():
     """lp(Y) = ((5 + |Y|) / 6) ** alpha and scores log P / lp: alpha = 0
     prefers the likelier short sentence, alpha = 1 the longer one."""
     np.testing.assert_allclose(
-        ops.convert_to_numpy(search.length_penalty(np.array([1, 3, 10]),
+        ops.convert_to_numpy(search.length_penalty_factor(np.array([1, 3, 10]),
                                                    0.6)),
         ((5 + np.array([1, 3, 10])) / 6) ** 0.6, rtol=1e-6)
-    assert float(search.length_penalty(7, 0.0)) == 1.0
+    assert float(search.length_penalty_factor(7, 0.0)) == 1.0
 
     step_fn = markov_step(MARKOV)
     state = ops.zeros((1, 1))
@@ -256,13 +256,13 @@ def test_length_penalty():
     assert short > long and short < long / (7 / 6)
 
     raw = search.beam_search(step_fn, state, 1, 2, 6, START, END,
-                             length_penalty_alpha=0.0)
+                             length_penalty=0.0)
     np.testing.assert_array_equal(ops.convert_to_numpy(raw["token_ids"]),
                                   [[2, 0, 0, 0, 0, 0]])
     np.testing.assert_allclose(ops.convert_to_numpy(raw["scores"]), [short],
                                rtol=1e-5)
     normalised = search.beam_search(step_fn, state, 1, 2, 6, START, END,
-                                    length_penalty_alpha=1.0,
+                                    length_penalty=1.0,
                                     return_all_beams=True)
     np.testing.assert_array_equal(
         ops.convert_to_numpy(normalised["token_ids"])[0, :, :3],
@@ -372,6 +372,7 @@ np.savez(outputs_path, logits=logits,
 """
 
 
+@pytest.mark.subprocess
 def test_keras_save_and_reload_in_fresh_process(tmp_path):
     model = tiny_model("tiny_h")
     # Random gates too, so that a round trip that lost any weight shows.

@@ -13,6 +13,8 @@ import pytest
 
 from scripts import prepare_data
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 DATA_DIR = os.path.join(ROOT, "data")
 SCRIPT = os.path.join(ROOT, "scripts", "prepare_data.py")

@@ -9,6 +9,8 @@ import pytest
 
 from scripts import prepare_data
 
+pytestmark = pytest.mark.subprocess
+
 DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "data")
 
 

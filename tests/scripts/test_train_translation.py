@@ -8,6 +8,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 TRAIN = os.path.join(ROOT, "scripts", "train_translation.py")
 EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")

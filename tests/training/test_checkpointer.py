@@ -22,6 +22,8 @@ from sgmoe.training import (Checkpointer, CheckpointError, NonFiniteLossError,
 from tests.training import checkpoint_driver
 from tests.training.recording import Recorder
 
+pytestmark = pytest.mark.subprocess
+
 REPOSITORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                           "..")
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -7,7 +7,8 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.util import tensor_util
 
 from sgmoe.layers import MixtureOfExperts, SwitchRouter
-from sgmoe.training import MoETensorBoard, find_moe_layers
+from sgmoe.layers import find_moe_layers
+from sgmoe.training import MoETensorBoard
 from sgmoe.training import _logs
 from tests.training.recording import STEP_SECONDS, FakeClock, Recorder
 

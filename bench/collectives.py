@@ -1,4 +1,7 @@
-"""The collectives XLA inserted into a compiled SPMD program, from its HLO."""
+"""The collectives XLA inserted into a compiled SPMD program, from its HLO.
+
+A helper of `bench/mesh_scaling.py` and of the mesh tests.
+"""
 
 import math
 import re

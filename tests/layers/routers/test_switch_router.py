@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 from sgmoe.layers import MixtureOfExperts
-from sgmoe.layers import NoisyTopKGating
+from sgmoe.layers import NoisyTopKRouter
 from sgmoe.layers import SwitchRouter
 from sgmoe.layers._random import uniform
 from tests.layers import numpy_reference as ref
@@ -93,12 +93,12 @@ def test_balancing_loss_is_alpha_when_uniform():
 
 
 def test_z_loss_on_noisy_top_k_gating():
-    gating = NoisyTopKGating(NUM_EXPERTS, k=2, noisy=False,
+    gating = NoisyTopKRouter(NUM_EXPERTS, k=2, noisy=False,
                              z_loss_weight=0.01)
     gating.build((None, DIM))
     w_gate = np.random.RandomState(2).randn(DIM, NUM_EXPERTS).astype(
         "float32")
-    gating.w_gate.assign(w_gate)
+    gating.kernel.assign(w_gate)
     x = tokens()
     result = gating(x, training=True)
     logits = x.astype(np.float64) @ w_gate
@@ -110,7 +110,7 @@ def test_z_loss_on_noisy_top_k_gating():
         float(gating.losses[0]),
         reference["importance_loss"] + reference["load_loss"] + expected_z,
         rtol=1e-4)
-    assert "z_loss" not in NoisyTopKGating(4, k=2)(x).auxiliary_losses
+    assert "z_loss" not in NoisyTopKRouter(4, k=2)(x).auxiliary_losses
 
 
 def test_moe_with_switch_router_equals_dense_reference():
@@ -130,49 +130,8 @@ def test_moe_with_switch_router_equals_dense_reference():
     np.testing.assert_allclose(y, dense, rtol=1e-4, atol=1e-5)
 
 
-def test_switch_moe_trains_with_jit_and_round_trips(tmp_path):
-    inputs = keras.Input((5, DIM))
-    router = SwitchRouter(NUM_EXPERTS, z_loss_weight=1e-3, jitter=0.01,
-                          seed=1)
-    hidden = inputs + MixtureOfExperts(NUM_EXPERTS, 16, router=router,
-                                       name="moe")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse",
-                  jit_compile=True)
-    rng = np.random.RandomState(0)
-    x = rng.randn(40, 5, DIM).astype("float32")
-    y = np.tanh(x[..., :2]).sum(-1, keepdims=True)
-    initial = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, batch_size=8, epochs=10, verbose=0)
-    assert model.evaluate(x, y, verbose=0) < 0.7 * initial
-    path = str(tmp_path / "switch.keras")
-    model.save(path)
-    restored = keras.models.load_model(path, safe_mode=True)
-    assert sorted(model.get_layer("moe").auxiliary_losses) == [
-        "load_balancing_loss", "z_loss"]
-    assert float(model.get_layer("moe").auxiliary_losses["z_loss"]) > 0
-    restored_router = restored.get_layer("moe").router
-    assert isinstance(restored_router, SwitchRouter)
-    assert restored_router.z_loss_weight == 1e-3
-    np.testing.assert_allclose(model.predict(x, verbose=0),
-                               restored.predict(x, verbose=0), rtol=1e-6,
-                               atol=1e-6)
-
-
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(num_experts=0), "num_experts"),
-    (dict(num_experts=4, load_balancing_weight=-1.0),
-     "load_balancing_weight"),
-    (dict(num_experts=4, z_loss_weight=-1e-3), "z_loss_weight"),
-    (dict(num_experts=4, jitter=1.0), "jitter"),
-])
-def test_invalid_arguments_name_the_argument(kwargs, argument):
-    with pytest.raises(ValueError, match=f"`{argument}`"):
-        SwitchRouter(**kwargs)
-
-
 def test_moe_rejects_a_router_for_other_experts():
-    with pytest.raises(ValueError, match="`router`"):
+    with pytest.raises(ValueError, match="`router`.s num_experts"):
         MixtureOfExperts(8, 16, router=SwitchRouter(4))
     with pytest.raises(ValueError, match="noisy_top_k', .*'switch'"):
         MixtureOfExperts(4, 16, router="top_2")
@@ -181,11 +140,11 @@ def test_moe_rejects_a_router_for_other_experts():
 def test_routers_by_name():
     moe = MixtureOfExperts(4, 16, router="switch", seed=2)
     assert isinstance(moe.router, SwitchRouter) and moe.k == 1
-    assert moe.get_config()["router"] == "switch"
+    assert moe.get_config()["router"]["class_name"] == "SwitchRouter"
     clone = MixtureOfExperts.from_config(moe.get_config())
     assert isinstance(clone.router, SwitchRouter) and clone.router.seed == 2
     default = MixtureOfExperts(4, 16, k=2)
-    assert isinstance(default.router, NoisyTopKGating)
-    assert default.get_config()["router"] == "noisy_top_k"
+    assert isinstance(default.router, NoisyTopKRouter)
+    assert default.get_config()["router"]["class_name"] == "NoisyTopKRouter"
     assert isinstance(MixtureOfExperts(4, 16, router=None).router,
-                      NoisyTopKGating)
+                      NoisyTopKRouter)

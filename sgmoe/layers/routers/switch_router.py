@@ -5,15 +5,14 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.layers import _random
-from sgmoe.layers import _router_common
 from sgmoe.layers import balancing
-from sgmoe.layers.routing_result import RoutingResult
-from sgmoe.layers.routing_result import check_token_matrix_shape
-from sgmoe.layers.routing_result import routing_result_spec
+from sgmoe.layers.routers.router import Router
+from sgmoe.layers.routers.routing_result import RoutingResult
+from sgmoe.layers.routers.top_k import top_k_per_token
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class SwitchRouter(keras.layers.Layer):
+class SwitchRouter(Router):
     """Top-1 routing of Switch Transformer, with its load-balancing loss.
 
     Fedus, Zoph and Shazeer 2021, "Switch Transformers", arXiv:2101.03961,
@@ -36,16 +35,19 @@ class SwitchRouter(keras.layers.Layer):
         L_z = z_loss_weight * mean_x (logsumexp_i h_i(x))^2
 
     The layer always computes in float32 (the paper's "selective
-    precision"). W_r is initialised with a truncated normal of standard
-    deviation sqrt(0.1 / d) (the paper's reduced initialisation scale).
+    precision"). By default W_r (`kernel`) is initialised with a truncated
+    normal of standard deviation sqrt(0.1 / d) (the paper's reduced
+    initialisation scale).
 
     Args:
-        num_experts: E.
+        num_experts: E (None: set by the MoE layer).
         load_balancing_weight: alpha of L_balance (>= 0; paper: 0.01).
         z_loss_weight: weight of L_z (>= 0; ST-MoE used 0.001; 0 disables).
         jitter: multiplicative input noise amplitude in training (>= 0,
             < 1; 0 disables).
-        seed: seed of the jitter.
+        kernel_initializer: initializer of W_r; None means the truncated
+            normal above.
+        seed: seed of the jitter and of the default kernel initializer.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -66,32 +68,24 @@ class SwitchRouter(keras.layers.Layer):
     """
 
     k = 1
+    loss_names = ("load_balancing_loss",)
 
     def __init__(
         self,
-        num_experts,
+        num_experts=None,
         load_balancing_weight=0.01,
         z_loss_weight=0.0,
         jitter=0.0,
+        kernel_initializer=None,
         seed=None,
         **kwargs,
     ):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        self.num_experts = _validation.check_positive_int(
-            "num_experts", num_experts)
+        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
+                         **kwargs)
         self.load_balancing_weight = _validation.check_non_negative_float(
             "load_balancing_weight", load_balancing_weight)
-        self.z_loss_weight = _validation.check_non_negative_float(
-            "z_loss_weight", z_loss_weight)
         self.jitter = _validation.check_unit_interval("jitter", jitter)
-        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def build(self, input_shape):
-        input_dim = check_token_matrix_shape("SwitchRouter", input_shape)
-        self.kernel = _router_common.gate_kernel(self, "kernel", input_dim)
-        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
@@ -100,35 +94,25 @@ class SwitchRouter(keras.layers.Layer):
                                     1.0 + self.jitter, self.seed_generator)
         logits = ops.matmul(x, self.kernel)  # [N, E]
         probabilities = ops.softmax(logits, axis=-1)
-        top_probability, expert_indices = _router_common.top_k_per_token(
+        top_probability, expert_indices = top_k_per_token(
             probabilities, 1)  # [N, 1]
         expert_weights = top_probability  # [N, 1]
 
         load = balancing.count_per_expert(expert_indices, self.num_experts)
         importance = balancing.count_per_expert(
             expert_indices, self.num_experts, weights=expert_weights)
-        auxiliary_losses = {
+        auxiliary_losses = self.add_losses({
             "load_balancing_loss": self.load_balancing_weight
             * balancing.load_balancing_loss(expert_indices[:, 0],
                                             probabilities),
-        }
-        _router_common.add_losses(self, auxiliary_losses, logits,
-                                  training)
+        }, logits, training)
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
-
-    def compute_output_spec(self, inputs, training=None):
-        loss_names = _router_common.loss_names(self, ["load_balancing_loss"])
-        return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
-                                   loss_names)
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "num_experts": self.num_experts,
             "load_balancing_weight": self.load_balancing_weight,
-            "z_loss_weight": self.z_loss_weight,
             "jitter": self.jitter,
-            "seed": self.seed,
         })
         return config

@@ -1,7 +1,6 @@
-"""Translating text files with a trained model and scoring them with BLEU."""
+"""Translating sentences with a trained translation model."""
 
 import math
-import typing
 
 import numpy as np
 
@@ -26,8 +25,8 @@ def translate_lines(model, vocabulary, lines, *, batch_size=64,
     Args:
         model: a built `sgmoe.models.MoETranslationModel`.
         vocabulary: the `sgmoe.data.SubwordVocabulary` it was trained with
-            (its `<s>` and `</s>` ids must be the model's `start_id` and
-            `end_id`).
+            (its `<s>` and `</s>` ids must be the model's `bos_id` and
+            `eos_id`).
         lines: source sentences (str).
         batch_size: sentences decoded at once.
         beam_width: hypotheses kept per sentence; 1 decodes greedily.
@@ -46,13 +45,13 @@ def translate_lines(model, vocabulary, lines, *, batch_size=64,
     length_step = _validation.check_positive_int("length_step", length_step)
     max_source_length = _validation.check_positive_int(
         "max_source_length", max_source_length)
-    if (model.start_id, model.end_id) != (vocabulary.bos_id,
+    if (model.bos_id, model.eos_id) != (vocabulary.bos_id,
                                           vocabulary.eos_id):
         raise ValueError(
-            f"The model's start_id / end_id ({model.start_id} / "
-            f"{model.end_id}) must be the vocabulary's <s> / </s> ids "
+            f"The model's bos_id / eos_id ({model.bos_id} / "
+            f"{model.eos_id}) must be the vocabulary's <s> / </s> ids "
             f"({vocabulary.bos_id} / {vocabulary.eos_id}): build it with "
-            "start_id=vocabulary.bos_id, end_id=vocabulary.eos_id.")
+            "bos_id=vocabulary.bos_id, eos_id=vocabulary.eos_id.")
     lines = list(lines)
     if not lines:
         return []
@@ -90,39 +89,3 @@ def translate_lines(model, vocabulary, lines, *, batch_size=64,
             print_fn(f"translated batch {batch_index + 1}/{num_batches} "
                      f"(source length {length})")
     return translations
-
-
-class BleuResult(typing.NamedTuple):
-    """BLEU of a corpus: `score` in percent, sacrebleu's `text` line
-    ("BLEU = 27.31 58.1/33.4/...") and its `signature` of the settings."""
-
-    score: float
-    text: str
-    signature: str
-
-
-def corpus_bleu(hypotheses, references):
-    """Corpus BLEU through sacrebleu (Post 2018), on detokenized text.
-
-    Uses sacrebleu's defaults (13a tokenization, exponential smoothing,
-    case-sensitive), so scores compare with published WMT figures computed
-    the same way.
-
-    Args:
-        hypotheses: translations (str), one per reference.
-        references: reference translations (str).
-
-    Returns:
-        A `BleuResult`.
-    """
-    import sacrebleu
-
-    hypotheses, references = list(hypotheses), list(references)
-    if len(hypotheses) != len(references):
-        raise ValueError(
-            f"`hypotheses` ({len(hypotheses)}) and `references` "
-            f"({len(references)}) must have the same length.")
-    metric = sacrebleu.BLEU()
-    score = metric.corpus_score(hypotheses, [references])
-    return BleuResult(float(score.score), str(score),
-                      str(metric.get_signature()))

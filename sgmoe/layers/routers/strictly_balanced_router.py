@@ -6,15 +6,14 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
-from sgmoe.layers import _router_common
 from sgmoe.layers import dispatch
-from sgmoe.layers.routing_result import ExpertSlots
-from sgmoe.layers.routing_result import check_token_matrix_shape
-from sgmoe.layers.routing_result import expert_slots_spec
+from sgmoe.layers.routers.router import Router
+from sgmoe.layers.routers.routing_result import ExpertSlots
+from sgmoe.layers.routers.routing_result import expert_slots_spec
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class StrictlyBalancedGating(keras.layers.Layer):
+class StrictlyBalancedRouter(Router):
     """Strictly balanced gating: batchwise masks, then learned thresholds.
 
     Shazeer et al. 2017, "Outrageously Large Neural Networks: The
@@ -73,7 +72,7 @@ class StrictlyBalancedGating(keras.layers.Layer):
     an unknown batch size), which XLA folds into constants when it compiles.
 
     Args:
-        num_experts: E.
+        num_experts: E (None: set by the MoE layer).
         k: the average number of experts per token, 1 <= k <= num_experts;
             it sets m = ceil(k N / E).
         eval_capacity_factor: C_eval / m at inference (> 0).
@@ -100,15 +99,18 @@ class StrictlyBalancedGating(keras.layers.Layer):
 
     Example:
 
-    >>> gating = StrictlyBalancedGating(num_experts=4, k=2)
-    >>> routing = gating(keras.random.normal((10, 16)), training=True)
+    >>> router = StrictlyBalancedRouter(num_experts=4, k=2)
+    >>> routing = router(keras.random.normal((10, 16)), training=True)
     >>> tuple(routing.slot_token.shape)  # m = ceil(2 * 10 / 4) = 5
     (4, 5)
     """
 
+    fills_expert_slots = True
+    loss_names = ("batchwise_threshold_loss",)
+
     def __init__(
         self,
-        num_experts,
+        num_experts=None,
         k=2,
         eval_capacity_factor=2.0,
         threshold_loss_weight=1.0,
@@ -118,23 +120,18 @@ class StrictlyBalancedGating(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        self.num_experts = _validation.check_positive_int(
-            "num_experts", num_experts)
-        self.k = _validation.check_top_k(k, self.num_experts)
+        self.k = _validation.check_positive_int("k", k)
+        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
+                         **kwargs)
         self.eval_capacity_factor = _validation.check_positive_float(
             "eval_capacity_factor", eval_capacity_factor)
         self.threshold_loss_weight = _validation.check_non_negative_float(
             "threshold_loss_weight", threshold_loss_weight)
-        self.z_loss_weight = _validation.check_non_negative_float(
-            "z_loss_weight", z_loss_weight)
         self.threshold_initializer = keras.initializers.get(
             threshold_initializer)
-        self.kernel_initializer = (
-            None if kernel_initializer is None else
-            keras.initializers.get(kernel_initializer))
-        self.seed = seed
+
+    def check_num_experts(self, num_experts):
+        _validation.check_top_k(self.k, num_experts)
 
     def tokens_per_expert(self, num_tokens):
         """m = ceil(k N / E) clamped to [1, N], the batchwise slots."""
@@ -155,19 +152,15 @@ class StrictlyBalancedGating(keras.layers.Layer):
         return ops.maximum(ops.minimum(capacity, num_tokens), 1)
 
     def build(self, input_shape):
-        input_dim = check_token_matrix_shape("StrictlyBalancedGating",
-                                             input_shape)
-        self.w_gate = _router_common.gate_kernel(
-            self, "w_gate", input_dim, self.kernel_initializer)
+        super().build(input_shape)
         self.threshold = self.add_weight(
             name="threshold", shape=(self.num_experts,),
             initializer=self.threshold_initializer, dtype="float32",
             autocast=False)
-        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
 
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
-        logits = ops.matmul(x, self.w_gate)  # [N, E]
+        logits = ops.matmul(x, self.kernel)  # [N, E]
         gates = ops.softmax(logits, axis=-1)  # G_sigma [N, E]
         scores = ops.transpose(gates)  # [E, N]
         num_tokens = ops.shape(x)[0]
@@ -203,9 +196,8 @@ class StrictlyBalancedGating(keras.layers.Layer):
 
         importance = ops.sum(slot_weight, axis=1)
         load = ops.sum(ops.cast(filled, "float32"), axis=1)
-        auxiliary_losses = {"batchwise_threshold_loss": threshold_loss}
-        _router_common.add_losses(self, auxiliary_losses, logits,
-                                  training)
+        auxiliary_losses = self.add_losses(
+            {"batchwise_threshold_loss": threshold_loss}, logits, training)
         return ExpertSlots(slot_token, slot_weight, importance, load,
                            auxiliary_losses)
 
@@ -213,23 +205,16 @@ class StrictlyBalancedGating(keras.layers.Layer):
         num_tokens = inputs.shape[0]
         capacity = (None if num_tokens is None else
                     self.capacity(num_tokens, training))
-        loss_names = _router_common.loss_names(
-            self, ["batchwise_threshold_loss"])
-        return expert_slots_spec(self.num_experts, capacity, loss_names)
+        return expert_slots_spec(self.num_experts, capacity,
+                                 self.all_loss_names)
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "num_experts": self.num_experts,
             "k": self.k,
             "eval_capacity_factor": self.eval_capacity_factor,
             "threshold_loss_weight": self.threshold_loss_weight,
-            "z_loss_weight": self.z_loss_weight,
             "threshold_initializer": keras.initializers.serialize(
                 self.threshold_initializer),
-            "kernel_initializer": (
-                None if self.kernel_initializer is None else
-                keras.initializers.serialize(self.kernel_initializer)),
-            "seed": self.seed,
         })
         return config

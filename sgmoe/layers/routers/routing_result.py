@@ -1,4 +1,4 @@
-"""The value every router returns: the one interface between routing and dispatch."""
+"""What routers return: the interface between routing and dispatch."""
 
 from typing import Any
 from typing import NamedTuple
@@ -12,9 +12,7 @@ class RoutingResult(NamedTuple):
     Each token picks k experts. Routers that fill each expert's slots
     themselves return an `ExpertSlots` instead; the dispatcher
     (`dispatch.plan_routing`) turns either into a plan, so a MoE layer never
-    needs to know which router it has. A router may also have a static
-    `num_groups` attribute: token-choice capacity then applies per group of
-    N / num_groups consecutive tokens (GShard).
+    needs to know which router it has (see `Router`).
 
     Attributes:
         expert_indices: int32 [N, k], the experts chosen for each token, in
@@ -81,12 +79,3 @@ def expert_slots_spec(num_experts, capacity, loss_names):
         importance=tensor((num_experts,), dtype="float32"),
         load=tensor((num_experts,), dtype="float32"),
         auxiliary_losses=_loss_specs(loss_names))
-
-
-def check_token_matrix_shape(router_name, input_shape):
-    """Returns d of a router's [tokens, d] input shape, or raises ValueError."""
-    if len(input_shape) != 2 or input_shape[-1] is None:
-        raise ValueError(
-            f"`inputs` of {router_name} must have shape [tokens, d] with a "
-            f"known d, received shape {tuple(input_shape)}.")
-    return input_shape[-1]

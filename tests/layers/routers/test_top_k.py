@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 from keras import ops
 
-from sgmoe.layers import _router_common
+from sgmoe.layers.routers import top_k
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 5, _router_common.MAX_PASSES + 1])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, top_k.MAX_PASSES + 1])
 def test_top_k_per_token_equals_top_k_with_ties(k):
     # Small integers: many equal values in a row, where the lower index
     # must come first, as in ops.top_k and np.argsort(-x, stable).
     rng = np.random.RandomState(k)
     values = rng.randint(-3, 4, size=(3, 7, 12)).astype("float32")
-    top_values, top_indices = _router_common.top_k_per_token(
+    top_values, top_indices = top_k.top_k_per_token(
         ops.convert_to_tensor(values), k)
     expected_indices = np.argsort(-values, axis=-1, kind="stable")[..., :k]
     np.testing.assert_array_equal(ops.convert_to_numpy(top_indices),
@@ -30,7 +30,7 @@ def test_top_k_per_token_passes_gradients_to_the_chosen_values():
     weights = ops.convert_to_tensor(np.array([[3.0, 5.0]], "float32"))
 
     def loss(v):
-        top_values, _ = _router_common.top_k_per_token(v, 2)
+        top_values, _ = top_k.top_k_per_token(v, 2)
         return ops.sum(top_values * weights)
 
     if keras.backend.backend() == "jax":

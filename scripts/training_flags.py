@@ -1,14 +1,14 @@
-"""The absl flags that every sgmoe training script shares.
+"""The absl flags both training scripts share, and what they turn into.
 
 `scripts/train_lm.py` and `scripts/train_translation.py` define their data
 flags themselves and these common ones here, with their own defaults, so
-the flags mean the same in both and `--helpfull` documents them once.
+the flags mean the same in both and `--helpfull` documents them once. The
+functions below read the parsed flags and call the library with explicit
+arguments; nothing under `sgmoe/` reads flags.
 """
 
 import contextlib
-import os
-import shutil
-import tempfile
+import warnings
 
 from absl import flags
 
@@ -81,73 +81,36 @@ def check_training_flags(fail, positive=()):
              f"{FLAGS.learning_rate}")
 
 
-def distribution_scope():
-    """The scope to build and compile the model in, for `--mesh`.
+def start_run(fail):
+    """Sets Keras up as the flags ask and returns the model's build scope.
 
-    Raises:
-        ValueError: an invalid `--mesh` (naming `mesh`).
+    Applies `--mixed_precision` and `--seed`, then sets up `--mesh`
+    (with `--multi_host`, this starts the processes, so call it before
+    anything that waits for the other processes). An invalid `--mesh`
+    calls `fail` with the library's message.
+
+    Returns:
+        The context to build and compile the model in.
     """
+    # Keras warns whenever an evaluation dataset of unknown length ends,
+    # which is how every evaluation in the scripts ends.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    import keras
+
     from sgmoe import distribute
 
-    distribution = distribute.distribution_for_flags(
-        FLAGS.mesh, multi_host=FLAGS.multi_host,
-        expert_axis=FLAGS.expert_axis)
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(FLAGS.seed)
+    try:
+        distribution = distribute.distribution_for_mesh(
+            FLAGS.mesh, multi_host=FLAGS.multi_host,
+            expert_axis=FLAGS.expert_axis)
+    except ValueError as error:
+        fail(error)
     if distribution is None:
         return contextlib.nullcontext()
     return distribution.scope()
-
-
-def shared_vocabulary(vocabulary_class, build):
-    """The run's vocabulary: `--model_dir`'s, or built once and saved there.
-
-    A vocabulary saved in `--model_dir` is loaded. Otherwise process 0
-    calls `build()` and saves the result, and every other process of a
-    multi-process run (`--multi_host`) loads it once written, so all use
-    the same one. Without `--model_dir` each process calls `build()`.
-    Call it after `distribution_scope()`, which starts the processes.
-
-    Args:
-        vocabulary_class: `WordVocabulary` or `SubwordVocabulary` (their
-            `FILENAME`, `load(directory)` and `save(directory)`).
-        build: () -> a new vocabulary.
-    """
-    if not FLAGS.model_dir:
-        return build()
-    from sgmoe import distribute
-
-    saved = os.path.isfile(os.path.join(FLAGS.model_dir,
-                                        vocabulary_class.FILENAME))
-    # Nobody writes before everybody has looked.
-    distribute.wait_for_all_processes("sgmoe vocabulary checked")
-    if saved:
-        return vocabulary_class.load(FLAGS.model_dir)
-    vocabulary = None
-    if distribute.is_primary_process():
-        vocabulary = build()
-        vocabulary.save(FLAGS.model_dir)
-    distribute.wait_for_all_processes("sgmoe vocabulary written")
-    if vocabulary is None:
-        vocabulary = vocabulary_class.load(FLAGS.model_dir)
-    return vocabulary
-
-
-def save_model(model):
-    """Saves the trained model to `--model_dir`/model (`save_to_preset`).
-
-    In a multi-process run every process must save: reading weights that
-    span processes is a collective. Process 0 writes `--model_dir`/model;
-    the others write to a scratch directory and delete it.
-    """
-    from sgmoe import distribute
-
-    if distribute.is_primary_process():
-        model.save_to_preset(os.path.join(FLAGS.model_dir, "model"))
-        return
-    scratch = tempfile.mkdtemp(prefix="sgmoe-save-")
-    try:
-        model.save_to_preset(os.path.join(scratch, "model"))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def evaluation_callbacks():
@@ -169,3 +132,11 @@ def make_optimizer():
 
         return FactoredAdam(FLAGS.learning_rate)
     return keras.optimizers.Adam(FLAGS.learning_rate)
+
+
+def print_training_time(run, seconds, tokens_per_step, unit):
+    """Prints the steps `run` just trained, their time and `unit`s/s."""
+    if run.remaining_steps:
+        steps = run.remaining_steps
+        print(f"trained {steps} steps in {seconds:.0f}s "
+              f"({steps * tokens_per_step / seconds:.0f} {unit}/s)")

@@ -1,4 +1,4 @@
-"""What a script's `--mesh` flag sets up, on either backend."""
+"""The distribution a device-mesh spec asks for, on either backend."""
 
 import keras
 
@@ -11,9 +11,9 @@ from sgmoe.distribute.model_parallel import JAX_ONLY_MESSAGE
 from sgmoe.distribute.model_parallel import model_parallel
 
 
-def distribution_for_flags(mesh, multi_host=False, tpu=None,
+def distribution_for_mesh(mesh, multi_host=False, tpu=None,
                            expert_axis=MODEL_AXIS):
-    """The distribution of a `--mesh` flag; None without one.
+    """The distribution that runs a model on `mesh`; None without one.
 
     On the JAX backend: `model_parallel(mesh)`, also set as the global
     distribution, so `fit` splits the batch over "batch" and expert weights
@@ -38,8 +38,8 @@ def distribution_for_flags(mesh, multi_host=False, tpu=None,
     Either way, build and compile the model under `distribution.scope()`.
 
     Args:
-        mesh: the flag's value, a spec such as "batch:2,model:4" (see
-            `parse_mesh_spec`); None or "" for no distribution.
+        mesh: a spec such as "batch:2,model:4" (see `parse_mesh_spec`);
+            None or "" for no distribution.
         multi_host: whether the run spans several processes (hosts).
         expert_axis: the axis expert weights are split over on JAX,
             "model" or "batch" (the paper's layout; see `model_parallel`).
@@ -57,10 +57,10 @@ def distribution_for_flags(mesh, multi_host=False, tpu=None,
 
     Example:
 
-    >>> distribution = distribution_for_flags(FLAGS.mesh)
-    >>> with distribution.scope() if distribution else contextlib.nullcontext():
-    ...     model = MoELanguageModel.from_preset(FLAGS.preset)
-    ...     model.compile(optimizer="adam")
+    distribution = distribution_for_mesh("batch:2")
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        model = MoELanguageModel.from_preset("small_moe")
+        model.compile(optimizer="adam")
     """
     if mesh is None or (isinstance(mesh, str) and not mesh.strip()):
         return None

@@ -1,4 +1,4 @@
-"""Noisy top-k gating network of Shazeer et al. 2017 (§2.1, §4, Appendix A)."""
+"""Noisy top-k gating of Shazeer et al. 2017 (§2.1, §4, Appendix A)."""
 
 import math
 from typing import Any
@@ -9,11 +9,10 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.layers import _random
-from sgmoe.layers import _router_common
 from sgmoe.layers import balancing
-from sgmoe.layers.routing_result import RoutingResult
-from sgmoe.layers.routing_result import check_token_matrix_shape
-from sgmoe.layers.routing_result import routing_result_spec
+from sgmoe.layers.routers.router import Router
+from sgmoe.layers.routers.routing_result import RoutingResult
+from sgmoe.layers.routers.top_k import top_k_per_token
 
 
 def normal_cdf(x):
@@ -48,14 +47,14 @@ class TopKGates(NamedTuple):
 
     Attributes:
         expert_indices: int32 [..., k], the k experts of highest H(x).
-        weights: float32 [..., k], their gate values G(x).
+        expert_weights: float32 [..., k], their gate values G(x).
         logits: H(x) [..., E] (with noise when noise was drawn).
         probability_in_top_k: P(x, i) [..., E] when noise was drawn, else None
             (the load is then a count).
     """
 
     expert_indices: Any
-    weights: Any
+    expert_weights: Any
     logits: Any
     probability_in_top_k: Any
 
@@ -67,7 +66,7 @@ def noisy_top_k(clean_logits, k, noise_logits=None, noise_epsilon=1e-2,
     H(x) = clean_logits + StandardNormal() * (Softplus(noise_logits) +
     noise_epsilon), or clean_logits when `noise_logits` is None; the gates
     are Softmax(KeepTopK(H(x), k)), or for k = 1 the chosen expert's
-    probability under Softmax(H(x)) (see `NoisyTopKGating`).
+    probability under Softmax(H(x)) (see `NoisyTopKRouter`).
 
     Args:
         clean_logits: x W_g, float32 [..., E].
@@ -89,7 +88,7 @@ def noisy_top_k(clean_logits, k, noise_logits=None, noise_epsilon=1e-2,
 
     has_next = noise_logits is not None and k < num_experts
     # The (k+1)-th value is needed only for the load's probabilities.
-    ranked_values, ranked_indices = _router_common.top_k_per_token(
+    ranked_values, ranked_indices = top_k_per_token(
         logits, k + 1 if has_next else k)
     top_values = ranked_values[..., :k]
     expert_indices = ranked_indices[..., :k]
@@ -109,7 +108,7 @@ def noisy_top_k(clean_logits, k, noise_logits=None, noise_epsilon=1e-2,
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class NoisyTopKGating(keras.layers.Layer):
+class NoisyTopKRouter(Router):
     """Noisy top-k gating with the importance and load balancing losses.
 
     Shazeer et al. 2017, "Outrageously Large Neural Networks: The
@@ -142,8 +141,9 @@ class NoisyTopKGating(keras.layers.Layer):
     in P alike, so the load estimator stays unbiased. `noise_epsilon=0` gives
     the equations above verbatim.
 
-    `w_gate` and `w_noise` start at zero (Appendix A): every expert starts
-    equally likely and the noise scale starts at softplus(0) + epsilon.
+    W_g (`kernel`) and W_noise (`noise_kernel`) start at zero (Appendix
+    A): every expert starts equally likely and the noise scale starts at
+    softplus(0) + epsilon.
 
     With k = 1, Softmax over a single kept value is identically 1, so the gate
     would carry no gradient to W_g. For k = 1 this layer therefore uses the
@@ -158,7 +158,7 @@ class NoisyTopKGating(keras.layers.Layer):
     sensitive to rounding.
 
     Args:
-        num_experts: number of experts E.
+        num_experts: number of experts E (None: set by the MoE layer).
         k: experts per token, 1 <= k <= num_experts.
         noisy: whether to add the trainable Gaussian noise in training.
         importance_weight: w_importance, weight of L_importance (>= 0).
@@ -167,6 +167,7 @@ class NoisyTopKGating(keras.layers.Layer):
         z_loss_weight: weight of the router z-loss of ST-MoE (Zoph et al.
             2022), z_loss_weight * mean_x (logsumexp_i H(x)_i)^2 (>= 0;
             0, the default, leaves it out as the paper does).
+        kernel_initializer: initializer of W_g; None means zeros.
         seed: seed of the noise.
         **kwargs: base `keras.layers.Layer` arguments.
 
@@ -181,29 +182,31 @@ class NoisyTopKGating(keras.layers.Layer):
 
     Example:
 
-    >>> gating = NoisyTopKGating(num_experts=8, k=2)
-    >>> routing = gating(keras.random.normal((10, 16)), training=True)
+    >>> router = NoisyTopKRouter(num_experts=8, k=2)
+    >>> routing = router(keras.random.normal((10, 16)), training=True)
     >>> tuple(routing.expert_indices.shape), tuple(routing.load.shape)
     ((10, 2), (8,))
     """
 
+    loss_names = ("importance_loss", "load_loss")
+    default_kernel_initializer = "zeros"
+
     def __init__(
         self,
-        num_experts,
+        num_experts=None,
         k=4,
         noisy=True,
         importance_weight=0.1,
         load_weight=0.1,
         noise_epsilon=1e-2,
         z_loss_weight=0.0,
+        kernel_initializer=None,
         seed=None,
         **kwargs,
     ):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        self.num_experts = _validation.check_positive_int(
-            "num_experts", num_experts)
-        self.k = _validation.check_top_k(k, self.num_experts)
+        self.k = _validation.check_positive_int("k", k)
+        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
+                         **kwargs)
         self.noisy = bool(noisy)
         self.importance_weight = _validation.check_non_negative_float(
             "importance_weight", importance_weight)
@@ -211,32 +214,28 @@ class NoisyTopKGating(keras.layers.Layer):
             "load_weight", load_weight)
         self.noise_epsilon = _validation.check_non_negative_float(
             "noise_epsilon", noise_epsilon)
-        self.z_loss_weight = _validation.check_non_negative_float(
-            "z_loss_weight", z_loss_weight)
-        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    def check_num_experts(self, num_experts):
+        _validation.check_top_k(self.k, num_experts)
+
     def build(self, input_shape):
-        input_dim = check_token_matrix_shape("NoisyTopKGating", input_shape)
-        self.w_gate = self.add_weight(
-            name="w_gate", shape=(input_dim, self.num_experts),
-            initializer="zeros", dtype="float32", autocast=False)
+        super().build(input_shape)
         if self.noisy:
-            self.w_noise = self.add_weight(
-                name="w_noise", shape=(input_dim, self.num_experts),
-                initializer="zeros", dtype="float32",
-                autocast=False)
-        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
+            self.noise_kernel = self.add_weight(
+                name="noise_kernel", shape=self.kernel.shape,
+                initializer="zeros", dtype="float32", autocast=False)
 
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
         noisy = self.noisy and bool(training)
         gates = noisy_top_k(
-            ops.matmul(x, self.w_gate), self.k,
-            noise_logits=ops.matmul(x, self.w_noise) if noisy else None,
+            ops.matmul(x, self.kernel), self.k,
+            noise_logits=ops.matmul(x, self.noise_kernel) if noisy else None,
             noise_epsilon=self.noise_epsilon,
             seed_generator=self.seed_generator)
-        expert_indices, expert_weights = gates.expert_indices, gates.weights
+        expert_indices = gates.expert_indices
+        expert_weights = gates.expert_weights
         importance = balancing.count_per_expert(
             expert_indices, self.num_experts, weights=expert_weights)
         if gates.probability_in_top_k is not None:
@@ -244,32 +243,21 @@ class NoisyTopKGating(keras.layers.Layer):
         else:
             load = balancing.count_per_expert(expert_indices, self.num_experts)
 
-        auxiliary_losses = {
+        auxiliary_losses = self.add_losses({
             "importance_loss":
                 self.importance_weight * balancing.cv_squared(importance),
             "load_loss": self.load_weight * balancing.cv_squared(load),
-        }
-        _router_common.add_losses(self, auxiliary_losses, gates.logits,
-                                  training)
+        }, gates.logits, training)
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
-
-    def compute_output_spec(self, inputs, training=None):
-        loss_names = _router_common.loss_names(
-            self, ["importance_loss", "load_loss"])
-        return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
-                                   loss_names)
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "num_experts": self.num_experts,
             "k": self.k,
             "noisy": self.noisy,
             "importance_weight": self.importance_weight,
             "load_weight": self.load_weight,
             "noise_epsilon": self.noise_epsilon,
-            "z_loss_weight": self.z_loss_weight,
-            "seed": self.seed,
         })
         return config

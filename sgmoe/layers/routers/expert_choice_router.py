@@ -4,15 +4,14 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
-from sgmoe.layers import _router_common
 from sgmoe.layers import dispatch
-from sgmoe.layers.routing_result import ExpertSlots
-from sgmoe.layers.routing_result import check_token_matrix_shape
-from sgmoe.layers.routing_result import expert_slots_spec
+from sgmoe.layers.routers.router import Router
+from sgmoe.layers.routers.routing_result import ExpertSlots
+from sgmoe.layers.routers.routing_result import expert_slots_spec
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class ExpertChoiceRouter(keras.layers.Layer):
+class ExpertChoiceRouter(Router):
     """Expert-choice routing: every expert takes its top-C tokens.
 
     Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing",
@@ -52,7 +51,7 @@ class ExpertChoiceRouter(keras.layers.Layer):
     unknown batch size), which XLA folds into a constant when it compiles.
 
     Args:
-        num_experts: E.
+        num_experts: E (None: set by the MoE layer).
         capacity_factor: c, slots per expert relative to N / E (> 0; paper:
             2.0).
         z_loss_weight: weight of L_z (>= 0; 0 leaves it out).
@@ -83,44 +82,30 @@ class ExpertChoiceRouter(keras.layers.Layer):
 
     # Experts fill their own slots: tokens do not pick k experts.
     k = None
+    fills_expert_slots = True
 
     def __init__(
         self,
-        num_experts,
+        num_experts=None,
         capacity_factor=2.0,
         z_loss_weight=0.0,
         kernel_initializer=None,
         seed=None,
         **kwargs,
     ):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        self.num_experts = _validation.check_positive_int(
-            "num_experts", num_experts)
+        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
+                         **kwargs)
         self.capacity_factor = _validation.check_positive_float(
             "capacity_factor", capacity_factor)
-        self.z_loss_weight = _validation.check_non_negative_float(
-            "z_loss_weight", z_loss_weight)
-        self.kernel_initializer = (
-            None if kernel_initializer is None else
-            keras.initializers.get(kernel_initializer))
-        self.seed = seed
 
     def capacity(self, num_tokens):
         """C, the slots of each expert for `num_tokens` tokens."""
         return dispatch.expert_capacity(num_tokens, self.num_experts, 1,
                                         self.capacity_factor)
 
-    def build(self, input_shape):
-        input_dim = check_token_matrix_shape("ExpertChoiceRouter",
-                                             input_shape)
-        self.w_gate = _router_common.gate_kernel(
-            self, "w_gate", input_dim, self.kernel_initializer)
-        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
-
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
-        logits = ops.matmul(x, self.w_gate)  # [N, E]
+        logits = ops.matmul(x, self.kernel)  # [N, E]
         scores = ops.softmax(logits, axis=-1)
         capacity = self.capacity(ops.shape(x)[0])
         slot_weight, slot_token = ops.top_k(ops.transpose(scores),
@@ -130,26 +115,17 @@ class ExpertChoiceRouter(keras.layers.Layer):
         # A gate that underflowed to 0 marks an empty slot for the dispatcher.
         load = ops.sum(ops.cast(ops.greater(slot_weight, 0.0), "float32"),
                        axis=1)
-        auxiliary_losses = _router_common.add_losses(self, {}, logits,
-                                                     training)
+        auxiliary_losses = self.add_losses({}, logits, training)
         return ExpertSlots(slot_token, slot_weight, importance, load,
                            auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
         num_tokens = inputs.shape[0]
         capacity = None if num_tokens is None else self.capacity(num_tokens)
-        loss_names = _router_common.loss_names(self, [])
-        return expert_slots_spec(self.num_experts, capacity, loss_names)
+        return expert_slots_spec(self.num_experts, capacity,
+                                 self.all_loss_names)
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "num_experts": self.num_experts,
-            "capacity_factor": self.capacity_factor,
-            "z_loss_weight": self.z_loss_weight,
-            "kernel_initializer": (
-                None if self.kernel_initializer is None else
-                keras.initializers.serialize(self.kernel_initializer)),
-            "seed": self.seed,
-        })
+        config["capacity_factor"] = self.capacity_factor
         return config

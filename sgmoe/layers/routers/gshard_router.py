@@ -4,12 +4,12 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import _random
-from sgmoe.layers import _router_common
 from sgmoe.layers import balancing
-from sgmoe.layers.routing_result import RoutingResult
-from sgmoe.layers.routing_result import check_token_matrix_shape
-from sgmoe.layers.routing_result import routing_result_spec
+from sgmoe.layers.routers.router import Router
+from sgmoe.layers.routers.routing_result import RoutingResult
+from sgmoe.layers.routers.top_k import top_k_per_token
 
 SECOND_EXPERT_POLICIES = ("all", "random", "threshold", "none")
 
@@ -23,7 +23,7 @@ def _check_policy(name, value):
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class GShardRouter(keras.layers.Layer):
+class GShardRouter(Router):
     """Top-2 routing of GShard, with random routing and group-local balance.
 
     Lepikhin et al. 2020, "GShard: Scaling Giant Models with Conditional
@@ -43,9 +43,9 @@ class GShardRouter(keras.layers.Layer):
     expert: it takes no slot in dispatch) and weight 0; g1 is not
     renormalised, as in GShard.
 
-    Tokens are split into `num_groups` groups of S = N / num_groups
-    consecutive tokens. `MixtureOfExperts` reads `num_groups` and gives every
-    expert its capacity per group (GShard's group-local dispatch). The
+    Tokens are split into `token_groups` groups of S = N / token_groups
+    consecutive tokens. `MixtureOfExperts` reads `token_groups` and gives
+    every expert its capacity per group (GShard's group-local dispatch). The
     auxiliary loss is computed per group and averaged over groups:
 
         L_aux = load_balancing_weight * mean_g E^2 * mean_e(f_ge * m_ge)
@@ -63,9 +63,9 @@ class GShardRouter(keras.layers.Layer):
     scale `SwitchRouter` uses, so routing starts near uniform.
 
     Args:
-        num_experts: E (>= 2).
-        num_groups: G, the number of groups the N tokens of a call are split
-            into; it must divide N.
+        num_experts: E (>= 2; None: set by the MoE layer).
+        token_groups: G, the number of groups the N tokens of a call are
+            split into; it must divide N.
         load_balancing_weight: weight of L_aux (>= 0; paper: 0.01).
         second_expert_policy: what happens to the second expert in training:
             "random" (default), "all", "threshold" or "none".
@@ -81,7 +81,7 @@ class GShardRouter(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: float tensor [N, d], N divisible by `num_groups`.
+        inputs: float tensor [N, d], N divisible by `token_groups`.
         training: selects `second_expert_policy` (true) or
             `eval_second_expert_policy`; the losses are added only when true.
 
@@ -95,17 +95,18 @@ class GShardRouter(keras.layers.Layer):
 
     Example:
 
-    >>> router = GShardRouter(num_experts=8, num_groups=2)
+    >>> router = GShardRouter(num_experts=8, token_groups=2)
     >>> tuple(router(keras.random.normal((10, 16))).expert_indices.shape)
     (10, 2)
     """
 
     k = 2
+    loss_names = ("load_balancing_loss",)
 
     def __init__(
         self,
-        num_experts,
-        num_groups=1,
+        num_experts=None,
+        token_groups=1,
         load_balancing_weight=0.01,
         second_expert_policy="random",
         eval_second_expert_policy="all",
@@ -115,16 +116,10 @@ class GShardRouter(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        self.num_experts = _validation.check_positive_int(
-            "num_experts", num_experts)
-        if self.num_experts < 2:
-            raise ValueError(
-                "`num_experts` must be at least 2 for top-2 routing, "
-                f"received num_experts={num_experts!r}.")
-        self.num_groups = _validation.check_positive_int("num_groups",
-                                                         num_groups)
+        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
+                         **kwargs)
+        self.token_groups = _validation.check_positive_int("token_groups",
+                                                           token_groups)
         self.load_balancing_weight = _validation.check_non_negative_float(
             "load_balancing_weight", load_balancing_weight)
         self.second_expert_policy = _check_policy("second_expert_policy",
@@ -133,24 +128,19 @@ class GShardRouter(keras.layers.Layer):
             "eval_second_expert_policy", eval_second_expert_policy)
         self.second_expert_threshold = _validation.check_positive_float(
             "second_expert_threshold", second_expert_threshold)
-        self.z_loss_weight = _validation.check_non_negative_float(
-            "z_loss_weight", z_loss_weight)
-        self.kernel_initializer = (None if kernel_initializer is None else
-                                   keras.initializers.get(kernel_initializer))
-        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def build(self, input_shape):
-        input_dim = check_token_matrix_shape("GShardRouter", input_shape)
-        self.kernel = _router_common.gate_kernel(
-            self, "kernel", input_dim, self.kernel_initializer)
-        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_dim})
+    def check_num_experts(self, num_experts):
+        if num_experts < 2:
+            raise ValueError(
+                "`num_experts` must be at least 2 for top-2 routing, "
+                f"received num_experts={num_experts!r}.")
 
     def _check_num_tokens(self, num_tokens):
-        if isinstance(num_tokens, int) and num_tokens % self.num_groups:
+        if isinstance(num_tokens, int) and num_tokens % self.token_groups:
             raise ValueError(
-                f"`num_groups`={self.num_groups} must divide the number of "
-                f"tokens of GShardRouter's input, received {num_tokens} "
+                f"`token_groups`={self.token_groups} must divide the number "
+                f"of tokens of GShardRouter's input, received {num_tokens} "
                 "tokens.")
 
     def _keep_second(self, second_gate, policy):
@@ -170,7 +160,7 @@ class GShardRouter(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         logits = ops.matmul(x, self.kernel)  # [N, E]
         probabilities = ops.softmax(logits, axis=-1)
-        top_probability, top_index = _router_common.top_k_per_token(
+        top_probability, top_index = top_k_per_token(
             probabilities, 2)  # [N, 2]
         gates = top_probability / ops.sum(top_probability, axis=-1,
                                           keepdims=True)
@@ -189,35 +179,30 @@ class GShardRouter(keras.layers.Layer):
         importance = balancing.count_per_expert(
             top_index, self.num_experts, weights=expert_weights)
 
-        auxiliary_losses = {
+        auxiliary_losses = self.add_losses({
             "load_balancing_loss": self.load_balancing_weight
             * balancing.load_balancing_loss(top_index[:, 0], probabilities,
-                                            self.num_groups),
-        }
-        _router_common.add_losses(self, auxiliary_losses, logits,
-                                  training)
+                                            self.token_groups),
+        }, logits, training)
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
 
     def compute_output_spec(self, inputs, training=None):
         self._check_num_tokens(inputs.shape[0])
-        loss_names = _router_common.loss_names(self, ["load_balancing_loss"])
-        return routing_result_spec(inputs.shape[0], self.k, self.num_experts,
-                                   loss_names)
+        return super().compute_output_spec(inputs, training)
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "num_experts": self.num_experts,
-            "num_groups": self.num_groups,
+            "token_groups": self.token_groups,
             "load_balancing_weight": self.load_balancing_weight,
             "second_expert_policy": self.second_expert_policy,
             "eval_second_expert_policy": self.eval_second_expert_policy,
             "second_expert_threshold": self.second_expert_threshold,
-            "z_loss_weight": self.z_loss_weight,
-            "kernel_initializer": (
-                None if self.kernel_initializer is None else
-                keras.initializers.serialize(self.kernel_initializer)),
-            "seed": self.seed,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config(
+            renamed_arguments(config, {"num_groups": "token_groups"}))

@@ -1,13 +1,13 @@
-"""NoisyTopKGating against an independent NumPy transcription of the paper."""
+"""NoisyTopKRouter against an independent NumPy transcription of the paper."""
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from sgmoe.layers import NoisyTopKGating
+from sgmoe.layers import NoisyTopKRouter
 from sgmoe.layers._random import standard_normal
-from sgmoe.layers.noisy_top_k_gating import probability_in_top_k
+from sgmoe.layers.routers.noisy_top_k_router import probability_in_top_k
 from tests import helpers
 from tests.layers import numpy_reference as ref
 
@@ -17,7 +17,7 @@ NUM_TOKENS, DIM, NUM_EXPERTS = 10, 16, 6
 def make_gating(k, seed=7, rng_seed=0, scale=0.5, **kwargs):
     """A built gating layer with random (non-zero) W_g and W_noise."""
     rng = np.random.RandomState(rng_seed)
-    gating = NoisyTopKGating(NUM_EXPERTS, k=k, seed=seed, **kwargs)
+    gating = NoisyTopKRouter(NUM_EXPERTS, k=k, seed=seed, **kwargs)
     gating.build((None, DIM))
     weights = [scale * rng.randn(DIM, NUM_EXPERTS).astype("float32")
                for _ in gating.weights]
@@ -54,12 +54,12 @@ def assert_matches_reference(result, expected, k):
 
 
 def test_weights_start_at_zero_with_paper_shapes():
-    gating = NoisyTopKGating(NUM_EXPERTS, k=2)
+    gating = NoisyTopKRouter(NUM_EXPERTS, k=2)
     gating.build((None, DIM))
-    assert tuple(gating.w_gate.shape) == (DIM, NUM_EXPERTS)
-    assert tuple(gating.w_noise.shape) == (DIM, NUM_EXPERTS)
-    assert not np.any(ops.convert_to_numpy(gating.w_gate))
-    assert not np.any(ops.convert_to_numpy(gating.w_noise))
+    assert tuple(gating.kernel.shape) == (DIM, NUM_EXPERTS)
+    assert tuple(gating.noise_kernel.shape) == (DIM, NUM_EXPERTS)
+    assert not np.any(ops.convert_to_numpy(gating.kernel))
+    assert not np.any(ops.convert_to_numpy(gating.noise_kernel))
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -104,7 +104,7 @@ def test_k_equals_num_experts_routes_everything():
 
 
 def test_cv_squared_uses_population_variance():
-    gating = NoisyTopKGating(4, k=1, noisy=False, importance_weight=1.0,
+    gating = NoisyTopKRouter(4, k=1, noisy=False, importance_weight=1.0,
                              load_weight=1.0)
     gating.build((None, 2))
     # Both tokens pick expert 0 (ties resolve to the lowest index): load is
@@ -166,14 +166,14 @@ def test_gradients_reach_gate_and_noise(k):
         return task + ops.sum(ops.stack(losses))
 
     _, grads = helpers.value_and_gradients(gating, loss_fn, x, training=True)
-    for name in ("w_gate", "w_noise"):
+    for name in ("/kernel", "/noise_kernel"):
         grad = [g for path, g in grads.items() if path.endswith(name)][0]
         assert grad is not None and np.abs(grad).max() > 1e-6, name
 
 
-def test_k1_trains_w_gate_without_noise():
+def test_k1_trains_the_gate_kernel_without_noise():
     """Softmax of one value is constant; the Switch-style gate is not."""
-    gating = NoisyTopKGating(NUM_EXPERTS, k=1, noisy=False,
+    gating = NoisyTopKRouter(NUM_EXPERTS, k=1, noisy=False,
                              importance_weight=0.0, load_weight=0.0)
     gating.build((None, DIM))
     x = tokens()
@@ -195,50 +195,3 @@ def test_noise_is_seeded():
     second = make_gating(2, seed=9)[0](x, training=True)
     np.testing.assert_array_equal(ops.convert_to_numpy(first.load),
                                   ops.convert_to_numpy(second.load))
-
-
-def test_computes_in_float32_under_mixed_precision():
-    gating = NoisyTopKGating(NUM_EXPERTS, k=2, dtype="mixed_bfloat16")
-    result = gating(ops.cast(tokens(), "bfloat16"), training=True)
-    assert gating.w_gate.dtype == "float32"
-    assert keras.backend.standardize_dtype(
-        result.expert_weights.dtype) == "float32"
-    assert keras.backend.standardize_dtype(result.load.dtype) == "float32"
-
-
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(num_experts=0), "num_experts"),
-    (dict(num_experts=4, k=0), "k"),
-    (dict(num_experts=4, k=5), "k"),
-    (dict(num_experts=4, importance_weight=-1.0), "importance_weight"),
-    (dict(num_experts=4, load_weight=-0.1), "load_weight"),
-    (dict(num_experts=4, k=2, noise_epsilon=-1e-3), "noise_epsilon"),
-    (dict(num_experts=2.5), "num_experts"),
-])
-def test_invalid_arguments_name_the_argument(kwargs, argument):
-    with pytest.raises(ValueError, match=f"`{argument}`"):
-        NoisyTopKGating(**kwargs)
-
-
-def test_rejects_inputs_that_are_not_token_matrices():
-    with pytest.raises(ValueError, match="inputs"):
-        NoisyTopKGating(4, k=2)(np.ones((2, 3, 8), "float32"))
-
-
-def test_keras_round_trip(tmp_path):
-    inputs = keras.Input((DIM,))
-    routing = NoisyTopKGating(NUM_EXPERTS, k=2, seed=4, name="gate")(inputs)
-    model = keras.Model(inputs, [routing.expert_indices,
-                                 routing.expert_weights])
-    model.get_layer("gate").set_weights(
-        [np.random.RandomState(0).randn(DIM, NUM_EXPERTS).astype("float32")
-         for _ in range(2)])
-    path = str(tmp_path / "gate.keras")
-    model.save(path)
-    restored = keras.models.load_model(path, safe_mode=True)
-    config = restored.get_layer("gate").get_config()
-    assert config["k"] == 2 and config["num_experts"] == NUM_EXPERTS
-    x = tokens()
-    for before, after in zip(model.predict(x, verbose=0),
-                             restored.predict(x, verbose=0)):
-        np.testing.assert_array_equal(before, after)

@@ -1,0 +1,34 @@
+"""Saving a trained model from every process of a run, written once."""
+
+import os
+import shutil
+import tempfile
+
+from sgmoe.distribute import processes
+
+
+def save_model_preset(model, preset_dir):
+    """Writes `model.save_to_preset(preset_dir)` from process 0 only.
+
+    Every process of a multi-process run must call it: reading weights
+    that span processes is a collective. Process 0 writes `preset_dir`;
+    the others save to a scratch directory that is then deleted. On one
+    process it is `model.save_to_preset(preset_dir)`.
+
+    Args:
+        model: an sgmoe model with `save_to_preset`.
+        preset_dir: the directory to write (e.g. `<model_dir>/model`).
+
+    Example:
+
+    save_model_preset(model, "/tmp/lm/model")
+    MoELanguageModel.from_preset("/tmp/lm/model")
+    """
+    if processes.is_primary_process():
+        model.save_to_preset(os.fspath(preset_dir))
+        return
+    scratch = tempfile.mkdtemp(prefix="sgmoe-save-")
+    try:
+        model.save_to_preset(os.path.join(scratch, "model"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,49 @@
+"""The corpus perplexity of a compiled model, from `model.evaluate`."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sgmoe.evaluation import evaluate_perplexity
+from sgmoe.models import Perplexity
+
+VOCABULARY = 7
+
+
+def uniform_model(metrics):
+    """Zero logits: every token has probability 1 / VOCABULARY."""
+    model = keras.Sequential([
+        keras.Input((5,), dtype="int32"),
+        keras.layers.Embedding(VOCABULARY, 4),
+        keras.layers.Dense(VOCABULARY, kernel_initializer="zeros")])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=metrics)
+    return model
+
+
+def dataset():
+    ids = np.random.RandomState(0).randint(1, VOCABULARY, (6, 5))
+    ids[:, 3:] = 0  # padding, not counted
+    return tf.data.Dataset.from_tensor_slices((ids, ids)).batch(4)
+
+
+class CountBatches(keras.callbacks.Callback):
+    batches = 0
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def test_uniform_predictions_give_the_vocabulary_size():
+    model = uniform_model([Perplexity(padding_id=0)])
+    counter = CountBatches()
+    perplexity = evaluate_perplexity(model, dataset(), callbacks=[counter])
+    assert isinstance(perplexity, float)
+    assert perplexity == pytest.approx(VOCABULARY, rel=1e-5)
+    assert counter.batches == 2  # the whole dataset, callbacks passed on
+
+
+def test_a_model_without_the_metric_raises():
+    with pytest.raises(ValueError, match="Perplexity metric"):
+        evaluate_perplexity(uniform_model([]), dataset())
