@@ -225,8 +225,8 @@ def language_model_step(num_experts, config):
     model = MoELanguageModel.from_preset(
         "tiny_moe", vocabulary_size=config["vocabulary_size"],
         model_dim=config["model_dim"],
-        expert_hidden_dim=config["hidden_dim"], num_experts=num_experts,
-        k=config["k"], seed=0)
+        moe={"expert_hidden_dim": config["hidden_dim"],
+             "num_experts": num_experts, "k": config["k"]}, seed=0)
     model.compile(optimizer="adam", jit_compile=config["jit_compile"])
     rng = np.random.default_rng(0)
     shape = (config["batch_size"], config["sequence_length"])

@@ -101,8 +101,8 @@ def measure(num_devices):
     keras.utils.set_random_seed(0)
     model = MoELanguageModel(
         vocabulary_size=FLAGS.vocabulary_size, model_dim=FLAGS.model_dim,
-        num_experts=num_experts, k=FLAGS.k,
-        expert_hidden_dim=FLAGS.expert_hidden_dim, seed=0)
+        moe={"num_experts": num_experts, "k": FLAGS.k,
+             "expert_hidden_dim": FLAGS.expert_hidden_dim}, seed=0)
     model.build((None, FLAGS.sequence_length))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.optimizer.build(model.trainable_variables)

@@ -97,6 +97,16 @@ def parse_args(argv):
     return args
 
 
+def _widths(preset, widths, model_dim):
+    """The overrides of a preset's expert (or feed-forward) width."""
+    if not widths:
+        return {}
+    hidden_dim = widths["expert_hidden_dim"] * model_dim
+    if preset.startswith("moe_1_"):  # the single-expert baselines
+        return {"feed_forward": {"hidden_dim": hidden_dim}}
+    return {"moe": {"expert_hidden_dim": hidden_dim}}
+
+
 def models_to_train(args):
     if args.experiment == "capacity":
         models = CAPACITY_MODELS
@@ -108,13 +118,13 @@ def models_to_train(args):
             if unknown:
                 raise SystemExit(f"paper_lm: unknown --models {sorted(unknown)}")
             models = [model for model in models if model[0] in wanted]
-        return [(label, preset, {name: factor * args.model_dim
-                                 for name, factor in widths.items()})
+        return [(label, preset, _widths(preset, widths, args.model_dim))
                 for label, preset, widths in models]
     weights = BALANCING_WEIGHTS[:2] if args.quick else BALANCING_WEIGHTS
     return [(f"{w_importance:g} / {w_load:g}", "moe_256",
-             {"expert_hidden_dim": 2 * args.model_dim,
-              "importance_weight": w_importance, "load_weight": w_load})
+             {"moe": {"expert_hidden_dim": 2 * args.model_dim,
+                      "router_args": {"importance_weight": w_importance,
+                                      "load_weight": w_load}}})
             for w_importance, w_load in weights]
 
 
@@ -158,9 +168,12 @@ def training_mode_statistics(model, moe_layers, batches):
 def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
                        models, training):
     keras.utils.set_random_seed(args.seed)
-    model = models.MoELanguageModel.from_preset(
-        preset, vocabulary_size=len(vocabulary), model_dim=args.model_dim,
-        num_sampled=None, padding_id=0, seed=args.seed, **overrides)
+    from sgmoe.models.language_model_presets import PRESETS
+    from sgmoe.models.moe_model import with_overrides
+
+    model = models.MoELanguageModel(**with_overrides(PRESETS[preset], dict(
+        overrides, vocabulary_size=len(vocabulary), model_dim=args.model_dim,
+        num_sampled=None, padding_id=0, seed=args.seed)))
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                   metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=bool(args.jit_compile))

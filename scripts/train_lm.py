@@ -79,12 +79,20 @@ def build_model(vocabulary_size):
 
     from sgmoe import models
 
-    overrides = {name: getattr(FLAGS, name) for name in (
-        "num_experts", "k", "model_dim", "expert_hidden_dim")
+    overrides = {"vocabulary_size": vocabulary_size, "padding_id": 0,
+                 "seed": FLAGS.seed}
+    if FLAGS.model_dim is not None:
+        overrides["model_dim"] = FLAGS.model_dim
+    moe = {name: getattr(FLAGS, name) for name in (
+        "num_experts", "k", "expert_hidden_dim")
         if getattr(FLAGS, name) is not None}
-    model = models.MoELanguageModel.from_preset(
-        FLAGS.preset, vocabulary_size=vocabulary_size, padding_id=0,
-        seed=FLAGS.seed, **overrides)
+    preset = models.language_model_presets.PRESETS.get(FLAGS.preset)
+    if preset is None:  # a save_to_preset directory
+        model = models.MoELanguageModel.from_preset(FLAGS.preset,
+                                                    **overrides)
+    else:  # the flags update the preset's MoE configuration
+        model = models.MoELanguageModel(**models.moe_model.with_overrides(
+            preset, dict(overrides, moe=moe)))
     model.compile(optimizer=training_flags.make_optimizer(),
                   metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)

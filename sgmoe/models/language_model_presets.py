@@ -26,51 +26,65 @@ PAPER_VOCABULARY_SIZE = 793471
 _PAPER = {
     "vocabulary_size": PAPER_VOCABULARY_SIZE,
     "model_dim": 512,
-    "expert_hidden_dim": 1024,
-    "expert_use_bias": False,
     "dropout": 0.1,
     "num_sampled": 8192,
 }
-_HIERARCHICAL = {"expert_groups": 16, "k_primary": 2, "k_secondary": 2}
+# The paper's experts: 1024 hidden units, no biases.
+_PAPER_EXPERTS = {"expert_hidden_dim": 1024, "use_bias": False}
+
+
+def _flat(num_experts, k=4, **extra):
+    return {"moe": dict(_PAPER_EXPERTS, num_experts=num_experts, k=k,
+                        **extra)}
+
+
+def _hierarchical(experts_per_group, expert_groups=16, **extra):
+    """k = 2 at each level of 16 groups, as in the paper."""
+    return {"moe": dict(_PAPER_EXPERTS, expert_groups=expert_groups,
+                        experts_per_group=experts_per_group, k_primary=2,
+                        k_secondary=2, **extra)}
+
+
+def _feed_forward(hidden_dim, num_hidden_layers):
+    return {"layer_types": ("lstm", "feed_forward", "lstm"),
+            "feed_forward": {"hidden_dim": hidden_dim,
+                             "num_hidden_layers": num_hidden_layers,
+                             "use_bias": False}}
+
+
 _WIDE = {"model_dim": 1024}
-_TINY = {
-    "vocabulary_size": 100,
-    "model_dim": 16,
-    "expert_hidden_dim": 32,
-    "dropout": 0.0,
-}
+_TINY = {"vocabulary_size": 100, "model_dim": 16, "dropout": 0.0}
 
 PRESETS = {
     # Table 7, flat MoE layers (k = 4).
-    "moe_4": dict(_PAPER, num_experts=4, k=4),
-    "moe_32": dict(_PAPER, num_experts=32, k=4),
-    "moe_256": dict(_PAPER, num_experts=256, k=4),
+    "moe_4": dict(_PAPER, **_flat(4)),
+    "moe_32": dict(_PAPER, **_flat(32)),
+    "moe_256": dict(_PAPER, **_flat(256)),
     # Hierarchical: 16 groups, k = 2 at each level.
-    "moe_256_h": dict(_PAPER, **_HIERARCHICAL, experts_per_group=16),
-    "moe_1024_h": dict(_PAPER, **_HIERARCHICAL, experts_per_group=64),
-    "moe_4096_h": dict(_PAPER, **_HIERARCHICAL, experts_per_group=256),
+    "moe_256_h": dict(_PAPER, **_hierarchical(16)),
+    "moe_1024_h": dict(_PAPER, **_hierarchical(64)),
+    "moe_4096_h": dict(_PAPER, **_hierarchical(256)),
     # Appendix C.2: more computation per timestep.
-    "moe_34m": dict(_PAPER, **_WIDE, **_HIERARCHICAL, experts_per_group=64,
-                    expert_hidden_dim=2048),
-    "moe_143m": dict(_PAPER, **_WIDE, **_HIERARCHICAL, experts_per_group=16,
-                     expert_hidden_dim=8192, lstm_units=4096),
+    "moe_34m": dict(_PAPER, **_WIDE,
+                    **_hierarchical(64, expert_hidden_dim=2048)),
+    "moe_143m": dict(_PAPER, **_WIDE, lstm_units=4096,
+                     **_hierarchical(16, expert_hidden_dim=8192)),
     # Computationally matched baselines.
-    "moe_1_wide": dict(_PAPER, layer_types=("lstm", "feed_forward", "lstm"),
-                       expert_hidden_dim=4096, feed_forward_hidden_layers=1),
-    "moe_1_deep": dict(_PAPER, layer_types=("lstm", "feed_forward", "lstm"),
-                       expert_hidden_dim=1024, feed_forward_hidden_layers=4),
+    "moe_1_wide": dict(_PAPER, **_feed_forward(4096, 1)),
+    "moe_1_deep": dict(_PAPER, **_feed_forward(1024, 4)),
     "4xlstm_512": dict(_PAPER, layer_types=("lstm",) * 4),
     "lstm_2048_512": dict(_PAPER, layer_types=("lstm",), lstm_units=2048),
     # Tests and CPU runs.
-    "tiny_moe": dict(_TINY, num_experts=4, k=2),
-    "tiny_moe_h": dict(_TINY, expert_groups=2, experts_per_group=4,
-                       k_primary=2, k_secondary=2),
+    "tiny_moe": dict(_TINY, moe={"num_experts": 4, "k": 2,
+                                 "expert_hidden_dim": 32}),
+    "tiny_moe_h": dict(_TINY, moe={"expert_groups": 2,
+                                   "experts_per_group": 4, "k_primary": 2,
+                                   "k_secondary": 2,
+                                   "expert_hidden_dim": 32}),
     "small_moe": {
         "vocabulary_size": 8000,
         "model_dim": 128,
-        "num_experts": 16,
-        "k": 4,
-        "expert_hidden_dim": 256,
+        "moe": {"num_experts": 16, "k": 4, "expert_hidden_dim": 256},
         "dropout": 0.1,
     },
 }

@@ -8,12 +8,10 @@ with d = model_dim, u = LSTM cells, h = expert_hidden_dim:
 
 - LSTM (u = d): 4u(d + u) weights + 4u biases; 4u(d + u) ops.
 - LSTM with projection (u != d, LSTMP): 4u(d + d) + 4u + u d; 4u(2d) + u d.
-- flat MoE, E experts, top k: experts E (2 d h) [+ E (h + d) biases],
-  gating W_g and W_noise 2 d E; ops k (2 d h) + 2 d E.
-- hierarchical MoE, G groups of E_g: experts as above with E = G E_g,
-  gating 2 d G (primary) + 2 G d E_g (secondary); ops k_primary k_secondary
-  (2 d h) + 2 d G + k_primary (2 d E_g): a token's secondary gates are those
-  of its k_primary groups only.
+- MoE layers: `moe_config.moe_cost` (flat: experts E (2 d h) [+ E (h + d)
+  biases], gating W_g and W_noise 2 d E; ops k (2 d h) + 2 d E;
+  hierarchical, G groups of E_g: gating 2 d G + 2 G d E_g, ops
+  k_primary k_secondary (2 d h) + 2 d G + k_primary (2 d E_g)).
 - "feed_forward" (n hidden layers of h): d h + (n - 1) h^2 + h d
   [+ n h + d biases], the same in ops.
 
@@ -22,20 +20,19 @@ and elementwise work are not ops.
 """
 
 from sgmoe.models import language_model_presets
+from sgmoe.models import moe_config
 from sgmoe.models import moe_model
+from sgmoe.models.moe_language_model import FEED_FORWARD_DEFAULTS
+from sgmoe.models.moe_language_model import MOE_DEFAULTS
 from sgmoe.models.moe_language_model import MoELanguageModel
-from sgmoe.models.moe_language_model import resolve_experts
+from sgmoe.models.moe_language_model import _nested_layer_arguments
 
 
 def _architecture(config):
     """The constructor arguments of a config (dict, model or preset name),
-    defaults filled in and experts resolved."""
-    resolved = moe_model.constructor_arguments(
-        MoELanguageModel, config, language_model_presets.PRESETS)
-    resolved["num_experts"], resolved["experts_per_group"] = (
-        resolve_experts(resolved["num_experts"], resolved["expert_groups"],
-                        resolved["experts_per_group"]))
-    return resolved
+    defaults filled in."""
+    return _nested_layer_arguments(moe_model.constructor_arguments(
+        MoELanguageModel, config, language_model_presets.PRESETS))
 
 
 def _lstm(c):
@@ -47,28 +44,17 @@ def _lstm(c):
 
 
 def _moe(c):
-    d, h = c["model_dim"], c["expert_hidden_dim"]
-    experts = c["num_experts"]
-    per_expert = 2 * d * h
-    parameters = experts * per_expert
-    if c["expert_use_bias"]:
-        parameters += experts * (h + d)
-    if c["expert_groups"] is None:
-        gating = 2 * d * experts
-        return (parameters + gating,
-                c["k"] * per_expert + gating)
-    groups, per_group = c["expert_groups"], c["experts_per_group"]
-    gating = 2 * d * groups + 2 * groups * d * per_group
-    ops = (c["k_primary"] * c["k_secondary"] * per_expert + 2 * d * groups
-           + c["k_primary"] * 2 * d * per_group)
-    return parameters + gating, ops
+    experts, gating, ops = moe_config.moe_cost(c["moe"], MOE_DEFAULTS,
+                                               c["model_dim"])
+    return experts + gating, ops
 
 
 def _feed_forward(c):
-    d, h = c["model_dim"], c["expert_hidden_dim"]
-    n = c["feed_forward_hidden_layers"]
+    f = dict(FEED_FORWARD_DEFAULTS, **(c["feed_forward"] or {}))
+    d, h = c["model_dim"], f["hidden_dim"]
+    n = f.get("num_hidden_layers", 1)
     weights = d * h + (n - 1) * h * h + h * d
-    biases = n * h + d if c["expert_use_bias"] else 0
+    biases = n * h + d if f.get("use_bias", True) else 0
     return weights + biases, weights
 
 

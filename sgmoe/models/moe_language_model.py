@@ -5,10 +5,8 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe._renamed_arguments import renamed_arguments
-from sgmoe.layers.hierarchical_mixture_of_experts import (
-    HierarchicalMixtureOfExperts)
-from sgmoe.layers.mixture_of_experts import MixtureOfExperts
 from sgmoe.models import language_model_presets
+from sgmoe.models import moe_config
 from sgmoe.models import moe_model
 from sgmoe.models.deep_feed_forward import DeepFeedForward
 from sgmoe.models.perplexity import token_weights
@@ -17,6 +15,12 @@ from sgmoe.models.sampled_softmax import SampledSoftmax
 
 LAYER_TYPES = ("lstm", "moe", "feed_forward")
 
+
+# Filled in under the MoE and feed-forward configurations: the paper's
+# experts (Appendix C.1) are d -> 1024 ReLU -> d, with a sigmoid on the
+# layer's output.
+MOE_DEFAULTS = {"expert_hidden_dim": 1024, "output_activation": "sigmoid"}
+FEED_FORWARD_DEFAULTS = {"hidden_dim": 1024, "output_activation": "sigmoid"}
 
 def resolve_experts(num_experts, expert_groups, experts_per_group):
     """(num_experts, experts_per_group) of a flat or hierarchical MoE.
@@ -69,23 +73,25 @@ class MoELanguageModel(moe_model.MoEModel):
         x_l = x_{l-1} + dropout(layer_l(x_{l-1}))
         logits = x_L W_softmax^T + b
 
-    The MoE layer's output passes through a sigmoid before dropout
-    (`output_activation="sigmoid"`), and the MoE sees every timestep of the
-    batch at once (its input [batch, time, d] is one macro-batch of
-    batch * time tokens). Experts are d -> `expert_hidden_dim` ReLU -> d.
-    With `expert_groups` the MoE is hierarchical
-    (`HierarchicalMixtureOfExperts`, k_primary groups, then k_secondary
-    experts in each); otherwise flat
-    (`MixtureOfExperts`, k experts). Its balancing losses join the training
-    loss.
+    The MoE layer is configured by `moe`, a dict of its arguments (see
+    `sgmoe.models.moe_config`, the same keys as `MoETranslationModel`'s):
+    `sgmoe.layers.MixtureOfExperts` arguments ({"num_experts": 256, "k":
+    4, "router_args": {"importance_weight": 0.1}}), or, with
+    "expert_groups", `sgmoe.layers.HierarchicalMixtureOfExperts` ones
+    ({"expert_groups": 16, "experts_per_group": 16, "k_primary": 2,
+    "k_secondary": 2}), over `MOE_DEFAULTS`: experts d -> 1024 ReLU -> d
+    and a sigmoid on the layer's output, before dropout. The MoE sees every
+    timestep of the batch at once (its input [batch, time, d] is one
+    macro-batch of batch * time tokens); its balancing losses join the
+    training loss.
 
     Layer types: "lstm" is `keras.layers.LSTM(lstm_units)`, or, when
     `lstm_units` differs from `model_dim`, an LSTM with a projection back to
     `model_dim` (`ProjectedLSTMCell`, as the paper's LSTM-2048-512 and
-    MoE-143M); "moe" is the MoE layer; "feed_forward" is a dense network with
-    `feed_forward_hidden_layers` ReLU layers of `expert_hidden_dim` units and
-    a sigmoid output, the single-expert "MoE" of the paper's MoE-1-Wide and
-    MoE-1-Deep baselines.
+    MoE-143M); "moe" is the MoE layer; "feed_forward" is a `DeepFeedForward`
+    configured by `feed_forward` over `FEED_FORWARD_DEFAULTS` (ReLU layers
+    of 1024 units and a sigmoid output), the single-expert "MoE" of the
+    paper's MoE-1-Wide and MoE-1-Deep baselines.
 
     Loss: the model computes its own loss, the mean token cross-entropy over
     the non-padding targets, plus the MoE balancing losses; compile it with
@@ -110,28 +116,10 @@ class MoELanguageModel(moe_model.MoEModel):
             "moe" or "feed_forward".
         lstm_units: memory cells of each LSTM; None means `model_dim`. Other
             values add a projection to `model_dim` (LSTMP).
-        num_experts: experts of a flat MoE; of a hierarchical one, the total
-            (expert_groups * experts_per_group).
-        k: experts per token of a flat MoE (4 in the paper).
-        expert_groups: groups of a hierarchical MoE (16 in the paper); None
-            means a flat MoE.
-        experts_per_group: experts in each group; defaults to
-            num_experts / expert_groups.
-        k_primary: groups per token of a hierarchical MoE (2 in the paper).
-        k_secondary: experts per token in each chosen group (2 in the
-            paper).
-        expert_hidden_dim: hidden units of each expert (1024 in the paper),
-            and of the "feed_forward" layers.
-        expert_use_bias: whether experts (and "feed_forward" layers) have
-            biases. The paper counts 512 * 1024 + 1024 * 512 parameters per
-            expert, so its presets have none.
-        feed_forward_hidden_layers: hidden layers of a "feed_forward" layer.
-        capacity_factor: expert capacity factor in training.
-        eval_capacity_factor: a capacity factor outside training; None
-            (the default) drops nothing at inference (see
-            `MixtureOfExperts`).
-        importance_weight: w_importance of the MoE balancing loss.
-        load_weight: w_load of the MoE balancing loss.
+        moe: the MoE layer's arguments (see above); needed with a "moe"
+            layer type.
+        feed_forward: `DeepFeedForward` arguments of the "feed_forward"
+            layers ("hidden_dim", "num_hidden_layers", "use_bias").
         dropout: DropProb, dropout rate after every layer but the softmax.
         num_sampled: candidates of the sampled softmax in training; None
             trains with the exact softmax.
@@ -166,19 +154,8 @@ class MoELanguageModel(moe_model.MoEModel):
         model_dim=512,
         layer_types=("lstm", "moe", "lstm"),
         lstm_units=None,
-        num_experts=None,
-        k=4,
-        expert_groups=None,
-        experts_per_group=None,
-        k_primary=2,
-        k_secondary=2,
-        expert_hidden_dim=1024,
-        expert_use_bias=True,
-        feed_forward_hidden_layers=1,
-        capacity_factor=1.25,
-        eval_capacity_factor=None,
-        importance_weight=0.1,
-        load_weight=0.1,
+        moe=None,
+        feed_forward=None,
         dropout=0.0,
         num_sampled=None,
         sampler="log_uniform",
@@ -201,23 +178,17 @@ class MoELanguageModel(moe_model.MoEModel):
         self.lstm_units = (None if lstm_units is None else
                            _validation.check_positive_int("lstm_units",
                                                           lstm_units))
-        self.num_experts, self.experts_per_group = resolve_experts(
-            num_experts, expert_groups, experts_per_group)
-        self.expert_groups = expert_groups
-        if "moe" in self.layer_types and self.num_experts is None:
+        self.moe = moe_config.check_moe_config("moe", moe)
+        if "moe" in self.layer_types and self.moe is None:
             raise ValueError(
-                "A 'moe' layer needs `num_experts` (or `expert_groups` and "
-                "`experts_per_group`), received num_experts=None.")
-        self.k = k
-        self.k_primary = k_primary
-        self.k_secondary = k_secondary
-        self.expert_hidden_dim = expert_hidden_dim
-        self.expert_use_bias = bool(expert_use_bias)
-        self.feed_forward_hidden_layers = feed_forward_hidden_layers
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
-        self.importance_weight = importance_weight
-        self.load_weight = load_weight
+                "A 'moe' layer needs `moe`, a dict of MoE layer arguments, "
+                "received moe=None.")
+        if feed_forward is not None and not isinstance(feed_forward, dict):
+            raise ValueError(
+                "`feed_forward` must be None or a dict of DeepFeedForward "
+                f"arguments, received feed_forward={feed_forward!r}.")
+        self.feed_forward = None if feed_forward is None else dict(
+            feed_forward)
         self.dropout = _validation.check_non_negative_float("dropout",
                                                             dropout)
         if self.dropout >= 1.0:
@@ -276,25 +247,19 @@ class MoELanguageModel(moe_model.MoEModel):
                 ProjectedLSTMCell(units, dim, dtype=policy),
                 return_sequences=True, dtype=policy, name=name)
         if layer_type == "feed_forward":
-            return DeepFeedForward(
-                self.expert_hidden_dim,
-                num_hidden_layers=self.feed_forward_hidden_layers,
-                output_activation="sigmoid", use_bias=self.expert_use_bias,
-                dtype=policy, name=name)
-        moe_arguments = dict(
-            expert_hidden_dim=self.expert_hidden_dim,
-            capacity_factor=self.capacity_factor,
-            eval_capacity_factor=self.eval_capacity_factor,
-            output_activation="sigmoid", use_bias=self.expert_use_bias,
-            seed=self._seed(100 + index), dtype=policy, name=name)
-        balancing = dict(importance_weight=self.importance_weight,
-                         load_weight=self.load_weight)
-        if self.expert_groups is None:
-            return MixtureOfExperts(self.num_experts, k=self.k,
-                                    router_args=balancing, **moe_arguments)
-        return HierarchicalMixtureOfExperts(
-            self.expert_groups, self.experts_per_group, self.k_primary,
-            self.k_secondary, **balancing, **moe_arguments)
+            arguments = dict(FEED_FORWARD_DEFAULTS, **(self.feed_forward or {}))
+            try:
+                return DeepFeedForward(dtype=policy, name=name, **arguments)
+            except (TypeError, ValueError) as error:
+                if not moe_config.is_argument_mismatch(error):
+                    raise
+                raise ValueError(
+                    "`feed_forward` must hold keyword arguments of "
+                    f"DeepFeedForward, received feed_forward="
+                    f"{self.feed_forward!r} ({error}).") from None
+        return moe_config.make_moe_layer(
+            self.moe, MOE_DEFAULTS, name=name, dtype=policy,
+            seed=self._seed(100 + index))
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -380,8 +345,9 @@ class MoELanguageModel(moe_model.MoEModel):
                 directory written by `save_to_preset`, whose weights are
                 loaded.
             **overrides: constructor arguments replacing the preset's (e.g.
-                vocabulary_size, dropout). With a directory, overrides must
-                keep the weight shapes.
+                vocabulary_size, dropout, moe); `moe_model.with_overrides`
+                updates a preset's `moe` key by key instead. With a
+                directory, overrides must keep the weight shapes.
         """
         if moe_model.is_preset_directory(name):
             return cls.from_preset_directory(name, **overrides)
@@ -398,19 +364,8 @@ class MoELanguageModel(moe_model.MoEModel):
             "model_dim": self.model_dim,
             "layer_types": list(self.layer_types),
             "lstm_units": self.lstm_units,
-            "num_experts": self.num_experts,
-            "k": self.k,
-            "expert_groups": self.expert_groups,
-            "experts_per_group": self.experts_per_group,
-            "k_primary": self.k_primary,
-            "k_secondary": self.k_secondary,
-            "expert_hidden_dim": self.expert_hidden_dim,
-            "expert_use_bias": self.expert_use_bias,
-            "feed_forward_hidden_layers": self.feed_forward_hidden_layers,
-            "capacity_factor": self.capacity_factor,
-            "eval_capacity_factor": self.eval_capacity_factor,
-            "importance_weight": self.importance_weight,
-            "load_weight": self.load_weight,
+            "moe": self.moe,
+            "feed_forward": self.feed_forward,
             "dropout": self.dropout,
             "num_sampled": self.num_sampled,
             "sampler": self.sampler,
@@ -421,5 +376,54 @@ class MoELanguageModel(moe_model.MoEModel):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**renamed_arguments(config,
-                                       {"num_groups": "expert_groups"}))
+        return cls(**_nested_layer_arguments(renamed_arguments(
+            config, {"num_groups": "expert_groups"})))
+
+
+# The layer arguments the model took flat before `moe` and `feed_forward`.
+_FLAT_ARGUMENTS = ("num_experts", "k", "expert_groups", "experts_per_group",
+                   "k_primary", "k_secondary", "expert_hidden_dim",
+                   "expert_use_bias", "feed_forward_hidden_layers",
+                   "capacity_factor", "eval_capacity_factor",
+                   "importance_weight", "load_weight")
+
+
+def _nested_layer_arguments(config):
+    """A config saved with the layers' arguments flat, as `moe` and
+    `feed_forward` dicts (the former defaults fill what it leaves out)."""
+    if not any(name in config for name in _FLAT_ARGUMENTS):
+        return config
+    config = dict(config)
+    flat = {"num_experts": None, "k": 4, "expert_groups": None,
+            "experts_per_group": None, "k_primary": 2, "k_secondary": 2,
+            "expert_hidden_dim": 1024, "expert_use_bias": True,
+            "feed_forward_hidden_layers": 1, "capacity_factor": 1.25,
+            "eval_capacity_factor": None, "importance_weight": 0.1,
+            "load_weight": 0.1}
+    flat.update({name: config.pop(name) for name in _FLAT_ARGUMENTS
+                 if name in config})
+    layer_types = config.get("layer_types", ("lstm", "moe", "lstm"))
+    if "feed_forward" in layer_types:
+        config["feed_forward"] = {
+            "hidden_dim": flat["expert_hidden_dim"],
+            "num_hidden_layers": flat["feed_forward_hidden_layers"],
+            "use_bias": flat["expert_use_bias"]}
+    num_experts, per_group = resolve_experts(
+        flat["num_experts"], flat["expert_groups"], flat["experts_per_group"])
+    if num_experts is not None:
+        moe = {"expert_hidden_dim": flat["expert_hidden_dim"],
+               "use_bias": flat["expert_use_bias"],
+               "capacity_factor": flat["capacity_factor"],
+               "eval_capacity_factor": flat["eval_capacity_factor"]}
+        balancing = {"importance_weight": flat["importance_weight"],
+                     "load_weight": flat["load_weight"]}
+        if flat["expert_groups"] is None:
+            moe.update(num_experts=num_experts, k=flat["k"],
+                       router_args=balancing)
+        else:
+            moe.update(expert_groups=flat["expert_groups"],
+                       experts_per_group=per_group,
+                       k_primary=flat["k_primary"],
+                       k_secondary=flat["k_secondary"], **balancing)
+        config["moe"] = moe
+    return config

@@ -46,6 +46,24 @@ def constructor_arguments(model_class, config, presets):
     return resolved
 
 
+def with_overrides(config, overrides):
+    """`config` with `overrides`: a dict override of a dict argument (a
+    MoE configuration) updates it key by key, anything else replaces (where
+    `from_preset(name, **overrides)` replaces every argument it is given).
+
+    >>> with_overrides({"moe": {"num_experts": 4, "k": 2}, "dropout": 0.1},
+    ...                {"moe": {"num_experts": 8}, "dropout": 0.0})
+    {'moe': {'num_experts': 8, 'k': 2}, 'dropout': 0.0}
+    """
+    merged = dict(config)
+    for name, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = dict(merged[name], **value)
+        else:
+            merged[name] = value
+    return merged
+
+
 class MoEModel(keras.Model):
     """A `keras.Model` with MoE-aware summary and preset directories.
 
@@ -94,8 +112,8 @@ class MoEModel(keras.Model):
     def from_preset_directory(cls, directory, **overrides):
         """The model `save_to_preset` wrote, with its weights.
 
-        `overrides` replace constructor arguments and must keep the weight
-        shapes.
+        `overrides` replace constructor arguments and must keep the
+        weight shapes.
         """
         directory = os.fspath(directory)
         with open(os.path.join(directory, PRESET_CONFIG_FILE)) as file:

@@ -7,10 +7,8 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe._renamed_arguments import renamed_arguments
-from sgmoe.layers.hierarchical_mixture_of_experts import (
-    HierarchicalMixtureOfExperts)
-from sgmoe.layers.mixture_of_experts import MixtureOfExperts
 from sgmoe.models import beam_search as search
+from sgmoe.models import moe_config
 from sgmoe.models import moe_model
 from sgmoe.models import translation_model_presets
 from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
@@ -188,8 +186,8 @@ class MoETranslationModel(moe_model.MoEModel):
         self.attention_dim = (None if attention_dim is None else
                               _validation.check_positive_int(
                                   "attention_dim", attention_dim))
-        self.encoder_moe = _check_moe_config("encoder_moe", encoder_moe)
-        self.decoder_moe = _check_moe_config("decoder_moe", decoder_moe)
+        self.encoder_moe = moe_config.check_moe_config("encoder_moe", encoder_moe)
+        self.decoder_moe = moe_config.check_moe_config("decoder_moe", decoder_moe)
         self.bidirectional_encoder = bool(bidirectional_encoder)
         if self.bidirectional_encoder and (
                 self.model_dim % 2 or self._units % 2):
@@ -281,20 +279,9 @@ class MoETranslationModel(moe_model.MoEModel):
     def _moe_layer(self, config, name, index):
         if config is None:
             return None
-        arguments = dict(MOE_DEFAULTS, **config)
-        arguments.setdefault("seed", self._seed(100 + index))
-        hierarchical = "expert_groups" in arguments
-        layer_class = (HierarchicalMixtureOfExperts if hierarchical
-                       else MixtureOfExperts)
-        try:
-            # from_config also reads the arguments of older saved configs.
-            return layer_class.from_config(
-                dict(arguments, dtype=self.dtype_policy, name=name))
-        except TypeError as error:
-            raise ValueError(
-                f"`{name}` must hold keyword arguments of "
-                f"{layer_class.__name__}, received {name}={config!r} "
-                f"({error}).") from None
+        return moe_config.make_moe_layer(
+            config, MOE_DEFAULTS, name=name, dtype=self.dtype_policy,
+            seed=self._seed(100 + index))
 
     def build(self, input_shape=None):
         dim = self.model_dim
@@ -651,16 +638,6 @@ class _AttentionDecoderCell(keras.layers.Layer):
                 "The attention decoder cell runs inside "
                 "MoETranslationModel, which gives it the encoder outputs.")
         return self.step(inputs, states, *self._memory)
-
-
-def _check_moe_config(name, config):
-    if config is None:
-        return None
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"`{name}` must be None or a dict of MoE layer arguments, "
-            f"received {name}={config!r}.")
-    return renamed_arguments(config, {"num_groups": "expert_groups"})
 
 
 def _state_sizes(cell):

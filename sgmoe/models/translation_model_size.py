@@ -10,20 +10,14 @@ attention_dim:
   cells and d/2 outputs), decoder layers i = 2d (input and context).
 - attention: U and W d A each, V A.
 - embedding V d (shared by source and target), output projection d V + V.
-- flat MoE with E experts of h hidden units: E (d h + h d) [+ E (h + d)
-  biases] [+ the same for one residual expert]; gating 2 d E (noisy top-k),
-  d E + E (strictly balanced: W_g and thresholds) or d E (switch, gshard,
-  expert_choice).
-- hierarchical MoE, G groups of E_g: experts as above with E = G E_g;
-  gating 2 (d G + G d E_g) (noisy at both levels; half without noise).
+- MoE layers: `moe_config.moe_cost`.
 """
 
+from sgmoe.models import moe_config
 from sgmoe.models import moe_model
 from sgmoe.models import translation_model_presets
 from sgmoe.models.moe_translation_model import MOE_DEFAULTS
 from sgmoe.models.moe_translation_model import MoETranslationModel
-
-_SINGLE_MATRIX_ROUTERS = ("switch", "gshard", "expert_choice")
 
 
 def _configuration(config):
@@ -36,40 +30,6 @@ def _lstm(input_dim, units, output_dim):
         return 4 * units * (input_dim + units) + 4 * units
     return (4 * units * (input_dim + output_dim) + 4 * units
             + units * output_dim)
-
-
-def _moe(config, d):
-    c = dict(MOE_DEFAULTS, **config)
-    h = c["expert_hidden_dim"]
-    out = c.get("output_dim") or d
-    hierarchical = "expert_groups" in c
-    if hierarchical:
-        groups, per_group = c["expert_groups"], c["experts_per_group"]
-        experts = groups * per_group
-    else:
-        experts = c["num_experts"]
-    networks = experts + (1 if c.get("residual_expert") else 0)
-    expert_parameters = networks * (d * h + h * out)
-    if c.get("use_bias", True):
-        expert_parameters += networks * (h + out)
-    noisy = (c if hierarchical else c.get("router_args") or {}).get("noisy",
-                                                                   True)
-    noise = 2 if noisy else 1
-    if hierarchical:
-        gating = noise * (d * groups + groups * d * per_group)
-    else:
-        router = c.get("router") or "noisy_top_k"
-        if router == "noisy_top_k":
-            gating = noise * d * experts
-        elif router == "strictly_balanced":
-            gating = d * experts + experts
-        elif router in _SINGLE_MATRIX_ROUTERS:
-            gating = d * experts
-        else:
-            raise ValueError(
-                "Can only count routers given by name, received "
-                f"router={router!r}.")
-    return expert_parameters, gating
 
 
 def count_translation_parameters(config):
@@ -106,7 +66,8 @@ def count_translation_parameters(config):
     }
     for name in ("encoder_moe", "decoder_moe"):
         if c[name] is not None:
-            experts, gating = _moe(c[name], d)
+            experts, gating, _ = moe_config.moe_cost(c[name], MOE_DEFAULTS,
+                                                     d)
             counts["experts"] += experts
             counts["gating"] += gating
     counts["total"] = sum(counts.values())

@@ -88,8 +88,10 @@ def language_model(distribution, token_groups=2):
     keras.utils.set_random_seed(0)
     with scope(distribution):
         model = MoELanguageModel.from_preset(
-            "tiny_moe", vocabulary_size=VOCAB, num_experts=8,
-            capacity_factor=0.5, seed=0)
+            "tiny_moe", vocabulary_size=VOCAB,
+            moe={"num_experts": 8, "k": 2, "expert_hidden_dim": 32,
+                 "capacity_factor": 0.5},
+            seed=0)
         if distribution is None:
             moe_layer(model).token_groups = token_groups
         model.build((None, LENGTH))

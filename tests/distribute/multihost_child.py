@@ -60,8 +60,9 @@ def batches():
 def language_model():
     keras.utils.set_random_seed(0)
     model = MoELanguageModel.from_preset(
-        "tiny_moe", vocabulary_size=VOCAB, num_experts=8,
-        capacity_factor=0.5, seed=0)
+        "tiny_moe", vocabulary_size=VOCAB,
+        moe={"num_experts": 8, "k": 2, "expert_hidden_dim": 32,
+             "capacity_factor": 0.5}, seed=0)
     model.build((None, LENGTH))
     model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
     return model

@@ -35,7 +35,7 @@ Parameters (expert biases off, as in the paper's "1M per expert"):
   4371.0: the table's last digit confirms 16 groups here too.)
 
 Every count rounds to the table's figure. The presets use no expert biases;
-with them (`expert_use_bias=True`, the layer default) each expert has
+with them (`"use_bias": True`, the layer default) each expert has
 1024 + 512 more parameters, +0.15% for the large models.
 
 Ops per timestep (multiply-adds; gating counts W_g and W_noise, and a
@@ -64,6 +64,7 @@ from sgmoe.models import MoELanguageModel
 from sgmoe.models import count_parameters
 from sgmoe.models import ops_per_timestep
 from sgmoe.models.language_model_presets import PRESETS
+from sgmoe.models.moe_model import with_overrides
 
 # Table 7: (parameters excluding embedding and softmax, ops per timestep),
 # millions.
@@ -95,8 +96,9 @@ def test_parameters_match_table_7():
         assert round(counted, 1) == paper_parameters, (preset, counted)
         # Expert biases (the layer default) add h + d per expert: +0.15%
         # at most.
-        with_biases = count_parameters(dict(PRESETS[preset],
-                                            expert_use_bias=True)) / 1e6
+        with_biases = count_parameters(with_overrides(
+            PRESETS[preset], {"moe": {"use_bias": True},
+                              "feed_forward": {"use_bias": True}})) / 1e6
         assert 0 <= with_biases / counted - 1 < 0.0016, preset
 
 
@@ -114,8 +116,9 @@ def test_exact_arithmetic_of_the_docstring():
     assert count_parameters("moe_34m") == 4_313_882_624
     assert count_parameters("moe_143m") == 4_371_054_592
     assert count_parameters("lstm_2048_512") == 9_445_376
-    flat_143m = dict(PRESETS["moe_143m"], expert_groups=None,
-                     experts_per_group=None, num_experts=256, k=4)
+    flat_143m = dict(PRESETS["moe_143m"], moe={
+        "num_experts": 256, "k": 4, "expert_hidden_dim": 8192,
+        "use_bias": False})
     assert count_parameters(flat_143m) == 4_371_021_824
     assert ops_per_timestep("moe_143m") == 142_704_640
     assert ops_per_timestep("moe_34m") == 33_849_344
@@ -164,7 +167,7 @@ def test_counter_equals_the_full_size_models():
     dict(PRESETS["tiny_moe"]),
     dict(PRESETS["tiny_moe_h"], lstm_units=24,
          layer_types=("lstm", "moe", "feed_forward", "lstm"),
-         feed_forward_hidden_layers=3),
+         feed_forward={"hidden_dim": 24, "num_hidden_layers": 3}),
 ], ids=["flat", "hierarchical_projected_deep"])
 def test_counter_equals_count_params_of_an_allocated_model(config):
     model = MoELanguageModel(**config)

@@ -19,6 +19,8 @@ from sgmoe.models import DeepFeedForward
 from sgmoe.models import MoELanguageModel
 from sgmoe.models import Perplexity
 from sgmoe.models import ProjectedLSTMCell
+from sgmoe.models.language_model_presets import PRESETS
+from sgmoe.models.moe_model import with_overrides
 from tests.models import numpy_reference as ref
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -59,7 +61,8 @@ def softmax_logits(model, x):
 
 def test_architecture_matches_numpy():
     """embedding -> LSTM -> sigmoid(MoE) -> LSTM -> softmax, each residual."""
-    model = MoELanguageModel.from_preset("tiny_moe", capacity_factor=8.0)
+    model = MoELanguageModel(**with_overrides(
+        PRESETS["tiny_moe"], {"moe": {"capacity_factor": 8.0}}))
     ids = np.random.RandomState(1).randint(0, 100, (BATCH, LENGTH))
     model.build(ids.shape)
     randomize(model)
@@ -93,8 +96,9 @@ def test_projected_lstm_and_deep_feed_forward_match_numpy():
     (MoE-1-Deep), at width 16, with dropout that is off in inference."""
     model = MoELanguageModel(
         vocabulary_size=30, model_dim=16, lstm_units=24,
-        layer_types=("lstm", "feed_forward"), expert_hidden_dim=20,
-        feed_forward_hidden_layers=3, dropout=0.4, seed=3)
+        layer_types=("lstm", "feed_forward"),
+        feed_forward={"hidden_dim": 20, "num_hidden_layers": 3}, dropout=0.4,
+        seed=3)
     ids = np.random.RandomState(2).randint(0, 30, (BATCH, LENGTH))
     model.build(ids.shape)
     randomize(model, scale=0.2)
@@ -244,8 +248,8 @@ def test_keras_file_reloads_in_a_fresh_process(tmp_path):
     ids = np.random.RandomState(4).randint(0, 100, (BATCH, LENGTH))
     model = MoELanguageModel.from_preset(
         "tiny_moe_h", layer_types=("lstm", "moe", "feed_forward", "lstm"),
-        lstm_units=20, feed_forward_hidden_layers=2, sampler="uniform",
-        num_sampled=8, padding_id=0)
+        lstm_units=20, feed_forward={"hidden_dim": 32, "num_hidden_layers": 2},
+        sampler="uniform", num_sampled=8, padding_id=0)
     model.build(ids.shape)
     randomize(model)
     model.compile(optimizer="adam", metrics=[Perplexity(padding_id=0)])
@@ -283,9 +287,9 @@ def test_save_to_preset_and_from_directory(tmp_path):
         infer(restored, ids), expected,
         rtol=1e-6, atol=1e-6)
     # Overrides that keep the weight shapes apply; a pathlib.Path works.
-    assert MoELanguageModel.from_preset(
-        directory, eval_capacity_factor=2.0).get_layer(
-            "moe").eval_capacity_factor == 2.0
+    moe = dict(model.moe, eval_capacity_factor=2.0)
+    assert MoELanguageModel.from_preset(directory, moe=moe).get_layer(
+        "moe").eval_capacity_factor == 2.0
     tuned = MoELanguageModel.from_preset(directory, dropout=0.3)
     assert tuned.get_layer("moe_dropout").rate == 0.3
     np.testing.assert_allclose(
@@ -316,34 +320,66 @@ def test_summary_shows_experts_and_their_parameters():
 def test_config_round_trip_and_argument_errors():
     model = MoELanguageModel.from_preset("moe_4096_h", vocabulary_size=10)
     config = model.get_config()
-    assert (config["num_experts"], config["experts_per_group"]) == (4096, 256)
+    assert (config["moe"]["expert_groups"],
+            config["moe"]["experts_per_group"]) == (16, 256)
     clone = MoELanguageModel.from_config(config)
     assert clone.get_config() == config
+    flat = {"num_experts": 4, "k": 2}
     with pytest.raises(ValueError, match="Unknown preset 'moe_5'"):
         MoELanguageModel.from_preset("moe_5")
     with pytest.raises(ValueError, match="layer_types"):
         MoELanguageModel(10, layer_types=("lstm", "gru"))
-    with pytest.raises(ValueError, match="num_experts"):
+    with pytest.raises(ValueError, match="`moe`"):
         MoELanguageModel(10)
-    with pytest.raises(ValueError, match="expert_groups \\* experts_per_group"):
-        MoELanguageModel(10, num_experts=64, expert_groups=16,
-                         experts_per_group=8)
-    with pytest.raises(ValueError, match="divisible"):
-        MoELanguageModel(10, num_experts=50, expert_groups=16)
+    with pytest.raises(ValueError, match="`moe`"):
+        MoELanguageModel(10, moe=[4, 2])
+    with pytest.raises(ValueError, match="`moe`.*HierarchicalMixtureOfExperts"):
+        MoELanguageModel(10, moe={"expert_groups": 2, "experts_per_group": 2,
+                                  "k": 2})
+    with pytest.raises(ValueError, match="`k`"):
+        MoELanguageModel(10, moe={"num_experts": 4, "k": 4,
+                                  "router": "switch"})
+    with pytest.raises(ValueError, match="`feed_forward`"):
+        MoELanguageModel(10, layer_types=("feed_forward",),
+                         feed_forward={"units": 8})
     with pytest.raises(ValueError, match="dropout"):
-        MoELanguageModel(10, num_experts=4, dropout=1.0)
+        MoELanguageModel(10, moe=flat, dropout=1.0)
     with pytest.raises(ValueError, match="padding_id"):
-        MoELanguageModel(10, num_experts=4, padding_id="0")
-    assert MoELanguageModel(10, num_experts=64, expert_groups=16)\
-        .experts_per_group == 4
+        MoELanguageModel(10, moe=flat, padding_id="0")
+
+
+def test_config_saved_with_flat_layer_arguments_loads():
+    """Configs saved before `moe` and `feed_forward` took the layers'
+    arguments flat; they build the same layers."""
+    old = {"vocabulary_size": 10, "model_dim": 16,
+           "layer_types": ["lstm", "moe", "feed_forward"],
+           "num_experts": 64, "num_groups": 16, "k_primary": 2,
+           "k_secondary": 1, "expert_hidden_dim": 8,
+           "expert_use_bias": False, "feed_forward_hidden_layers": 2,
+           "capacity_factor": 2.0, "importance_weight": 0.3}
+    model = MoELanguageModel.from_config(old)
+    moe = model.get_layer("moe")
+    assert isinstance(moe, HierarchicalMixtureOfExperts)
+    assert (moe.expert_groups, moe.experts_per_group, moe.k_secondary,
+            moe.expert_hidden_dim, moe.use_bias, moe.capacity_factor,
+            moe.importance_weight) == (16, 4, 1, 8, False, 2.0, 0.3)
+    network = model.get_layer("feed_forward")
+    assert (network.hidden_dim, network.num_hidden_layers,
+            network.use_bias) == (8, 2, False)
+    flat = MoELanguageModel.from_config(
+        {"vocabulary_size": 10, "num_experts": 8, "k": 2,
+         "load_weight": 0.5}).get_layer("moe")
+    assert (flat.num_experts, flat.k, flat.router.load_weight,
+            flat.router.importance_weight) == (8, 2, 0.5, 0.1)
 
 
 @pytest.mark.parametrize("preset", ["tiny_moe", "tiny_moe_h"])
 def test_evaluation_drops_nothing_by_default(preset):
     """A capacity factor of 0.5 drops in training; evaluation keeps every
     assignment and equals an evaluation capacity that holds every token."""
-    model = MoELanguageModel.from_preset(preset, vocabulary_size=40,
-                                         capacity_factor=0.5, seed=2)
+    model = MoELanguageModel(**with_overrides(
+        PRESETS[preset], {"vocabulary_size": 40, "seed": 2,
+                          "moe": {"capacity_factor": 0.5}}))
     model.build((None, LENGTH))
     randomize(model, seed=2, scale=0.5)
     ids = np.random.RandomState(2).randint(1, 40, (8, LENGTH))

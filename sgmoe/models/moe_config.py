@@ -1,0 +1,134 @@
+"""One way to configure the MoE layers of every model: a dict of layer
+arguments, flat or hierarchical, and what it costs.
+
+A model's MoE configuration (`MoELanguageModel(moe=...)`,
+`MoETranslationModel(encoder_moe=..., decoder_moe=...)`) is a dict of
+keyword arguments of `sgmoe.layers.MixtureOfExperts` ("num_experts", "k",
+"router", "router_args", "use_bias", "capacity_factor", ...) or, when it
+has "expert_groups", of `sgmoe.layers.HierarchicalMixtureOfExperts`
+("expert_groups", "experts_per_group", "k_primary", "k_secondary", ...),
+over the model's defaults. The same key means the same thing in every
+model because it is the layer's own argument.
+"""
+
+from sgmoe._renamed_arguments import renamed_arguments
+from sgmoe.layers.hierarchical_mixture_of_experts import (
+    HierarchicalMixtureOfExperts)
+from sgmoe.layers.mixture_of_experts import MixtureOfExperts
+
+# Routers whose gate is the one matrix W_g [d, E].
+_SINGLE_MATRIX_ROUTERS = ("switch", "gshard", "expert_choice")
+# Experts per token of the routers that fix it.
+_FIXED_K = {"switch": 1, "gshard": 2}
+
+
+def check_moe_config(name, config):
+    """A copy of a MoE configuration (None stays None), or ValueError."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"`{name}` must be None or a dict of MoE layer arguments, "
+            f"received {name}={config!r}.")
+    # Saved before the hierarchical MoE's `num_groups` became
+    # `expert_groups`.
+    return renamed_arguments(config, {"num_groups": "expert_groups"})
+
+
+def is_hierarchical(config):
+    return "expert_groups" in config
+
+
+def make_moe_layer(config, defaults, *, name, dtype, seed):
+    """The MoE layer of a configuration: `config` over `defaults`, with
+    `seed` unless the configuration sets one."""
+    arguments = dict(defaults, **config)
+    arguments.setdefault("seed", seed)
+    layer_class = (HierarchicalMixtureOfExperts if is_hierarchical(arguments)
+                   else MixtureOfExperts)
+    try:
+        # from_config also reads the arguments of older saved configs.
+        return layer_class.from_config(dict(arguments, dtype=dtype,
+                                            name=name))
+    except (TypeError, ValueError) as error:
+        # Keras's from_config reports the constructor's error as a
+        # TypeError raised while handling it.
+        if (isinstance(error.__context__, (TypeError, ValueError))
+                and "Error when deserializing" in str(error)):
+            error = error.__context__
+        if not is_argument_mismatch(error):
+            raise error from None
+        raise ValueError(
+            f"`{name}` must hold keyword arguments of {layer_class.__name__}"
+            f", received {name}={config!r} ({error}).") from None
+
+
+def is_argument_mismatch(error):
+    """Whether `error` says a constructor's arguments do not fit it: one it
+    does not take, one given twice, or a required one missing (Python's
+    TypeError, or Keras's ValueError for a layer's kwargs)."""
+    message = str(error)
+    return any(text in message for text in (
+        "unexpected keyword argument", "multiple values for argument",
+        "missing 1 required", "Unrecognized keyword arguments"))
+
+
+def moe_cost(config, defaults, model_dim):
+    """(expert parameters, gating parameters, ops per token) of a MoE.
+
+    Counted from the configuration alone, as in Shazeer et al. 2017, Table
+    7 (ops: multiply-adds of the weight matrices a token goes through in
+    training). With d = model_dim, h = expert_hidden_dim, d_out the expert
+    output width:
+
+    - experts: E (d h + h d_out) [+ E (h + d_out) biases], plus one more
+      network with a residual expert; ops: the experts a token uses
+      (k, or k_primary k_secondary) times d h + h d_out, plus the residual
+      expert's.
+    - flat gating: 2 d E for noisy top-k (W_g and W_noise), d E + E for
+      strictly balanced (W_g and thresholds), d E for the others; ops the
+      gate's matrices, d E each.
+    - hierarchical gating: 2 (d G + G d E_g) with noise (half without);
+      ops 2 d G + k_primary 2 d E_g, a token's secondary gates being those
+      of its k_primary groups only.
+    """
+    c = dict(defaults, **config)
+    d, h = model_dim, c["expert_hidden_dim"]
+    out = c.get("output_dim") or d
+    per_expert = d * h + h * out
+    bias = h + out if c.get("use_bias", True) else 0
+    residual = 1 if c.get("residual_expert") else 0
+    if is_hierarchical(c):
+        groups, per_group = c["expert_groups"], c["experts_per_group"]
+        experts = groups * per_group
+        noise = 2 if c.get("noisy", True) else 1
+        gating = noise * (d * groups + groups * d * per_group)
+        gating_ops = noise * (d * groups
+                              + c.get("k_primary", 2) * d * per_group)
+        used = c.get("k_primary", 2) * c.get("k_secondary", 2)
+    else:
+        experts = c["num_experts"]
+        router = c.get("router") or "noisy_top_k"
+        router_args = c.get("router_args") or {}
+        if not isinstance(router, str):
+            raise ValueError(
+                "Can only count routers given by name, received "
+                f"router={router!r}.")
+        if router == "noisy_top_k":
+            noise = 2 if router_args.get("noisy", True) else 1
+            gating = gating_ops = noise * d * experts
+        elif router == "strictly_balanced":
+            gating, gating_ops = d * experts + experts, d * experts
+        elif router in _SINGLE_MATRIX_ROUTERS:
+            gating = gating_ops = d * experts
+        else:
+            raise ValueError(f"Unknown router={router!r}.")
+        if router == "expert_choice":
+            used = router_args.get("capacity_factor", 2.0)
+        else:
+            used = (_FIXED_K.get(router) or c.get("k")
+                    or router_args.get("k")
+                    or (4 if router == "noisy_top_k" else 2))
+    networks = experts + residual
+    ops = round((used + residual) * per_expert + gating_ops)
+    return networks * (per_expert + bias), gating, ops
