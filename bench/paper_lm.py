@@ -309,7 +309,7 @@ def main(argv=None):
     start = time.time()
     vocabulary = data.WordVocabulary.build(
         os.path.join(DATA_DIR, "brown.train.txt.gz"),
-        max_size=args.vocabulary_size)
+        vocabulary_size=args.vocabulary_size)
     rows = [train_and_evaluate(args, label, preset, overrides, vocabulary,
                                data, models, training)
             for label, preset, overrides in models_to_train(args)]

@@ -127,7 +127,7 @@ def main(argv=None):
     train_prefix = args.train_prefix
     vocabulary = data.SubwordVocabulary.train(
         [f"{train_prefix}.de.gz", f"{train_prefix}.en.gz"],
-        vocab_size=args.vocabulary_size, character_coverage=0.9995,
+        vocabulary_size=args.vocabulary_size, character_coverage=0.9995,
         seed=args.seed)
     test_pairs = data.read_sentence_pairs(
         *data.parallel_files(os.path.join(DATA_DIR, "ding.de-en.test"), "de",

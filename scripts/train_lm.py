@@ -70,7 +70,7 @@ def build_vocabulary():
     from sgmoe import data
 
     return data.WordVocabulary.build(
-        FLAGS.train_files, max_size=FLAGS.vocabulary_size or None,
+        FLAGS.train_files, vocabulary_size=FLAGS.vocabulary_size or None,
         min_count=FLAGS.min_count)
 
 

@@ -90,7 +90,7 @@ def load_data():
             FLAGS.model_dir, data.SubwordVocabulary,
             lambda: data.SubwordVocabulary.train(
                 train_sources + train_targets,
-                vocab_size=FLAGS.vocabulary_size,
+                vocabulary_size=FLAGS.vocabulary_size,
                 character_coverage=0.9995,  # rare characters: bytes
                 seed=FLAGS.seed))
         pairs = data.read_sentence_pairs(eval_sources, eval_targets,

@@ -85,7 +85,7 @@ def language_model_dataset(
     Example:
 
     vocabulary = sgmoe.data.WordVocabulary.build(
-        "data/brown.train.txt.gz", max_size=8000)
+        "data/brown.train.txt.gz", vocabulary_size=8000)
     train = sgmoe.data.language_model_dataset(
         "data/brown.train.txt.gz", vocabulary, batch_size=32,
         max_length=64, shuffle=True, repeat=True, seed=1)

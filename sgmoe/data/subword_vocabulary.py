@@ -44,7 +44,7 @@ class SubwordVocabulary:
 
     >>> vocabulary = SubwordVocabulary.train(
     ...     ["data/ding.de-en.train.de.gz", "data/ding.de-en.train.en.gz"],
-    ...     vocab_size=8000)
+    ...     vocabulary_size=8000)
     >>> vocabulary.save("runs/de_en")
     'runs/de_en/subwords.model'
     >>> ids = vocabulary.tokenize(["Wie geht's?"])  # int32 [1, (pieces)]
@@ -87,10 +87,10 @@ class SubwordVocabulary:
                                               out_type=tf.int32)
 
     @classmethod
-    def train(cls, file_patterns, vocab_size=8000, *, model_type="unigram",
-              normalization="nmt_nfkc", character_coverage=1.0,
-              byte_fallback=True, max_sentences=1_000_000, seed=0,
-              num_threads=None,
+    def train(cls, file_patterns, vocabulary_size=8000, *,
+              model_type="unigram", normalization="nmt_nfkc",
+              character_coverage=1.0, byte_fallback=True,
+              max_sentences=1_000_000, seed=0, num_threads=None,
               max_line_length=text_files.DEFAULT_MAX_LINE_LENGTH,
               on_malformed="raise"):
         """Learns a vocabulary from training text (both sides of a pair).
@@ -99,8 +99,8 @@ class SubwordVocabulary:
             file_patterns: the training files of both languages: a list of
                 comma-separated paths or globs (`.gz` read as gzip), e.g.
                 `[source_train_files, target_train_files]`.
-            vocab_size: the number of pieces, special tokens and byte pieces
-                included.
+            vocabulary_size: the number of pieces, special tokens and byte
+                pieces included.
             model_type: `"unigram"` (SentencePiece's default) or `"bpe"`.
             normalization: a SentencePiece normalisation rule, one of
                 `"nmt_nfkc"`, `"nfkc"`, `"nmt_nfkc_cf"`, `"nfkc_cf"`,
@@ -120,7 +120,7 @@ class SubwordVocabulary:
         Raises:
             DataError: a missing, empty or unreadable file, a malformed line
                 under `on_malformed="raise"`, or too little text for
-                `vocab_size` pieces.
+                `vocabulary_size` pieces.
         """
         import io
 
@@ -153,7 +153,7 @@ class SubwordVocabulary:
         try:
             sentencepiece.SentencePieceTrainer.train(
                 sentence_iterator=sentences(), model_writer=model,
-                vocab_size=vocab_size, model_type=model_type,
+                vocab_size=vocabulary_size, model_type=model_type,
                 normalization_rule_name=normalization,
                 character_coverage=character_coverage,
                 byte_fallback=byte_fallback,
@@ -170,7 +170,7 @@ class SubwordVocabulary:
             # "INTERNAL: src/x.cc(744) [check] Vocabulary size too high ..."
             message = " ".join(str(error).split()).rsplit("] ", 1)[-1]
             raise DataError(
-                f"{','.join(files)}: cannot learn {vocab_size} subwords: "
+                f"{','.join(files)}: cannot learn {vocabulary_size} subwords: "
                 f"{message}") from None
         if failure:
             raise failure[0]

@@ -35,7 +35,7 @@ class WordVocabulary:
     Example:
 
     >>> vocabulary = WordVocabulary.build(
-    ...     "data/brown.train.txt.gz", max_size=8000)
+    ...     "data/brown.train.txt.gz", vocabulary_size=8000)
     >>> vocabulary.save("runs/brown_lm")
     'runs/brown_lm/vocabulary.txt'
     >>> vocabulary = WordVocabulary.load("runs/brown_lm")
@@ -64,22 +64,23 @@ class WordVocabulary:
         self._token_tensor = None
 
     @classmethod
-    def from_counts(cls, counts, max_size=None, min_count=1):
+    def from_counts(cls, counts, vocabulary_size=None, min_count=1):
         """Builds a vocabulary from a mapping word -> count.
 
         Args:
             counts: word counts; special tokens in it are ignored.
-            max_size: the largest vocabulary, special tokens included
+            vocabulary_size: the largest vocabulary, special tokens included
                 (None: no limit). Must be at least 5.
             min_count: words seen fewer times map to `<UNK>`.
         """
-        if max_size is not None:
-            if (isinstance(max_size, bool) or not isinstance(max_size, int)
-                    or max_size <= len(cls.SPECIAL_TOKENS)):
+        if vocabulary_size is not None:
+            if (isinstance(vocabulary_size, bool)
+                    or not isinstance(vocabulary_size, int)
+                    or vocabulary_size <= len(cls.SPECIAL_TOKENS)):
                 raise ValueError(
-                    "`max_size` must be None or an integer larger than "
+                    "`vocabulary_size` must be None or an integer larger than "
                     f"{len(cls.SPECIAL_TOKENS)} (the special tokens), "
-                    f"received max_size={max_size!r}.")
+                    f"received vocabulary_size={vocabulary_size!r}.")
         if isinstance(min_count, bool) or not isinstance(min_count, int) \
                 or min_count < 1:
             raise ValueError("`min_count` must be a positive integer, "
@@ -88,12 +89,12 @@ class WordVocabulary:
             ((word, count) for word, count in counts.items()
              if count >= min_count and word not in cls.SPECIAL_TOKENS),
             key=lambda item: (-item[1], item[0]))
-        if max_size is not None:
-            ranked = ranked[:max_size - len(cls.SPECIAL_TOKENS)]
+        if vocabulary_size is not None:
+            ranked = ranked[:vocabulary_size - len(cls.SPECIAL_TOKENS)]
         return cls([word for word, _ in ranked])
 
     @classmethod
-    def build(cls, file_patterns, max_size=None, min_count=1,
+    def build(cls, file_patterns, vocabulary_size=None, min_count=1,
               max_line_length=text_files.DEFAULT_MAX_LINE_LENGTH,
               on_malformed="raise"):
         """Counts the words of training files and keeps the frequent ones.
@@ -101,7 +102,7 @@ class WordVocabulary:
         Args:
             file_patterns: comma-separated paths or globs (`.gz` read as
                 gzip), or a list of them; see `expand_file_patterns`.
-            max_size: the largest vocabulary, special tokens included.
+            vocabulary_size: the largest vocabulary, special tokens included.
             min_count: words seen fewer times map to `<UNK>`.
             max_line_length: the longest allowed line, in bytes.
             on_malformed: `"raise"` or `"skip"` for lines that are not UTF-8
@@ -112,7 +113,8 @@ class WordVocabulary:
                 line under `on_malformed="raise"`.
         """
         counts = cls.count_words(file_patterns, max_line_length, on_malformed)
-        return cls.from_counts(counts, max_size=max_size, min_count=min_count)
+        return cls.from_counts(counts, vocabulary_size=vocabulary_size,
+                               min_count=min_count)
 
     @staticmethod
     def count_words(file_patterns,

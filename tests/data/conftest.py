@@ -19,4 +19,4 @@ def ding_vocabulary():
     return SubwordVocabulary.train(
         [data_file("ding.de-en.train.de.gz"),
          data_file("ding.de-en.train.en.gz")],
-        vocab_size=1000, max_sentences=4000, seed=1, num_threads=1)
+        vocabulary_size=1000, max_sentences=4000, seed=1, num_threads=1)

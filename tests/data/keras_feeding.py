@@ -55,7 +55,7 @@ def train_language_model(directory):
 def train_translation_model(directory):
     source = write_text(f"{directory}/pairs.de", GERMAN)
     target = write_text(f"{directory}/pairs.en", ENGLISH)
-    vocabulary = SubwordVocabulary.train([source, target], vocab_size=48,
+    vocabulary = SubwordVocabulary.train([source, target], vocabulary_size=48,
                                          byte_fallback=False, num_threads=1)
     train = translation_dataset(source, target, vocabulary, batch_size=3,
                                 max_length=12, shuffle=True, repeat=True,

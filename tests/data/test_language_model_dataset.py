@@ -171,7 +171,7 @@ def test_repeat_reads_every_sentence_once_per_epoch(tmp_path):
 
 def test_brown_batches_are_consistent():
     path = os.path.join(DATA_DIR, "brown.valid.txt.gz")
-    vocabulary = WordVocabulary.build(path, max_size=2000)
+    vocabulary = WordVocabulary.build(path, vocabulary_size=2000)
     dataset = language_model_dataset(path, vocabulary, batch_size=16,
                                       max_length=48, shuffle=True, seed=1)
     counts = collections.Counter()

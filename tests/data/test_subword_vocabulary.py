@@ -59,7 +59,7 @@ def test_identity_normalisation_round_trips_exactly(tmp_path):
     vocabulary = SubwordVocabulary.train(
         [data_file("ding.de-en.valid.de.gz"),
          data_file("ding.de-en.valid.en.gz")],
-        vocab_size=500, normalization="identity", num_threads=1)
+        vocabulary_size=500, normalization="identity", num_threads=1)
     lines = (first_lines("ding.de-en.valid.de.gz", 100)
              + ["Größe … ﬁnal 😀 ＡＢＣ", "漢字 are bytes here"])
     back = vocabulary.detokenize(vocabulary.tokenize(lines)).numpy()
@@ -97,7 +97,7 @@ def test_load_and_train_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match=(
             r"small.txt: cannot learn 300 subwords: Vocabulary size too "
             r"high \(300\)\. Please set it to a value <= 9\.$")):
-        SubwordVocabulary.train(small, vocab_size=300, byte_fallback=False,
-                                num_threads=1)
+        SubwordVocabulary.train(small, vocabulary_size=300,
+                                byte_fallback=False, num_threads=1)
     with pytest.raises(ValueError, match="`normalization` must be one of"):
         SubwordVocabulary.train(small, normalization="nfd")

@@ -105,7 +105,8 @@ def test_every_entry_point_raises_one_line_naming_the_file(
         "translation_dataset (target)": lambda: translation_dataset(
             good, path, ding_vocabulary, 2, 8, max_line_length=50),
         "SubwordVocabulary.train": lambda: SubwordVocabulary.train(
-            [good, path], vocab_size=40, max_line_length=50, num_threads=1),
+            [good, path], vocabulary_size=40, max_line_length=50,
+            num_threads=1),
     }
     for name, call in calls.items():
         with pytest.raises(DataError) as error:

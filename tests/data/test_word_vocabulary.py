@@ -32,7 +32,8 @@ def test_build_orders_words_by_count_after_the_special_tokens(tmp_path):
 
     assert WordVocabulary.build(path, min_count=2).words == [
         "the", "cat", "sat"]
-    assert WordVocabulary.build(path, max_size=6).words == ["the", "cat"]
+    assert WordVocabulary.build(path, vocabulary_size=6).words == [
+        "the", "cat"]
 
 
 def test_count_words_over_several_files(tmp_path):
@@ -44,7 +45,7 @@ def test_count_words_over_several_files(tmp_path):
 
 def test_brown_vocabulary_matches_an_independent_count():
     path = os.path.join(DATA_DIR, "brown.valid.txt.gz")
-    vocabulary = WordVocabulary.build(path, max_size=1000)
+    vocabulary = WordVocabulary.build(path, vocabulary_size=1000)
     with gzip.open(path, "rt", encoding="utf-8") as text:
         counts = collections.Counter(word for line in text
                                      for word in line.split())
@@ -106,7 +107,8 @@ def test_decode_cuts_at_the_end_token_and_drops_padding():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"max_size": 4}, "`max_size` must be None or an integer larger than 4"),
+    ({"vocabulary_size": 4},
+     "`vocabulary_size` must be None or an integer larger than 4"),
     ({"min_count": 0}, "`min_count` must be a positive integer"),
 ])
 def test_arguments_are_checked(kwargs, message):

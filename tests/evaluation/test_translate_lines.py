@@ -16,7 +16,7 @@ LINES = ["Das ist gut.", "Wie geht es dir heute?", "Ja.",
 def vocabulary():
     return SubwordVocabulary.train(
         ["data/ding.de-en.valid.de.gz", "data/ding.de-en.valid.en.gz"],
-        vocab_size=400, seed=0, num_threads=1)
+        vocabulary_size=400, seed=0, num_threads=1)
 
 
 def test_batches_keep_the_order_and_do_not_change_translations(vocabulary):
