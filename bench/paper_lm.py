@@ -99,10 +99,12 @@ def parse_args(argv):
 
 def _widths(preset, widths, model_dim):
     """The overrides of a preset's expert (or feed-forward) width."""
+    from sgmoe.models.language_model_presets import PRESETS
+
     if not widths:
         return {}
     hidden_dim = widths["expert_hidden_dim"] * model_dim
-    if preset.startswith("moe_1_"):  # the single-expert baselines
+    if "feed_forward" in PRESETS[preset]:  # the single-expert baselines
         return {"feed_forward": {"hidden_dim": hidden_dim}}
     return {"moe": {"expert_hidden_dim": hidden_dim}}
 

@@ -23,6 +23,15 @@ def cv_squared(values):
     return ops.var(values) / (ops.square(mean) + CV_EPSILON)
 
 
+def importance_and_load_losses(importance, load, importance_weight,
+                               load_weight):
+    """The paper's balancing losses (§4, Appendix A), by name:
+    {"importance_loss": w_importance CV(Importance)^2,
+     "load_loss": w_load CV(Load)^2}."""
+    return {"importance_loss": importance_weight * cv_squared(importance),
+            "load_loss": load_weight * cv_squared(load)}
+
+
 def count_per_expert(expert_indices, num_experts, weights=None):
     """Sums `weights` (default 1) of each (token, choice) into its expert: [E].
 

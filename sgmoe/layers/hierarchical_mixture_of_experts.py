@@ -12,9 +12,9 @@ from sgmoe.layers import balancing
 from sgmoe.layers import dispatch
 from sgmoe.layers._grouped_matmul import grouped_matmul
 from sgmoe.layers.moe_layer import MoELayer
+from sgmoe.layers.routers.noisy_top_k_router import NoisyTopKRouter
+from sgmoe.layers.routers.noisy_top_k_router import check_noisy_gate_arguments
 from sgmoe.layers.routers.noisy_top_k_router import noisy_top_k
-
-LOSS_NAMES = ("importance_loss", "load_loss")
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -122,13 +122,9 @@ class HierarchicalMixtureOfExperts(MoELayer):
         # The capacity, expert and base layer arguments (see MoELayer).
         super().__init__(self.expert_groups * self.experts_per_group,
                          expert_hidden_dim, **kwargs)
-        self.noisy = bool(noisy)
-        self.importance_weight = _validation.check_non_negative_float(
-            "importance_weight", importance_weight)
-        self.load_weight = _validation.check_non_negative_float(
-            "load_weight", load_weight)
-        self.noise_epsilon = _validation.check_non_negative_float(
-            "noise_epsilon", noise_epsilon)
+        (self.noisy, self.importance_weight, self.load_weight,
+         self.noise_epsilon) = check_noisy_gate_arguments(
+            noisy, importance_weight, load_weight, noise_epsilon)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def build(self, input_shape):
@@ -145,7 +141,7 @@ class HierarchicalMixtureOfExperts(MoELayer):
                 setattr(self, f"{level}_w_{kind}", self.add_weight(
                     name=f"{level}_w_{kind}", shape=shape,
                     initializer="zeros", dtype="float32", autocast=False))
-        self.add_statistics(LOSS_NAMES)
+        self.add_statistics(NoisyTopKRouter.loss_names)
 
     def call(self, inputs, training=None):
         tokens, leading_shape = self.flatten_tokens(inputs)
@@ -196,11 +192,8 @@ class HierarchicalMixtureOfExperts(MoELayer):
 
         importance, load = self._importance_and_load(
             primary, secondary, slots, expert_indices)
-        auxiliary_losses = {
-            "importance_loss":
-                self.importance_weight * balancing.cv_squared(importance),
-            "load_loss": self.load_weight * balancing.cv_squared(load),
-        }
+        auxiliary_losses = balancing.importance_and_load_losses(
+            importance, load, self.importance_weight, self.load_weight)
         if training:
             self.add_loss(sum(auxiliary_losses.values()))
         # Kept assignments over all N * k_primary * k_secondary.

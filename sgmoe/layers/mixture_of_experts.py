@@ -24,9 +24,9 @@ class MixtureOfExperts(MoELayer):
 
     Four parts, one job each: a router (`NoisyTopKRouter` by default; any
     `sgmoe.layers.Router`) picks k experts and their gate values per token;
-    a dispatcher gathers the tokens into an [experts, capacity, d] buffer; `FeedForwardExperts` runs every expert on
-    its own slots; the combine gathers the outputs back and sums them with the
-    gate values.
+    a dispatcher gathers the tokens into an [experts, capacity, d] buffer;
+    `FeedForwardExperts` runs every expert on its own slots; the combine
+    gathers the outputs back and sums them with the gate values.
 
     The input may have any rank [..., d]. All leading dimensions are flattened
     into one macro-batch, so a MoE between LSTM layers sees every timestep of

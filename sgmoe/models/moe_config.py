@@ -11,15 +11,13 @@ over the model's defaults. The same key means the same thing in every
 model because it is the layer's own argument.
 """
 
+import inspect
+
 from sgmoe._renamed_arguments import renamed_arguments
+from sgmoe.layers import routers
 from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
-
-# Routers whose gate is the one matrix W_g [d, E].
-_SINGLE_MATRIX_ROUTERS = ("switch", "gshard", "expert_choice")
-# Experts per token of the routers that fix it.
-_FIXED_K = {"switch": 1, "gshard": 2}
 
 
 def check_moe_config(name, config):
@@ -110,25 +108,32 @@ def moe_cost(config, defaults, model_dim):
         experts = c["num_experts"]
         router = c.get("router") or "noisy_top_k"
         router_args = c.get("router_args") or {}
-        if not isinstance(router, str):
+        if not isinstance(router, str) or router not in routers.ROUTERS:
             raise ValueError(
-                "Can only count routers given by name, received "
-                f"router={router!r}.")
-        if router == "noisy_top_k":
-            noise = 2 if router_args.get("noisy", True) else 1
-            gating = gating_ops = noise * d * experts
+                "Can only count routers given by name, one of "
+                f"{sorted(routers.ROUTERS)}, received router={router!r}.")
+        router_class = routers.ROUTERS[router]
+        # Every router's gate is W_g [d, E]; noisy top-k adds W_noise in
+        # training, strictly balanced its thresholds [E] (no ops).
+        gating = gating_ops = d * experts
+        if router == "noisy_top_k" and _argument(router_class, router_args,
+                                                 "noisy"):
+            gating = gating_ops = 2 * d * experts
         elif router == "strictly_balanced":
-            gating, gating_ops = d * experts + experts, d * experts
-        elif router in _SINGLE_MATRIX_ROUTERS:
-            gating = gating_ops = d * experts
+            gating += experts
+        if routers.takes_k(router_class):
+            used = c.get("k") or _argument(router_class, router_args, "k")
+        elif router_class.fills_expert_slots:  # c experts per token
+            used = _argument(router_class, router_args, "capacity_factor")
         else:
-            raise ValueError(f"Unknown router={router!r}.")
-        if router == "expert_choice":
-            used = router_args.get("capacity_factor", 2.0)
-        else:
-            used = (_FIXED_K.get(router) or c.get("k")
-                    or router_args.get("k")
-                    or (4 if router == "noisy_top_k" else 2))
+            used = router_class.k
     networks = experts + residual
     ops = round((used + residual) * per_expert + gating_ops)
     return networks * (per_expert + bias), gating, ops
+
+
+def _argument(router_class, router_args, name):
+    """A router's argument: given in `router_args`, else its default."""
+    if name in router_args:
+        return router_args[name]
+    return inspect.signature(router_class.__init__).parameters[name].default

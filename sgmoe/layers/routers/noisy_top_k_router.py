@@ -42,6 +42,19 @@ def probability_in_top_k(clean_logits, noisy_logits, noise_stddev, kth_value,
     return normal_cdf((clean_logits - threshold) / noise_stddev)
 
 
+def check_noisy_gate_arguments(noisy, importance_weight, load_weight,
+                               noise_epsilon):
+    """(noisy, importance_weight, load_weight, noise_epsilon) of a noisy
+    top-k gate, checked: the weights and the epsilon >= 0 (ValueError
+    naming the argument)."""
+    return (bool(noisy),
+            _validation.check_non_negative_float("importance_weight",
+                                                 importance_weight),
+            _validation.check_non_negative_float("load_weight", load_weight),
+            _validation.check_non_negative_float("noise_epsilon",
+                                                 noise_epsilon))
+
+
 class TopKGates(NamedTuple):
     """The result of `noisy_top_k` for tokens [..., E].
 
@@ -207,13 +220,9 @@ class NoisyTopKRouter(Router):
         self.k = _validation.check_positive_int("k", k)
         super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
                          **kwargs)
-        self.noisy = bool(noisy)
-        self.importance_weight = _validation.check_non_negative_float(
-            "importance_weight", importance_weight)
-        self.load_weight = _validation.check_non_negative_float(
-            "load_weight", load_weight)
-        self.noise_epsilon = _validation.check_non_negative_float(
-            "noise_epsilon", noise_epsilon)
+        (self.noisy, self.importance_weight, self.load_weight,
+         self.noise_epsilon) = check_noisy_gate_arguments(
+            noisy, importance_weight, load_weight, noise_epsilon)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def check_num_experts(self, num_experts):
@@ -243,11 +252,10 @@ class NoisyTopKRouter(Router):
         else:
             load = balancing.count_per_expert(expert_indices, self.num_experts)
 
-        auxiliary_losses = self.add_losses({
-            "importance_loss":
-                self.importance_weight * balancing.cv_squared(importance),
-            "load_loss": self.load_weight * balancing.cv_squared(load),
-        }, gates.logits, training)
+        auxiliary_losses = self.add_losses(
+            balancing.importance_and_load_losses(
+                importance, load, self.importance_weight, self.load_weight),
+            gates.logits, training)
         return RoutingResult(expert_indices, expert_weights, importance, load,
                              auxiliary_losses)
 
