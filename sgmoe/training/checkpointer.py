@@ -21,10 +21,11 @@ from sgmoe.distribute import processes
 from sgmoe.training import _logs
 
 FORMAT = "sgmoe-checkpoint"
-VERSION = 1
-STATE_FILE = "state.npz"
+VERSION = 2
+STATE_FILE = "state.npz"  # format 1: every variable whole, in one file
 MANIFEST_FILE = "checkpoint.json"
 LATEST_FILE = "latest"
+_INDEX_FILE = "index-{}.json"  # one process's shards, until merged
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
@@ -74,15 +75,26 @@ class Checkpointer(keras.callbacks.Callback):
     interrupted.
 
     Writing is atomic: everything goes into a temporary sibling directory
-    (`.tmp-step-<n>-*`), each file and the directory are fsynced, a
-    manifest (`checkpoint.json`, with the size and SHA-256 of the state
-    file) is written last, and `os.replace` renames the directory into
-    place. The `latest` file is then replaced atomically by one naming the
-    new checkpoint, and only then are checkpoints beyond the newest `keep`
-    deleted (renamed away first, so a half-deleted one never looks
-    complete). A directory named `step-<n>` therefore always holds a whole
-    checkpoint; temporary directories left by a kill are ignored and
-    removed by `restore`.
+    (`.tmp-step-<n>`), each file and the directory are fsynced, a manifest
+    (`checkpoint.json`, with the size and SHA-256 of every file) is written
+    last, and `os.replace` renames the directory into place. The `latest`
+    file is then replaced atomically by one naming the new checkpoint, and
+    only then are checkpoints beyond the newest `keep` deleted (renamed
+    away first, so a half-deleted one never looks complete). A directory
+    named `step-<n>` therefore always holds a whole checkpoint; temporary
+    directories left by a kill are ignored and removed by `restore`.
+
+    Each variable is stored as the shards it is split into on the device
+    mesh, one `.npy` file per distinct shard (`model_<i>.npy` for a
+    variable on one device, `model_<i>.<start offsets>.npy` for a shard),
+    and the manifest records which slice of which variable each file
+    holds. Nothing is assembled whole to save it, so a save needs host
+    memory for one shard at a time, not for the model. `restore` reads
+    (memory-maps) only the saved shards that overlap what each device of
+    the target holds, whatever mesh wrote them: a checkpoint written on a
+    mesh of N devices restores on a mesh of M devices of another shape or
+    on one device, and the other way round. Checkpoints of the previous
+    format (version 1, one `state.npz`) still restore.
 
     The checkpoint written after a step is only written if the logged loss
     is finite; put `StopOnNonFiniteLoss` before this callback to also stop
@@ -103,27 +115,36 @@ class Checkpointer(keras.callbacks.Callback):
        .restore(model)`. It returns None on a fresh start, else a
        `CheckpointState`.
     3. Call `fit` once over the stream from batch `state.data_position` on
-       (`stream.skip(n)`, or cheaper, start at epoch n * batch // examples)
-       with `steps_per_epoch=S` (Keras epochs are then just logging windows
-       of S steps), `epochs=ceil(train_steps / S)` and
-       `initial_epoch=state.initial_epoch(S)`. `checkpoint_every` must be a
-       multiple of S, so every checkpoint falls on an epoch boundary and the
-       resumed run's epochs (and Keras's per-epoch running-mean loss) line
-       up with those of an uninterrupted run. If the run is complete,
-       `initial_epoch == epochs` and `fit` does nothing.
+       (`stream.skip(n)`, or cheaper, start at epoch n * batch // examples),
+       cut to the steps left (`.take(train_steps - state.step)`), with
+       `steps_per_epoch=S` (Keras epochs are then just logging windows of S
+       steps; the last one ends when the stream does) and
+       `epochs=ceil(steps left / S)`. Checkpoints fall at multiples of
+       `checkpoint_every`, inside windows or at their ends: the training
+       state does not depend on where windows end. `TrainingRun` does all
+       of this.
 
-    Only one run may write a `model_dir` at a time. `fit` refuses to
+    Only one run may write a `model_dir` at a time (`TrainingRun` takes
+    its lock, `lock_model_dir`). `fit` refuses to
     start (ValueError) if the directory holds checkpoints newer than the
     model and `restore` was not called, so a forgotten `restore` cannot
     overwrite a run.
 
     Several processes (JAX after `jax.distributed.initialize`, e.g.
-    `--multi_host`): every process runs the callback; weights sharded
-    across processes are gathered into whole arrays (a collective, so all
-    take part), process 0 alone writes, and all leave `save` together once
-    the checkpoint is complete. `model_dir` must be on a file system every
-    process sees; each restores from it, and the arrays are whole, so a
-    checkpoint loads on any mesh or on one device, and the other way round.
+    `--multi_host`): every process runs the callback and writes the shards
+    it holds (each distinct shard once: the copy with `replica_id` 0) and
+    an index of them into the same temporary directory; after a barrier
+    process 0 merges the indexes into the manifest and renames the
+    directory into place, and all leave `save` together once the
+    checkpoint is complete. No process gathers another's shards, so no
+    host ever holds more than its own part of the state. `model_dir` must
+    be on a file system every process sees. Each process restores the
+    shards its devices hold, after checking the SHA-256 of the files it
+    reads; the processes agree (a collective) on whether a checkpoint
+    passed, so all restore the same one. With one process, a mesh of
+    virtual devices (`--xla_force_host_platform_device_count`) takes the
+    same per-shard path; on TensorFlow, where `keras.distribution` shards
+    nothing, every variable is one file.
 
     Args:
         model_dir: the run's directory; checkpoints go to
@@ -176,10 +197,14 @@ class Checkpointer(keras.callbacks.Callback):
         """Loads the newest complete checkpoint into `model`, if there is one.
 
         Builds the optimizer first if it is not built. Temporary directories
-        left by a killed write are removed. A checkpoint that fails its
-        checks (missing or truncated file, checksum mismatch, unreadable
-        manifest) is reported with a `RuntimeWarning` naming it and the
-        problem, and the previous one is tried.
+        left by a killed write are removed. Each variable gets its current
+        sharding, its devices' slices read from the saved shards that
+        overlap them. A checkpoint that fails its checks (missing or
+        truncated file, checksum mismatch of a file this process reads,
+        shards that do not tile a variable, unreadable manifest) is
+        reported with a `RuntimeWarning` naming it and the problem, and the
+        previous one is tried; with several processes, all call `restore`
+        and skip a checkpoint that any of them found corrupt.
 
         Args:
             model: a built model (compiled, to restore the optimizer too).
@@ -197,16 +222,24 @@ class Checkpointer(keras.callbacks.Callback):
         self._remove_leftovers()
         problems = []
         for step, path in reversed(self._complete_checkpoints()):
+            problem = None
             try:
-                manifest, arrays = _read_checkpoint(path, step)
+                saved = _open_checkpoint(path, step)
+                plan = _plan_restore(model, saved, path)
+                saved.verify(plan.files)
             except _CorruptCheckpoint as error:
-                problems.append(f"{path}: {error}")
-                warnings.warn(
-                    f"Checkpoint {path} is corrupt and was skipped: {error}. "
-                    "Trying the previous checkpoint.", RuntimeWarning,
-                    stacklevel=2)
+                problem = str(error)
+            problem = _agree_across_processes(problem)
+            if problem is not None:
+                problems.append((path, problem))
                 continue
-            self._assign(model, manifest, arrays, path)
+            for skipped, problem in problems:  # said once, if resumed
+                warnings.warn(
+                    f"Checkpoint {skipped} is corrupt and was skipped: "
+                    f"{problem}. Resuming from {path}.", RuntimeWarning,
+                    stacklevel=2)
+            self._assign(saved, plan, path)
+            manifest = saved.manifest
             self.data_position = int(manifest["data_position"])
             self.last_saved_step = int(manifest["step"])
             return CheckpointState(step=int(manifest["step"]),
@@ -215,31 +248,20 @@ class Checkpointer(keras.callbacks.Callback):
         if problems:
             raise CheckpointError(
                 f"No usable checkpoint in {self.directory}; every one failed "
-                "its checks:\n  " + "\n  ".join(problems) + "\nMove the "
-                "directory away to start training from scratch.")
+                "its checks:\n  " + "\n  ".join(
+                    f"{path}: {problem}" for path, problem in problems)
+                + "\nMove the directory away to start training from "
+                "scratch.")
         self.data_position = 0
         self.last_saved_step = None
         return None
 
-    def _assign(self, model, manifest, arrays, path):
-        optimizer = getattr(model, "optimizer", None)
-        saved_optimizer = manifest["optimizer_variables"]
-        if optimizer is not None and saved_optimizer and not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        targets = [("model", model.variables, manifest["model_variables"])]
-        if optimizer is not None and saved_optimizer:
-            targets.append(("optimizer", optimizer.variables, saved_optimizer))
-        for group, variables, specs in targets:
-            _check_specs(group, variables, specs, path)
-        # Check everything before assigning anything.
-        values = []
-        for group, variables, specs in targets:
-            for index, variable in enumerate(variables):
-                values.append((variable, _decode_array(
-                    arrays[f"{group}_{index}"], specs[index]["dtype"])))
-        for variable, value in values:
-            variable.assign(value)
-        saved_random = manifest.get("random_states", {})
+    def _assign(self, saved, plan, path):
+        # Every check passed before anything is assigned; one variable's
+        # new value at a time, so the old one can go before the next.
+        for variable, name, dtype, pieces in plan.targets:
+            variable.assign(saved.value(name, variable, dtype, pieces))
+        saved_random = saved.manifest.get("random_states", {})
         for name, generator in self.random_states.items():
             if name not in saved_random:
                 warnings.warn(
@@ -280,14 +302,6 @@ class Checkpointer(keras.callbacks.Callback):
         model = self.model  # syncs the variables on JAX
         self._steps.step = _optimizer_step(model)
         self._last_logs = None
-        steps_per_epoch = (self.params or {}).get("steps")
-        if steps_per_epoch and self.checkpoint_every % steps_per_epoch:
-            raise ValueError(
-                f"`checkpoint_every` ({self.checkpoint_every}) must be a "
-                f"multiple of the steps per epoch ({steps_per_epoch}): a "
-                "resumed run starts at an epoch boundary, so every checkpoint "
-                "must fall on one. Train on a repeated stream with "
-                "`steps_per_epoch` dividing `checkpoint_every`.")
         if not self._restored:
             newer = [path for step, path in self._complete_checkpoints()
                      if step > self._steps.step]
@@ -333,30 +347,53 @@ class Checkpointer(keras.callbacks.Callback):
         """Writes a checkpoint of the model now; returns its directory.
 
         Called by the hooks; call it directly to checkpoint outside `fit`.
-        `step` defaults to the optimizer's `iterations`.
+        `step` defaults to the optimizer's `iterations`. With several
+        processes, every process must call it (it waits for all).
         """
         model = self.model  # syncs the variables on JAX
         if step is None:
             step = _optimizer_step(model)
         final = os.path.join(self.directory, f"step-{step}")
-        # Every process gathers (a collective); process 0 writes.
-        arrays, manifest = self._snapshot(model, step)
-        if processes.is_primary_process():
-            self._write(arrays, manifest, step, final)
+        # One name all processes know without talking; only one run
+        # writes a model_dir, so one left here is a killed write's.
+        temporary = os.path.join(self.directory,
+                                 f"{_TEMP_PREFIX}step-{step}")
+        primary = processes.is_primary_process()
+        if primary:
+            os.makedirs(self.directory, exist_ok=True)
+            _remove_tree(temporary)
+            os.mkdir(temporary)
+        processes.wait_for_all_processes(f"sgmoe checkpoint {final} begin")
+        shards = _write_shards(temporary, _state_variables(model))
+        _write_synced(
+            os.path.join(temporary,
+                         _INDEX_FILE.format(processes.process_index())),
+            json.dumps(shards).encode("utf-8"))
+        processes.wait_for_all_processes(f"sgmoe checkpoint {final} shards")
+        if primary:
+            self._commit(self._manifest(model, step), temporary, step, final)
         processes.wait_for_all_processes(f"sgmoe checkpoint {final}")
         self.last_saved_step = step
         return final
 
-    def _write(self, arrays, manifest, step, final):
-        os.makedirs(self.directory, exist_ok=True)
-        temporary = _make_unique_directory(self.directory,
-                                           f"{_TEMP_PREFIX}step-{step}-")
-        state_path = os.path.join(temporary, STATE_FILE)
-        with open(state_path, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        manifest["files"] = {STATE_FILE: _file_summary(state_path)}
+    def _commit(self, manifest, temporary, step, final):
+        """Merges the processes' shard indexes into the manifest, writes
+        it last and renames the directory into place (process 0)."""
+        files, shards = {}, {}
+        for process in range(_process_count()):
+            index_path = os.path.join(temporary, _INDEX_FILE.format(process))
+            with open(index_path, "rb") as file:
+                entries = json.loads(file.read().decode("utf-8"))
+            for entry in entries:
+                files[entry["file"]] = {"size": entry["size"],
+                                        "sha256": entry["sha256"]}
+                shards.setdefault(entry["variable"], []).append(
+                    {key: entry[key] for key in ("file", "start", "shape")})
+            os.remove(index_path)
+        for entries in shards.values():
+            entries.sort(key=lambda entry: entry["start"])
+        manifest["files"] = dict(sorted(files.items()))
+        manifest["shards"] = dict(sorted(shards.items()))
         _write_synced(os.path.join(temporary, MANIFEST_FILE),
                       json.dumps(manifest, indent=1).encode("utf-8"))
         _fsync_directory(temporary)
@@ -373,31 +410,28 @@ class Checkpointer(keras.callbacks.Callback):
         _fsync_directory(self.directory)
         self._prune(step)
 
-    def _snapshot(self, model, step):
-        arrays, model_specs, optimizer_specs = {}, [], []
-        for index, variable in enumerate(model.variables):
-            arrays[f"model_{index}"], spec = _encode_variable(variable)
-            model_specs.append(spec)
-        optimizer = getattr(model, "optimizer", None)
-        if optimizer is not None and optimizer.built:
-            for index, variable in enumerate(optimizer.variables):
-                arrays[f"optimizer_{index}"], spec = _encode_variable(variable)
-                optimizer_specs.append(spec)
-        manifest = {
+    def _manifest(self, model, step):
+        """The manifest without its "files" and "shards"."""
+        specs = {"model": [], "optimizer": []}
+        for name, variable in _state_variables(model):
+            specs[name.split("_")[0]].append({
+                "path": variable.path, "shape": list(variable.shape),
+                "dtype": keras.backend.standardize_dtype(variable.dtype)})
+        return {
             "format": FORMAT,
             "version": VERSION,
             "step": int(step),
             "data_position": int(self.data_position),
             "epoch": int(self._epoch),
             "backend": keras.backend.backend(),
+            "processes": _process_count(),
             "time": time.time(),
-            "model_variables": model_specs,
-            "optimizer_variables": optimizer_specs,
+            "model_variables": specs["model"],
+            "optimizer_variables": specs["optimizer"],
             "random_states": {
                 name: _to_json(_get_random_state(generator))
                 for name, generator in self.random_states.items()},
         }
-        return arrays, manifest
 
     def _prune(self, newest_step):
         """Keeps the `keep` newest checkpoints up to `newest_step`.
@@ -416,8 +450,413 @@ class _CorruptCheckpoint(Exception):
     pass
 
 
-def _read_checkpoint(path, step):
-    """The manifest and arrays of a checkpoint, after checking them."""
+# -- writing shards ---------------------------------------------------------
+
+def _state_variables(model):
+    """[(name, variable)]: "model_<i>" for the model's variables, then
+    "optimizer_<i>" for a built optimizer's (the names in file names and
+    in the manifest's "shards")."""
+    named = [(f"model_{index}", variable)
+             for index, variable in enumerate(model.variables)]
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and optimizer.built:
+        named += [(f"optimizer_{index}", variable)
+                  for index, variable in enumerate(optimizer.variables)]
+    return named
+
+
+def _write_shards(directory, named_variables):
+    """Writes this process's shards of every variable into `directory`,
+    one fsynced `.npy` file each, one at a time.
+
+    Returns their index: [{"variable", "file", "start", "shape", "size",
+    "sha256"}], "start" the shard's offsets in the variable.
+    """
+    index = []
+    for name, variable in named_variables:
+        shape = tuple(variable.shape)
+        for start, array in _local_shards(variable.value):
+            file = _shard_file(name, start, array.shape, shape)
+            summary = _save_array(os.path.join(directory, file),
+                                  _encode_array(array))
+            index.append({"variable": name, "file": file,
+                          "start": list(start), "shape": list(array.shape),
+                          **summary})
+    _fsync_directory(directory)
+    return index
+
+
+def _local_shards(value):
+    """(start offsets, NumPy array) of each part of a variable's value this
+    process writes.
+
+    On JAX, the distinct shards on this process's devices: of the copies
+    of a shard (a replicated weight has one per device), only the one with
+    `replica_id` 0, so every part of the variable is written once across
+    all processes. Elsewhere, the whole value, by process 0 alone.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if isinstance(value, jax.Array):
+            for shard in value.addressable_shards:
+                if shard.replica_id == 0:
+                    start = tuple(index.indices(size)[0] for index, size
+                                  in zip(shard.index, value.shape))
+                    yield start, _to_host(shard.data)
+            return
+    if processes.is_primary_process():
+        yield (0,) * len(value.shape), np.asarray(ops.convert_to_numpy(value))
+
+
+def _to_host(data):
+    """A one-device jax.Array as a NumPy array. A CPU buffer is shared,
+    not copied; another device's is copied through a new CPU array, since
+    NumPy conversion of `data` itself would keep a host copy cached on it
+    (for as long as the variable holds it)."""
+    import jax
+
+    (device,) = data.devices()
+    if device.platform != "cpu":
+        data = jax.device_put(data, jax.devices("cpu")[0])
+    return np.asarray(data)
+
+
+def _shard_file(name, start, shard_shape, shape):
+    """"<name>.npy" for a whole variable, else "<name>.<start>.npy" with
+    the offsets joined by "_", e.g. "model_3.16_0_0.npy"."""
+    if tuple(shard_shape) == tuple(shape):
+        return f"{name}.npy"
+    return f"{name}.{'_'.join(str(offset) for offset in start)}.npy"
+
+
+def _encode_array(value):
+    if value.dtype.isbuiltin != 1:
+        # ml_dtypes (bfloat16, float8) do not survive .npy: store the bits.
+        value = value.view(f"uint{8 * value.dtype.itemsize}")
+    return value
+
+
+class _HashingWriter:
+    """A file's `write`, counting the bytes and hashing them on the way."""
+
+    def __init__(self, file):
+        self.file = file
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        self.file.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+
+
+def _save_array(path, array):
+    """Writes `array` as a fsynced `.npy` file (16 MiB at a time); returns
+    {"size", "sha256"} of the file."""
+    with open(path, "wb") as file:
+        writer = _HashingWriter(file)
+        np.lib.format.write_array(writer, array, allow_pickle=False)
+        file.flush()
+        os.fsync(file.fileno())
+    return {"size": writer.size, "sha256": writer.sha256.hexdigest()}
+
+
+# -- reading ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+    """A saved part of a variable: its offsets and shape in the variable,
+    and its `.npy` file (format 2) or its array (format 1, read whole)."""
+
+    start: tuple
+    shape: tuple
+    file: str = None
+    array: np.ndarray = None
+
+
+class _SavedState:
+    """A checkpoint's manifest and the saved shards of each variable."""
+
+    def __init__(self, path, manifest, shards):
+        self.path = path
+        self.manifest = manifest
+        self.shards = shards  # {"model_<i>": [_Shard]}
+        self._by_file = {shard.file: shard for entries in shards.values()
+                         for shard in entries if shard.file is not None}
+
+    def files_for(self, name, pieces):
+        """Names of the files of variable `name` that overlap any of
+        `pieces` (each ((starts), (stops)))."""
+        files = set()
+        for piece in pieces:
+            for shard in self.shards[name]:
+                if shard.file is not None and (
+                        _overlap(shard, piece) is not None
+                        or _volume(piece) == 0):
+                    files.add(shard.file)
+                    if _volume(piece) == 0:
+                        break
+        return files
+
+    def verify(self, files):
+        """Checks the SHA-256 and the array shape of each of `files`;
+        raises _CorruptCheckpoint."""
+        for name in sorted(files):
+            file_path = os.path.join(self.path, name)
+            _check_sha256(file_path, name, self.manifest["files"][name])
+            try:
+                shape = np.load(file_path, mmap_mode="r",
+                                allow_pickle=False).shape
+            except (OSError, ValueError) as error:
+                raise _CorruptCheckpoint(
+                    f"{name} is unreadable ({error})") from None
+            if shape != self._by_file[name].shape:
+                raise _CorruptCheckpoint(
+                    f"{name} holds shape {shape}, {MANIFEST_FILE} says "
+                    f"{self._by_file[name].shape}")
+
+    def read(self, name, piece):
+        """The slice `piece` ((starts), (stops)) of variable `name` as
+        stored (low-precision floats as unsigned bits), assembled from the
+        saved shards that overlap it; only those are read, memory-mapped."""
+        starts, stops = piece
+        shape = [stop - begin for begin, stop in zip(starts, stops)]
+        result = None
+        for shard in self.shards[name]:
+            overlap = _overlap(shard, piece)
+            if overlap is None:
+                continue
+            source = self._array(shard)
+            if result is None:
+                result = np.empty(shape, source.dtype)
+            low, high = overlap
+            result[tuple(slice(a - begin, b - begin) for a, b, begin
+                         in zip(low, high, starts))] = source[
+                tuple(slice(a - begin, b - begin) for a, b, begin
+                      in zip(low, high, shard.start))]
+        if result is None:  # an empty slice
+            result = np.empty(shape, self._array(self.shards[name][0]).dtype)
+        return result
+
+    def value(self, name, variable, dtype, pieces):
+        """The value to assign to `variable` (saved as `name`, of `dtype`).
+
+        With `pieces` (its value is a jax.Array), a jax.Array with the same
+        sharding, each device's slice assembled from the saved shards, so
+        no process holds what its devices do not; else a NumPy array.
+        """
+        shape = tuple(variable.shape)
+        if pieces is None:
+            return _decode_array(self.read(name, _whole_piece(shape)), dtype)
+        import jax
+
+        assembled = {}
+
+        def device_slice(index):
+            piece = _piece(index, shape)
+            if piece not in assembled:  # replicas share one host copy
+                assembled[piece] = _decode_array(self.read(name, piece),
+                                                 dtype)
+            return assembled[piece]
+
+        return jax.make_array_from_callback(shape, variable.value.sharding,
+                                            device_slice)
+
+    def _array(self, shard):
+        if shard.array is not None:
+            return shard.array
+        return np.load(os.path.join(self.path, shard.file), mmap_mode="r",
+                       allow_pickle=False)
+
+
+@dataclasses.dataclass
+class _RestorePlan:
+    """targets: (variable, saved name, saved dtype, pieces or None) for
+    every variable to assign; files: the files they read."""
+
+    targets: list
+    files: set
+
+
+def _plan_restore(model, saved, path):
+    """What restoring `saved` into `model` reads, after checking that its
+    variables fit the model (ValueError). Builds the optimizer first if
+    the checkpoint has optimizer state."""
+    manifest = saved.manifest
+    optimizer = getattr(model, "optimizer", None)
+    saved_optimizer = manifest["optimizer_variables"]
+    if optimizer is not None and saved_optimizer and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    groups = [("model", model.variables, manifest["model_variables"])]
+    if optimizer is not None and saved_optimizer:
+        groups.append(("optimizer", optimizer.variables, saved_optimizer))
+    for group, variables, specs in groups:
+        _check_specs(group, variables, specs, path)
+    targets, files = [], set()
+    for group, variables, specs in groups:
+        for index, (variable, spec) in enumerate(zip(variables, specs)):
+            name = f"{group}_{index}"
+            pieces = _target_pieces(variable)
+            targets.append((variable, name, spec["dtype"], pieces))
+            files |= saved.files_for(
+                name, pieces or [_whole_piece(tuple(variable.shape))])
+    return _RestorePlan(targets, files)
+
+
+def _target_pieces(variable):
+    """The distinct slices ((starts), (stops)) of `variable` that this
+    process's devices hold, when its value is a jax.Array; else None."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    value = variable.value
+    if not isinstance(value, jax.Array):
+        return None
+    shape = tuple(variable.shape)
+    indices = value.sharding.addressable_devices_indices_map(shape).values()
+    return sorted({_piece(index, shape) for index in indices})
+
+
+def _piece(index, shape):
+    """A device's index (a tuple of slices) as ((starts), (stops))."""
+    bounds = [part.indices(size)[:2] for part, size in zip(index, shape)]
+    return (tuple(begin for begin, _ in bounds),
+            tuple(stop for _, stop in bounds))
+
+
+def _whole_piece(shape):
+    return (0,) * len(shape), tuple(shape)
+
+
+def _volume(piece):
+    return math.prod(stop - begin for begin, stop in zip(*piece))
+
+
+def _overlap(shard, piece):
+    """((low), (high)) where `shard` and `piece` overlap, None if they do
+    not (or the overlap is empty)."""
+    starts, stops = piece
+    low = tuple(max(a, b) for a, b in zip(shard.start, starts))
+    high = tuple(min(a + size, b) for a, size, b
+                 in zip(shard.start, shard.shape, stops))
+    if any(a >= b for a, b in zip(low, high)):
+        return None
+    return low, high
+
+
+def _agree_across_processes(problem):
+    """`problem`, or one of its own on every process when any process of
+    a JAX multi-process run found one (a collective: all call it), so
+    that all skip the same checkpoints."""
+    if _process_count() == 1:
+        return problem
+    from jax.experimental import multihost_utils
+
+    failed = multihost_utils.process_allgather(
+        np.array([problem is not None], dtype=np.int32))
+    if problem is None and np.any(failed):
+        return "another process found it corrupt (see its warning)"
+    return problem
+
+
+def _process_count():
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_count()
+    return 1
+
+
+def _open_checkpoint(path, step):
+    """The checkpoint in `path` as a `_SavedState`.
+
+    Checks the manifest, that every file it lists exists with its size,
+    and that the saved shards of every variable tile it exactly; the
+    SHA-256 of the files is checked by `verify`. Format 1 (one
+    `state.npz`) is read and checked whole here, as it was written.
+    Raises _CorruptCheckpoint.
+    """
+    manifest = _read_manifest(path, step)
+    for name, expected in manifest["files"].items():
+        _check_size(os.path.join(path, name), name, expected)
+    if manifest["version"] == 1:
+        return _open_format_1(path, manifest)
+    shards = {}
+    try:
+        for group in ("model", "optimizer"):
+            for index, spec in enumerate(manifest[f"{group}_variables"]):
+                name = f"{group}_{index}"
+                if name not in manifest["shards"]:
+                    raise _CorruptCheckpoint(
+                        f"{MANIFEST_FILE} has no shards of {group} variable "
+                        f"{index}")
+                shards[name] = [
+                    _Shard(start=tuple(int(offset)
+                                       for offset in entry["start"]),
+                           shape=tuple(int(size) for size in entry["shape"]),
+                           file=entry["file"])
+                    for entry in manifest["shards"][name]]
+                _check_tiling(name, shards[name], tuple(spec["shape"]),
+                              manifest["files"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise _CorruptCheckpoint(
+            f"{MANIFEST_FILE} is malformed ({error!r})") from None
+    return _SavedState(path, manifest, shards)
+
+
+def _check_tiling(name, shards, shape, files):
+    """Raises _CorruptCheckpoint unless `shards` tile `shape` exactly."""
+    for shard in shards:
+        if shard.file not in files:
+            raise _CorruptCheckpoint(
+                f"{MANIFEST_FILE} does not list {shard.file}")
+        if (len(shard.start) != len(shape) or len(shard.shape) != len(shape)
+                or any(begin < 0 or size < 0 or begin + size > total
+                       for begin, size, total
+                       in zip(shard.start, shard.shape, shape))):
+            raise _CorruptCheckpoint(
+                f"{shard.file} lies outside {name}'s shape {shape}")
+    for first, shard in enumerate(shards):
+        for other in shards[first + 1:]:
+            if _overlap(other, (shard.start, tuple(
+                    begin + size for begin, size
+                    in zip(shard.start, shard.shape)))) is not None:
+                raise _CorruptCheckpoint(
+                    f"{shard.file} and {other.file} overlap")
+    if sum(math.prod(shard.shape) for shard in shards) != math.prod(shape):
+        raise _CorruptCheckpoint(
+            f"the shards of {name} do not cover its shape {shape}")
+
+
+def _open_format_1(path, manifest):
+    """A format-1 checkpoint (one state.npz, SHA-256 checked), read
+    whole."""
+    for name, expected in manifest["files"].items():
+        _check_sha256(os.path.join(path, name), name, expected)
+    try:
+        with np.load(os.path.join(path, STATE_FILE),
+                     allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, KeyError, EOFError,
+            zipfile.BadZipFile) as error:
+        raise _CorruptCheckpoint(f"{STATE_FILE} is unreadable ({error})") \
+            from None
+    shards = {}
+    for group in ("model", "optimizer"):
+        for index in range(len(manifest[f"{group}_variables"])):
+            name = f"{group}_{index}"
+            if name not in arrays:
+                raise _CorruptCheckpoint(
+                    f"{STATE_FILE} lacks {group} variable {index}")
+            array = arrays[name]
+            shards[name] = [_Shard(start=(0,) * array.ndim,
+                                   shape=array.shape, array=array)]
+    return _SavedState(path, manifest, shards)
+
+
+def _read_manifest(path, step):
     manifest_path = os.path.join(path, MANIFEST_FILE)
     try:
         with open(manifest_path, "rb") as file:
@@ -430,42 +869,41 @@ def _read_checkpoint(path, step):
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _CorruptCheckpoint(f"{MANIFEST_FILE} is not an sgmoe checkpoint "
                                  "manifest")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in (1, VERSION):
         raise _CorruptCheckpoint(
-            f"format version {manifest.get('version')!r}, expected {VERSION}")
-    for key in ("step", "data_position", "files", "model_variables",
-                "optimizer_variables"):
+            f"format version {manifest.get('version')!r}, expected 1 or "
+            f"{VERSION}")
+    keys = ["step", "data_position", "files", "model_variables",
+            "optimizer_variables"]
+    if manifest["version"] >= 2:
+        keys.append("shards")
+    for key in keys:
         if key not in manifest:
             raise _CorruptCheckpoint(f"{MANIFEST_FILE} has no {key!r}")
     if manifest["step"] != step:
         raise _CorruptCheckpoint(
             f"{MANIFEST_FILE} says step {manifest['step']}, the directory "
             f"name step {step}")
-    for name, expected in manifest["files"].items():
-        file_path = os.path.join(path, name)
-        if not os.path.isfile(file_path):
-            raise _CorruptCheckpoint(f"{name} is missing")
-        actual = _file_summary(file_path)
-        if actual["size"] != expected.get("size"):
-            raise _CorruptCheckpoint(
-                f"{name} has {actual['size']} bytes, expected "
-                f"{expected.get('size')} (truncated?)")
-        if actual["sha256"] != expected.get("sha256"):
-            raise _CorruptCheckpoint(f"{name} fails its SHA-256 check")
+    return manifest
+
+
+def _check_size(file_path, name, expected):
+    if not os.path.isfile(file_path):
+        raise _CorruptCheckpoint(f"{name} is missing")
+    size = os.path.getsize(file_path)
+    if size != expected.get("size"):
+        raise _CorruptCheckpoint(
+            f"{name} has {size} bytes, expected {expected.get('size')} "
+            "(truncated?)")
+
+
+def _check_sha256(file_path, name, expected):
     try:
-        with np.load(os.path.join(path, STATE_FILE),
-                     allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, KeyError, EOFError,
-            zipfile.BadZipFile) as error:
-        raise _CorruptCheckpoint(f"{STATE_FILE} is unreadable ({error})") \
-            from None
-    for group in ("model", "optimizer"):
-        for index in range(len(manifest[f"{group}_variables"])):
-            if f"{group}_{index}" not in arrays:
-                raise _CorruptCheckpoint(
-                    f"{STATE_FILE} lacks {group} variable {index}")
-    return manifest, arrays
+        actual = _file_summary(file_path)
+    except OSError as error:
+        raise _CorruptCheckpoint(f"{name} is unreadable ({error})") from None
+    if actual["sha256"] != expected.get("sha256"):
+        raise _CorruptCheckpoint(f"{name} fails its SHA-256 check")
 
 
 def _check_specs(group, variables, specs, path):
@@ -483,31 +921,6 @@ def _check_specs(group, variables, specs, path):
                 f"shape {tuple(spec['shape'])} and dtype {spec['dtype']}, "
                 f"the model's {variable.path!r} has shape {shape} and dtype "
                 f"{dtype}: it was written by another model or optimizer.")
-
-
-def _encode_variable(variable):
-    value = _whole_array(variable.value)
-    dtype = keras.backend.standardize_dtype(variable.dtype)
-    if value.dtype.isbuiltin != 1:
-        # ml_dtypes (bfloat16, float8) do not survive .npy: store the bits.
-        value = value.view(f"uint{8 * value.dtype.itemsize}")
-    spec = {"path": variable.path, "shape": list(value.shape), "dtype": dtype}
-    return value, spec
-
-
-def _whole_array(value):
-    """A variable's value as one NumPy array, gathered from every process
-    when it is split across processes (JAX multi-process)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        if (isinstance(value, jax.Array) and not value.is_fully_addressable
-                and not value.is_fully_replicated):
-            from jax.experimental import multihost_utils
-
-            return np.asarray(multihost_utils.process_allgather(value,
-                                                                tiled=True))
-    return np.asarray(ops.convert_to_numpy(value))
 
 
 def _decode_array(value, dtype):
@@ -628,6 +1041,13 @@ def _fsync_directory(path):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _remove_tree(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        _remove_file(path)
 
 
 def _discard(path, directory):

@@ -62,7 +62,7 @@ def test_the_run_spans_two_processes_with_experts_split_across_them(stages):
         assert report["num_processes"] == 2
         assert report["num_devices"] == 8
         assert report["kernel_spec"] == ["model", None, None]
-        # No process holds the whole expert kernel: saving must gather it.
+        # No process holds the whole expert kernel: each saves its shards.
         assert report["kernel_fully_addressable"] is False
     assert multihost[0]["local_experts"] == [0, 1, 2, 3]
     assert multihost[1]["local_experts"] == [4, 5, 6, 7]
