@@ -21,6 +21,7 @@ through sacrebleu against the target side.
 
 import os
 import sys
+import tempfile
 import time
 import warnings
 
@@ -28,6 +29,11 @@ from absl import app
 from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if _SCRIPTS_DIR not in sys.path:
+    sys.path.insert(0, _SCRIPTS_DIR)
+
+import console  # noqa: E402
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                         "data")
@@ -57,12 +63,40 @@ flags.DEFINE_float("length_penalty", 0.6,
 flags.DEFINE_bool("jit_compile", True, "Compile the model with XLA.")
 flags.DEFINE_string("output_file", None,
                     "Translation: also write the translations here, one per "
-                    "line.")
+                    "line. An existing file is replaced, in one step once "
+                    "every sentence is translated; its directory must "
+                    "exist and be writable (checked before the model is "
+                    "loaded).")
+flags.DEFINE_bool("verbose", False,
+                  "Also show TensorFlow's and XLA's native log lines while "
+                  "they load.")
 flags.mark_flag_as_required("model_dir")
 
 
 def fail(message):
-    sys.exit(f"evaluate: {message}")
+    sys.exit(f"evaluate: {console.one_line(message)}")
+
+
+def check_output_file(path):
+    """Fails unless `path` can become a file (its real path is returned).
+
+    The directory must exist and take a new file: a scratch file is
+    created and removed there, as `write_lines_atomically` will.
+    """
+    path = os.path.realpath(os.path.expanduser(path))
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        fail(f"--output_file={FLAGS.output_file} is a directory")
+    if not os.path.isdir(directory):
+        fail(f"--output_file={FLAGS.output_file}: no such directory "
+             f"{directory}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".evaluate-"):
+            pass
+    except OSError as error:
+        fail(f"--output_file={FLAGS.output_file}: cannot write to "
+             f"{directory} ({error.strerror or error})")
+    return path
 
 
 def load_model_class(model_path):
@@ -91,14 +125,21 @@ def evaluate_language_model(model_path, eval_files):
     model = models.MoELanguageModel.from_preset(model_path)
     model.compile(metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
-    perplexity = evaluation.evaluate_perplexity(model, dataset)
+    try:
+        perplexity = evaluation.evaluate_perplexity(model, dataset)
+    except data.DataError as error:
+        if longer:
+            fail(f"{error} (--max_length={FLAGS.max_length} left out "
+                 f"{longer} sentences)")
+        raise
     if longer:
         print(f"left out {longer} sentences longer than --max_length="
               f"{FLAGS.max_length}")
     print(f"test perplexity: {perplexity:.2f}")
 
 
-def evaluate_translation(model_path, eval_files):
+def evaluate_translation(model_path, eval_files, output_file):
+    from sgmoe import _files
     from sgmoe import data
     from sgmoe import evaluation
     from sgmoe import models
@@ -116,9 +157,9 @@ def evaluate_translation(model_path, eval_files):
         max_source_length=FLAGS.max_length, jit_compile=FLAGS.jit_compile)
     score = evaluation.corpus_bleu(hypotheses,
                                    [target for _, target in pairs])
-    if FLAGS.output_file:
-        with open(FLAGS.output_file, "w", encoding="utf-8") as file:
-            file.writelines(line + "\n" for line in hypotheses)
+    if output_file:
+        _files.write_text_atomically(
+            output_file, "".join(line + "\n" for line in hypotheses))
     print(f"translated {len(pairs)} pairs in {time.time() - start:.0f}s "
           f"(beam width {FLAGS.beam_width}): {score.text} "
           f"({score.signature})")
@@ -130,18 +171,25 @@ def main(argv):
     for name in ("batch_size", "max_length", "beam_width"):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
+    output_file = FLAGS.output_file and check_output_file(FLAGS.output_file)
+    console.plain_warnings()
+    console.import_quietly(verbose=FLAGS.verbose)
     model_path = os.path.join(FLAGS.model_dir, "model")
     model_class = load_model_class(model_path)
-    evaluate = {"MoELanguageModel": evaluate_language_model,
-                "MoETranslationModel": evaluate_translation}
+    eval_files = FLAGS.eval_files or DEFAULT_EVAL_FILES[model_class.__name__]
+    language_model = model_class.__name__ == "MoELanguageModel"
+    if language_model and output_file:
+        fail("--output_file is for translation models; a language model "
+             "writes no text")
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     try:
-        evaluate[model_class.__name__](
-            model_path,
-            FLAGS.eval_files or DEFAULT_EVAL_FILES[model_class.__name__])
+        if language_model:
+            evaluate_language_model(model_path, eval_files)
+        else:
+            evaluate_translation(model_path, eval_files, output_file)
     except (ValueError, OSError) as error:  # DataError included
         fail(error)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_flags)

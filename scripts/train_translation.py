@@ -23,7 +23,6 @@ one; the vocabulary (subwords.model), the TensorBoard event files
 (MODEL_DIR/model, read by scripts/evaluate.py) go there too.
 """
 
-import functools
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)
 
+import console  # noqa: E402
 import training_flags  # noqa: E402
 
 DATA_DIR = os.path.join(_SCRIPTS_DIR, "..", "data")
@@ -69,13 +69,28 @@ flags.DEFINE_integer("eval_sentences", 0,
 
 
 def fail(message):
-    sys.exit(f"train_translation: {message}")
+    sys.exit(f"train_translation: {console.one_line(message)}")
+
+
+def check_flags():
+    training_flags.check_training_flags(
+        fail, positive=("vocabulary_size", "max_length", "beam_width"))
+    if FLAGS.eval_sentences < 0:
+        fail(f"--eval_sentences must be >= 0, received "
+             f"{FLAGS.eval_sentences}")
+    if FLAGS.source_language == FLAGS.target_language:
+        fail(f"--source_language and --target_language are both "
+             f"{FLAGS.source_language!r}")
+    from sgmoe import models
+
+    training_flags.check_preset(fail,
+                                models.translation_model_presets.PRESETS)
 
 
 def load_data():
     """The training files, the shared vocabulary, the training target
-    pieces per step and the evaluation pairs; a data error ends the
-    script."""
+    pieces per step, the training stream and the evaluation pairs; a data
+    error ends the script."""
     from sgmoe import data
     from sgmoe import training
 
@@ -95,29 +110,29 @@ def load_data():
                 seed=FLAGS.seed))
         pairs = data.read_sentence_pairs(eval_sources, eval_targets,
                                          limit=FLAGS.eval_sentences)
-        # From the first targets: the words/s figures are target pieces/s.
         tokens_per_step = FLAGS.batch_size * data.mean_tokens_per_sentence(
             train_targets, vocabulary, max_sentences=2000)
+        # One endless, seeded stream: batch i is the same in every run, so
+        # a resumed run skips the batches its checkpoint had consumed.
+        train_data = data.translation_dataset(
+            train_sources, train_targets, vocabulary, FLAGS.batch_size,
+            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True)
     except ValueError as error:  # DataError included
         fail(error)
-    return (train_sources, train_targets), vocabulary, tokens_per_step, pairs
-
-
-def train_dataset(train_files, vocabulary, skip_batches):
-    from sgmoe import data
-
-    return data.translation_dataset(
-        *train_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
-        shuffle=True, seed=FLAGS.seed, repeat=True, skip_batches=skip_batches)
+    return (train_sources + train_targets, vocabulary, tokens_per_step,
+            train_data, pairs)
 
 
 def build_model(vocabulary):
     from sgmoe import models
 
-    model = models.MoETranslationModel.from_preset(
-        FLAGS.preset, vocabulary_size=len(vocabulary),
-        bos_id=vocabulary.bos_id, eos_id=vocabulary.eos_id,
-        seed=FLAGS.seed)
+    try:
+        model = models.MoETranslationModel.from_preset(
+            FLAGS.preset, vocabulary_size=len(vocabulary),
+            bos_id=vocabulary.bos_id, eos_id=vocabulary.eos_id,
+            seed=FLAGS.seed)
+    except (ValueError, TypeError) as error:
+        fail(error)
     model.compile(optimizer=training_flags.make_optimizer(),
                   jit_compile=FLAGS.jit_compile)
     model.build()
@@ -143,17 +158,18 @@ def validation_bleu(model, vocabulary, pairs):
 
 def main(argv):
     del argv
-    training_flags.check_training_flags(
-        fail, positive=("vocabulary_size", "max_length", "beam_width"))
-    if FLAGS.eval_sentences < 0:
-        fail(f"--eval_sentences must be >= 0, received "
-             f"{FLAGS.eval_sentences}")
+    check_flags()
     scope = training_flags.start_run(fail)  # first: --multi_host
+    training_flags.claim_model_dir(fail)
     import keras
 
-    from sgmoe import training
-
-    train_files, vocabulary, tokens_per_step, pairs = load_data()
+    (train_files, vocabulary, tokens_per_step, train_data,
+     pairs) = load_data()
+    setup = training_flags.run_setup(
+        train_files=train_files, vocabulary=vocabulary,
+        data={"languages": [FLAGS.source_language, FLAGS.target_language],
+              "max_length": FLAGS.max_length},
+        model={"preset": FLAGS.preset})
     with scope:
         model = build_model(vocabulary)
     print(f"{FLAGS.preset}: {FLAGS.source_language}->"
@@ -161,26 +177,17 @@ def main(argv):
           f"backend {keras.backend.backend()}, {model.count_params():,} "
           "parameters")
 
-    run = training.TrainingRun(
-        model, train_steps=FLAGS.train_steps, log_every=FLAGS.log_every,
-        model_dir=FLAGS.model_dir, checkpoint_every=FLAGS.checkpoint_every,
-        tokens_per_step=tokens_per_step)
+    run = training_flags.training_run(fail, model, tokens_per_step, setup)
     if run.state:
         print(f"resumed from {run.state.path} at step {run.first_step}")
-    try:
-        seconds = run.fit(functools.partial(train_dataset, train_files,
-                                            vocabulary))
-    except training.NonFiniteLossError as error:
-        fail(error)
+    seconds = training_flags.fit(fail, run, train_data.skip)
     training_flags.print_training_time(run, seconds, tokens_per_step,
                                        "target pieces")
-    if FLAGS.model_dir:
-        training.save_model_preset(model,
-                                   os.path.join(FLAGS.model_dir, "model"))
+    training_flags.save_model(fail, model)
     score = validation_bleu(model, vocabulary, pairs)
     run.write_scalars({"bleu": score.score})  # next to the training curves
     print(f"validation BLEU: {score.score:.2f}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=console.parse_flags)

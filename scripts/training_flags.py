@@ -8,9 +8,12 @@ arguments; nothing under `sgmoe/` reads flags.
 """
 
 import contextlib
+import os
 import warnings
 
 from absl import flags
+
+import console
 
 FLAGS = flags.FLAGS
 
@@ -38,10 +41,16 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
                       "Train under the mixed_bfloat16 policy (routers stay "
                       "float32).")
     flags.DEFINE_integer("log_every", log_every,
-                         "Steps between progress lines (one Keras epoch); "
-                         "must divide --train_steps and --checkpoint_every.")
+                         "Steps between progress lines (any positive number; "
+                         "the last line comes at --train_steps).")
     flags.DEFINE_integer("checkpoint_every", checkpoint_every,
-                         "Steps between checkpoints (with --model_dir).")
+                         "Steps between checkpoints (with --model_dir; any "
+                         "positive number, and one at the end).")
+    flags.DEFINE_bool(
+        "overwrite", False,
+        "Delete what an earlier run wrote in --model_dir (checkpoints, logs, "
+        "model, vocabulary, run.json; nothing else) and start afresh, "
+        "instead of resuming it.")
     flags.DEFINE_bool("jit_compile", True, "Compile the train step with XLA.")
     flags.DEFINE_string(
         "mesh", None,
@@ -54,13 +63,18 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
         "Mesh axis expert weights are split over (JAX): 'model', or "
         "'batch' for the paper's layout with a mesh batch:N (every device "
         "its own batch share and its own experts, all-to-all dispatch).")
+    flags.DEFINE_bool("verbose", False,
+                      "Also show TensorFlow's and XLA's native log lines "
+                      "while they load.")
     flags.DEFINE_bool("multi_host", False,
                       "The run spans several hosts (jax.distributed on JAX, "
                       "MultiWorkerMirroredStrategy on TensorFlow).")
 
 
 def check_training_flags(fail, positive=()):
-    """Calls `fail(message)` for the first common flag that is invalid.
+    """Calls `fail(message)` for the first common flag that is invalid,
+    then loads TensorFlow, Keras and sgmoe without their native log lines
+    (unless --verbose).
 
     Args:
         fail: called with a one-line message (the scripts exit with it).
@@ -70,15 +84,77 @@ def check_training_flags(fail, positive=()):
                  "checkpoint_every") + tuple(positive):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
-    if FLAGS.train_steps % FLAGS.log_every:
-        fail(f"--log_every={FLAGS.log_every} must divide "
-             f"--train_steps={FLAGS.train_steps}")
-    if FLAGS.model_dir and FLAGS.checkpoint_every % FLAGS.log_every:
-        fail(f"--log_every={FLAGS.log_every} must divide "
-             f"--checkpoint_every={FLAGS.checkpoint_every}")
     if FLAGS.learning_rate <= 0:
         fail(f"--learning_rate must be positive, received "
              f"{FLAGS.learning_rate}")
+    console.plain_warnings()
+    console.import_quietly(verbose=FLAGS.verbose)
+
+
+def check_preset(fail, presets):
+    """Calls `fail` unless --preset names one of `presets` or a directory
+    written by `save_to_preset`."""
+    preset = FLAGS.preset
+    if os.path.isdir(preset):
+        if not os.path.isfile(os.path.join(preset, "config.json")):
+            fail(f"--preset={preset}: the directory has no config.json (not "
+                 "written by save_to_preset)")
+    elif preset not in presets:
+        fail(f"--preset={preset}: no such preset or directory; presets: "
+             f"{', '.join(sorted(presets))}")
+
+
+def claim_model_dir(fail):
+    """Makes this run the only writer of --model_dir, and with
+    --overwrite deletes the run it held; nothing is written without
+    --model_dir. Call it after the flags and the model configuration are
+    checked, before anything is written there."""
+    if not FLAGS.model_dir:
+        return
+    from sgmoe import training
+    from sgmoe.distribute import processes
+
+    if not processes.is_primary_process():
+        return
+    if (os.path.exists(FLAGS.model_dir)
+            and not os.path.isdir(FLAGS.model_dir)):
+        fail(f"--model_dir={FLAGS.model_dir}: not a directory")
+    try:
+        training.lock_model_dir(FLAGS.model_dir)
+        if FLAGS.overwrite:
+            removed = training.clear_run(FLAGS.model_dir)
+            if removed:
+                print(f"--overwrite: deleted {', '.join(removed)} in "
+                      f"{FLAGS.model_dir}")
+    except training.ModelDirInUseError as error:
+        fail(error)
+    except OSError as error:
+        fail(f"--model_dir={FLAGS.model_dir}: "
+             f"{error.strerror or error}")
+
+
+def run_setup(*, train_files, vocabulary, data, model):
+    """What --model_dir's run must keep when it resumes (see
+    `sgmoe.training.check_run_setup`), or None without --model_dir.
+
+    Args:
+        train_files: the training files (their sizes and SHA-256 go in).
+        vocabulary: the run's vocabulary, saved in --model_dir.
+        data: other data settings (languages, --max_length).
+        model: the model settings (--preset, overrides).
+    """
+    if not FLAGS.model_dir:
+        return None
+    from sgmoe import training
+
+    [saved] = training.file_fingerprints(
+        [os.path.join(FLAGS.model_dir, vocabulary.FILENAME)])
+    data = dict(data, train_files=training.file_fingerprints(train_files),
+                vocabulary=dict(saved, size=len(vocabulary)))
+    return {"data": data, "model": model, "training": {
+        name: getattr(FLAGS, name) for name in (
+            "batch_size", "seed", "optimizer", "learning_rate",
+            "mixed_precision")}}
 
 
 def start_run(fail):
@@ -132,6 +208,56 @@ def make_optimizer():
 
         return FactoredAdam(FLAGS.learning_rate)
     return keras.optimizers.Adam(FLAGS.learning_rate)
+
+
+def training_run(fail, model, tokens_per_step, setup):
+    """The `sgmoe.training.TrainingRun` the flags ask for, restored from
+    --model_dir's last checkpoint. A run started with another `setup`
+    (see `run_setup`), or a checkpoint that cannot be restored (corrupt,
+    or written by another model) ends the script, with nothing written."""
+    from sgmoe import training
+
+    try:
+        return training.TrainingRun(
+            model, train_steps=FLAGS.train_steps, log_every=FLAGS.log_every,
+            model_dir=FLAGS.model_dir,
+            checkpoint_every=FLAGS.checkpoint_every,
+            tokens_per_step=tokens_per_step, setup=setup)
+    except training.RunMismatchError as error:
+        fail(f"{error} (--overwrite deletes that run and starts afresh)")
+    except (ValueError, training.CheckpointError) as error:
+        fail(error)
+    except OSError as error:
+        fail(f"--model_dir={FLAGS.model_dir}: {error}")
+
+
+def fit(fail, run, make_dataset):
+    """`run.fit(make_dataset)`; a non-finite loss or a failed checkpoint
+    write (a full disk) ends the script with the last good checkpoint
+    kept. Returns the seconds trained."""
+    from sgmoe import training
+
+    try:
+        return run.fit(make_dataset)
+    except training.NonFiniteLossError as error:
+        fail(error)
+    except OSError as error:
+        fail(f"writing to --model_dir={FLAGS.model_dir} failed: {error}; "
+             "the last complete checkpoint is kept")
+
+
+def save_model(fail, model):
+    """Writes the final model to --model_dir/model (atomically)."""
+    if not FLAGS.model_dir:
+        return
+    from sgmoe import training
+
+    try:
+        training.save_model_preset(model,
+                                   os.path.join(FLAGS.model_dir, "model"))
+    except OSError as error:
+        fail(f"writing {FLAGS.model_dir}/model failed: {error}; the last "
+             "checkpoint is kept (run again to write it)")
 
 
 def print_training_time(run, seconds, tokens_per_step, unit):

@@ -2,6 +2,9 @@
 
 import gzip
 import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -18,6 +21,22 @@ def bundled_head(tmp_path, split, sentences):
     path = tmp_path / f"{split}.txt"
     path.write_text("".join(lines), encoding="utf-8")
     return str(path)
+
+
+def hold_model_dir_lock(model_dir):
+    """Starts a process that holds `model_dir`'s lock until killed."""
+    code = textwrap.dedent(f"""
+        import sys
+        from sgmoe.training.model_dir_lock import lock_model_dir
+        lock_model_dir({os.fspath(model_dir)!r})
+        print("locked", flush=True)
+        sys.stdin.read()
+    """)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "locked\n"
+    return process
 
 
 def value_and_gradients(layer, loss_fn, *inputs, **call_kwargs):

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from sgmoe import _validation
 from sgmoe.data import text_files
+from sgmoe.data.data_error import DataError
 
 # The characters Python's str.split() splits at: Unicode White_Space plus the
 # ASCII separators \x1c-\x1f. tensorflow-text's WhitespaceTokenizer cuts
@@ -184,6 +185,29 @@ def examples_in_chunks(lines, chunk_fn):
     """
     return lines.batch(_CHUNK_SIZE).map(
         chunk_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def check_keeps_an_example(one_pass, chunk_fn, what, max_length):
+    """Raises `DataError` unless one pass over the lines keeps an example.
+
+    A repeated stream whose every line is blank or filtered out would never
+    yield a batch, and training on it would wait forever. This reads lines
+    only until the first kept example.
+
+    Args:
+        one_pass: the lines (or tuples of lines), read once.
+        chunk_fn: as in `examples_in_chunks`.
+        what: the files, for the message.
+        max_length: the length limit, for the message.
+    """
+    kept = examples_in_chunks(one_pass, chunk_fn).filter(
+        lambda first, *rest: first.nrows() > 0).take(1)
+    for _ in kept:
+        return
+    raise DataError(
+        f"{what}: no example with at most max_length={max_length} tokens "
+        "(every line is blank or longer); repeating them would never yield "
+        "a batch")
 
 
 def batches_by_length(examples, length_fn, boundaries, batch_size,

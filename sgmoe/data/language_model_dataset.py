@@ -80,7 +80,8 @@ def language_model_dataset(
 
     Raises:
         DataError: a missing file, a glob matching nothing, an empty file,
-            or a malformed line under `on_malformed="raise"`.
+            a malformed line under `on_malformed="raise"`, or, with
+            `repeat`, no sentence that fits `max_length`.
 
     Example:
 
@@ -119,6 +120,11 @@ def language_model_dataset(
         fits = tf.where(inputs.row_lengths() <= max_length)[:, 0]
         return tf.gather(inputs, fits), tf.gather(targets, fits)
 
+    if repeat:
+        _pipeline.check_keeps_an_example(
+            _pipeline.read_lines(files, False, seed, False, num_shards,
+                                 shard_index, shard_lines),
+            encode_chunk, ", ".join(files), max_length)
     examples = _pipeline.examples_in_chunks(lines, encode_chunk)
     batches = _pipeline.batches_by_length(
         examples, lambda inputs, targets: inputs.row_lengths(), boundaries,

@@ -4,6 +4,7 @@ import glob
 import os
 
 from sgmoe.data.data_error import DataError
+from sgmoe.data.text_files import check_parallel_files
 from sgmoe.data.text_files import read_text_lines
 
 
@@ -85,28 +86,40 @@ def _swap_language(path, source_language, target_language):
 def read_sentence_pairs(source_files, target_files, limit=None):
     """The (source, target) line pairs of parallel files, in file order.
 
-    Pairs with a blank side are left out, as `translation_dataset` leaves
-    them out; nothing else is (no length limit), so an evaluation scores
-    every sentence.
+    Every aligned pair of files is first checked whole with
+    `check_parallel_files` (one read of each file): line i of a source
+    file must be line i of its target file, so two files with different
+    numbers of lines raise instead of being scored out of alignment, even
+    when `limit` stops the pairs before the files end. Pairs with a blank
+    side are then left out, as `translation_dataset` leaves them out;
+    nothing else is (no length limit), so an evaluation scores every
+    sentence.
 
     Args:
         source_files: paths of the source side (as `parallel_files` gives).
-        target_files: the aligned target files.
+        target_files: the aligned target files, as many as `source_files`.
         limit: keep only the first `limit` pairs; None or 0 keeps all.
 
     Returns:
         A list of (source, target) strings.
 
     Raises:
-        DataError: an unreadable file, or no pair at all.
+        DataError: an unreadable or empty file, a line that is not UTF-8
+            or is longer than `DEFAULT_MAX_LINE_LENGTH` bytes, aligned
+            files whose line counts differ (the message names both files
+            and both counts), or no pair at all.
+        ValueError: `source_files` and `target_files` differ in length.
     """
+    check_parallel_files(source_files, target_files)
     pairs = []
-    for source, target in zip(source_files, target_files, strict=True):
-        pairs += [(s, t) for s, t in zip(read_text_lines(source),
-                                         read_text_lines(target))
-                  if s.strip() and t.strip()]
-    if limit:
-        pairs = pairs[:limit]
+    for source, target in zip(source_files, target_files):
+        if limit and len(pairs) >= limit:
+            break
+        for pair in zip(read_text_lines(source), read_text_lines(target)):
+            if pair[0].strip() and pair[1].strip():
+                pairs.append(pair)
+                if len(pairs) == limit:
+                    break
     if not pairs:
         raise DataError(f"{','.join(source_files)}: no sentence pairs")
     return pairs

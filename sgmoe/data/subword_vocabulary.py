@@ -1,10 +1,12 @@
 """A shared subword vocabulary for translation, learned with SentencePiece."""
 
 import os
+import re
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from sgmoe import _files
 from sgmoe.data import _pipeline
 from sgmoe.data import text_files
 from sgmoe.data.data_error import DataError
@@ -169,6 +171,12 @@ class SubwordVocabulary:
                 raise failure[0] from None
             # "INTERNAL: src/x.cc(744) [check] Vocabulary size too high ..."
             message = " ".join(str(error).split()).rsplit("] ", 1)[-1]
+            needed = re.search(r"required_chars\. \d+ vs (\d+)", message)
+            if needed:  # SentencePiece names its own command-line flags
+                message = (
+                    f"the characters to cover need {needed.group(1)} "
+                    f"pieces (character_coverage={character_coverage}); "
+                    "raise vocabulary_size or lower character_coverage")
             raise DataError(
                 f"{','.join(files)}: cannot learn {vocabulary_size} subwords: "
                 f"{message}") from None
@@ -191,13 +199,14 @@ class SubwordVocabulary:
     def save(self, directory):
         """Writes `directory/subwords.model` (creating the directory).
 
+        The file is replaced atomically: a kill during the write leaves the
+        old file or none, never a truncated one.
+
         Returns:
             The path written.
         """
-        os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, self.FILENAME)
-        with open(path, "wb") as file:
-            file.write(self.model_proto)
+        _files.write_bytes_atomically(path, self.model_proto)
         return path
 
     @classmethod

@@ -62,7 +62,8 @@ def translation_dataset(
     Raises:
         DataError: a missing file, a glob matching nothing, an empty file,
             a malformed line under `on_malformed="raise"`, different
-            numbers of source and target files, or different line counts.
+            numbers of source and target files, different line counts, or,
+            with `repeat`, no pair that fits `max_length`.
 
     Example:
 
@@ -87,14 +88,15 @@ def translation_dataset(
             f"{source_patterns}: {len(sources)} source files, but "
             f"{target_patterns}: {len(targets)} target files (the k-th "
             "source file pairs with the k-th target file)")
-    pairs, shard_lines = _pipeline.shard_files(
+    file_pairs, shard_lines = _pipeline.shard_files(
         list(zip(sources, targets)), num_shards, shard_index)
     text_files.check_parallel_files(
-        [source for source, _ in pairs], [target for _, target in pairs],
+        [source for source, _ in file_pairs],
+        [target for _, target in file_pairs],
         max_line_length, on_malformed)
 
-    pairs = _pipeline.read_lines(pairs, shuffle, seed, repeat, num_shards,
-                                 shard_index, shard_lines)
+    lines = _pipeline.read_lines(file_pairs, shuffle, seed, repeat,
+                                 num_shards, shard_index, shard_lines)
 
     def encode_chunk(source_lines, target_lines):
         keep = tf.logical_not(tf.logical_or(_pipeline.is_blank(source_lines),
@@ -113,7 +115,13 @@ def translation_dataset(
         return tuple(tf.gather(ids, fits[:, 0])
                      for ids in (source, target_inputs, target_outputs))
 
-    examples = _pipeline.examples_in_chunks(pairs, encode_chunk)
+    if repeat:
+        _pipeline.check_keeps_an_example(
+            _pipeline.read_lines(file_pairs, False, seed, False,
+                                 num_shards, shard_index, shard_lines),
+            encode_chunk, ", ".join(path for pair in file_pairs
+                                    for path in pair), max_length)
+    examples = _pipeline.examples_in_chunks(lines, encode_chunk)
     batches = _pipeline.batches_by_length(
         examples, lambda source, target_inputs, _: _longer_side(
             source, target_inputs),

@@ -6,6 +6,7 @@ import os
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from sgmoe import _files
 from sgmoe.data import _pipeline
 from sgmoe.data import text_files
 from sgmoe.data.data_error import DataError
@@ -148,13 +149,15 @@ class WordVocabulary:
     def save(self, directory):
         """Writes `directory/vocabulary.txt` (creating the directory).
 
+        The file is replaced atomically: a kill during the write leaves the
+        old file or none, never a truncated one.
+
         Returns:
             The path written.
         """
-        os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, self.FILENAME)
-        with open(path, "w", encoding="utf-8", newline="\n") as file:
-            file.write("".join(token + "\n" for token in self.tokens))
+        _files.write_text_atomically(
+            path, "".join(token + "\n" for token in self.tokens))
         return path
 
     @classmethod

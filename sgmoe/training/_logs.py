@@ -6,7 +6,10 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Read through the module so that tests can substitute a fake clock.
 monotonic_clock = time.perf_counter
@@ -60,6 +63,20 @@ def perplexity(logs, prefix=""):
         return math.exp(loss)
     except OverflowError:
         return math.inf
+
+
+def write_scalar(tag, value):
+    """`tf.summary.scalar(tag, value)` for any real `value`, never raising.
+
+    TensorBoard stores scalars as float32: a finite value beyond its range
+    (the perplexity exp(loss) of a loss above about 88.7, early in a run or
+    at a loss spike) is written as +-inf instead of failing the write and,
+    with it, training.
+    """
+    value = float(value)
+    if math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+        value = math.copysign(math.inf, value)
+    tf.summary.scalar(tag, value)
 
 
 def initial_step(model):

@@ -150,9 +150,9 @@ class MoETensorBoard(keras.callbacks.Callback):
             _write_logs("train/", logs)
             words_per_second = self._throughput.tokens_per_second()
             if words_per_second is not None:
-                tf.summary.scalar("train/words_per_second", words_per_second)
+                _logs.write_scalar("train/words_per_second", words_per_second)
             if getattr(model, "optimizer", None) is not None:
-                tf.summary.scalar("train/learning_rate",
+                _logs.write_scalar("train/learning_rate",
                                   _logs.learning_rate(model.optimizer))
             for name, layer in find_moe_layers(model).items():
                 self._write_layer(name, layer)
@@ -162,7 +162,7 @@ class MoETensorBoard(keras.callbacks.Callback):
 
     def _write_layer(self, name, layer):
         for statistic, value in moe_statistics(layer).items():
-            tf.summary.scalar(f"moe/{name}/{statistic}", value)
+            _logs.write_scalar(f"moe/{name}/{statistic}", value)
         if self.histograms:
             load = np.asarray(ops.convert_to_numpy(layer.expert_load),
                               np.float64)
@@ -190,7 +190,7 @@ def _write_logs(tag_prefix, logs, prefix=""):
             continue
         name = name[len(prefix):]
         if name != "perplexity":
-            tf.summary.scalar(tag_prefix + name, value)
+            _logs.write_scalar(tag_prefix + name, value)
     value = _logs.perplexity(logs, prefix=prefix)
     if value is not None:
-        tf.summary.scalar(tag_prefix + "perplexity", value)
+        _logs.write_scalar(tag_prefix + "perplexity", value)

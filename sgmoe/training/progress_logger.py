@@ -12,20 +12,24 @@ class ProgressLogger(keras.callbacks.Callback):
     Lines are plain `key=value` fields, one line per report, so they read
     well in log files (unlike the in-place progress bar):
 
-        step=200 epoch=1 loss=4.6012 perplexity=99.60 words/s=12850.3
+        step=200/600 loss=4.6012 perplexity=99.60 words/s=12850.3 elapsed=0:00:31 eta=0:01:02
 
-    and at the end of each epoch a summary with the epoch's words per second
-    and the validation logs, when there are any:
+    and at the end of each epoch the same with the epoch's words per second
+    and the validation logs, when there are any (`val_loss=...
+    val_perplexity=...`).
 
-        epoch=1 step=250 loss=4.5523 perplexity=94.85 words/s=12790.0 val_loss=4.6230 val_perplexity=101.80
-
-    `loss` is Keras's logged loss, the mean over the epoch so far;
-    `perplexity` is the logged metric whose name contains "perplexity" if
-    there is one, else exp(loss) (which includes the auxiliary losses).
-    `words/s` counts `tokens_per_step` tokens per step over the wall-clock
-    time of the steps since the last line (the first includes compilation);
-    it is left out when `tokens_per_step` is None. Pass `verbose=0` to `fit`
-    to keep only these lines.
+    `step` is the global step (the optimizer's iterations), out of
+    `total_steps` when that is given. `loss` is Keras's logged loss, the
+    mean over the epoch so far; `perplexity` is the logged metric whose
+    name contains "perplexity" if there is one, else exp(loss) (which
+    includes the auxiliary losses). `words/s` counts `tokens_per_step`
+    tokens per step over the wall-clock time of the steps since the last
+    line (the first includes compilation); it is left out when
+    `tokens_per_step` is None. `elapsed` is the time since `fit` began;
+    `eta`, with `total_steps`, the steps left at the pace of the steps
+    since the first line (which leaves compilation out), or of the first
+    window while there is only one. Pass `verbose=0` to `fit` to keep only
+    these lines.
 
     Args:
         log_every: steps between two lines (a positive integer).
@@ -33,29 +37,40 @@ class ProgressLogger(keras.callbacks.Callback):
             `f(logs)` returning the tokens of the steps that just ended, or
             None.
         print_fn: called with each line; defaults to `print` (flushed).
+        total_steps: the step training ends at, for `step=N/TOTAL` and
+            `eta`; None leaves both out.
 
     Example:
 
     model.fit(dataset, verbose=0, callbacks=[
-        ProgressLogger(log_every=100, tokens_per_step=64 * 20)])
+        ProgressLogger(log_every=100, tokens_per_step=64 * 20,
+                       total_steps=600)])
     """
 
-    def __init__(self, log_every=100, tokens_per_step=None, print_fn=None):
+    def __init__(self, log_every=100, tokens_per_step=None, print_fn=None,
+                 total_steps=None):
         super().__init__()
         self.log_every = _validation.check_positive_int("log_every", log_every)
         self.tokens_per_step = _logs.check_tokens_per_step(tokens_per_step)
         self.print_fn = print_fn
+        self.total_steps = (None if total_steps is None else
+                            _validation.check_positive_int("total_steps",
+                                                           total_steps))
         self._steps = _logs.StepCounter()
         self._window = _logs.Throughput(self.tokens_per_step)
         self._epoch_throughput = _logs.Throughput(self.tokens_per_step)
         self._last_logs = {}
-        self._epoch = 0
+        self._start = None
+        self._pace_from = None  # (step, time) the pace is measured from
+        self._first_line_done = False
 
     def on_train_begin(self, logs=None):
         self._steps.step = _logs.initial_step(self.model)
+        self._start = _logs.monotonic_clock()
+        self._pace_from = (self._steps.step, self._start)
+        self._first_line_done = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
         self._window.reset()
         self._epoch_throughput.reset()
         self._last_logs = {}
@@ -73,13 +88,12 @@ class ProgressLogger(keras.callbacks.Callback):
         ends_epoch = batch + 1 == (self.params or {}).get("steps")
         if (self._steps.step // self.log_every > previous // self.log_every
                 and not ends_epoch):
-            self._print(f"step={self._steps.step}", self._last_logs,
-                        self._window)
+            self._emit(self._fields(self._last_logs, self._window))
             self._window.reset()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or self._last_logs)
-        fields = self._fields(logs, self._epoch_throughput)
+        fields = self._fields(logs, self._epoch_throughput, timing=False)
         for name in sorted(logs):
             value = _logs.as_float(logs[name])
             if (name.startswith("val_") and value is not None
@@ -88,15 +102,12 @@ class ProgressLogger(keras.callbacks.Callback):
         val_perplexity = _logs.perplexity(logs, prefix="val_")
         if val_perplexity is not None:
             fields.append(f"val_perplexity={val_perplexity:.2f}")
-        self._emit(" ".join(
-            [f"epoch={epoch + 1}", f"step={self._steps.step}"] + fields))
+        self._emit(fields + self._timing())
 
-    def _print(self, head, logs, throughput):
-        epoch = f"epoch={self._epoch + 1}"
-        self._emit(" ".join([head, epoch] + self._fields(logs, throughput)))
-
-    def _fields(self, logs, throughput):
-        fields = []
+    def _fields(self, logs, throughput, timing=True):
+        step = self._steps.step
+        fields = [f"step={step}" if self.total_steps is None
+                  else f"step={step}/{self.total_steps}"]
         loss = logs.get("loss")
         if loss is not None and _logs.as_float(loss) is not None:
             fields.append(f"loss={_logs.as_float(loss):.4f}")
@@ -106,10 +117,33 @@ class ProgressLogger(keras.callbacks.Callback):
         words_per_second = throughput.tokens_per_second()
         if words_per_second is not None:
             fields.append(f"words/s={words_per_second:.1f}")
+        return fields + self._timing() if timing else fields
+
+    def _timing(self):
+        """elapsed= and, with total_steps, eta=; moves the pace's start to
+        the first line."""
+        now = _logs.monotonic_clock()
+        fields = [f"elapsed={_clock(now - self._start)}"]
+        step = self._steps.step
+        from_step, from_time = self._pace_from
+        if self.total_steps is not None and step > from_step:
+            seconds_per_step = (now - from_time) / (step - from_step)
+            left = max(self.total_steps - step, 0)
+            fields.append(f"eta={_clock(left * seconds_per_step)}")
+        if not self._first_line_done:
+            self._pace_from = (step, now)
+            self._first_line_done = True
         return fields
 
-    def _emit(self, line):
+    def _emit(self, fields):
+        line = " ".join(fields)
         if self.print_fn is None:
             print(line, flush=True)
         else:
             self.print_fn(line)
+
+
+def _clock(seconds):
+    """H:MM:SS of a number of seconds."""
+    seconds = int(round(max(seconds, 0.0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

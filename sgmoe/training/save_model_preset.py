@@ -4,11 +4,16 @@ import os
 import shutil
 import tempfile
 
+from sgmoe import _files
 from sgmoe.distribute import processes
 
 
 def save_model_preset(model, preset_dir):
     """Writes `model.save_to_preset(preset_dir)` from process 0 only.
+
+    The directory is written next to `preset_dir` and swapped in whole, so
+    a kill during the save leaves the previous model (or none), never a
+    half-written one.
 
     Every process of a multi-process run must call it: reading weights
     that span processes is a collective. Process 0 writes `preset_dir`;
@@ -25,7 +30,7 @@ def save_model_preset(model, preset_dir):
     MoELanguageModel.from_preset("/tmp/lm/model")
     """
     if processes.is_primary_process():
-        model.save_to_preset(os.fspath(preset_dir))
+        _files.replace_directory(model.save_to_preset, preset_dir)
         return
     scratch = tempfile.mkdtemp(prefix="sgmoe-save-")
     try:

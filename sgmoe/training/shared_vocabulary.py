@@ -2,7 +2,9 @@
 
 import os
 
+from sgmoe.data import DataError
 from sgmoe.distribute import processes
+from sgmoe.training import run_manifest
 
 
 def shared_vocabulary(model_dir, vocabulary_class, build):
@@ -14,7 +16,10 @@ def shared_vocabulary(model_dir, vocabulary_class, build):
     of a multi-process run loads it once it is written, so all processes
     use the same one. Without a `model_dir` each process calls `build()`.
     Every process must call it (it waits for the others); in a JAX
-    multi-process run, after `jax.distributed` is initialised.
+    multi-process run, after `jax.distributed` is initialised. A
+    `model_dir` that holds a run (its `run.json`, see `check_run_setup`)
+    but not the vocabulary is refused: a rebuilt vocabulary could give
+    the trained embeddings other words.
 
     Args:
         model_dir: the run's directory, or None.
@@ -26,6 +31,10 @@ def shared_vocabulary(model_dir, vocabulary_class, build):
     Returns:
         A `vocabulary_class` instance.
 
+    Raises:
+        sgmoe.data.DataError: the vocabulary file is missing from a
+            `model_dir` that holds a run, or is not a valid vocabulary.
+
     Example:
 
     >>> vocabulary = shared_vocabulary(
@@ -34,7 +43,13 @@ def shared_vocabulary(model_dir, vocabulary_class, build):
     """
     if not model_dir:
         return build()
-    saved = os.path.isfile(os.path.join(model_dir, vocabulary_class.FILENAME))
+    path = os.path.join(model_dir, vocabulary_class.FILENAME)
+    saved = os.path.isfile(path)
+    if not saved and os.path.exists(
+            os.path.join(model_dir, run_manifest.MANIFEST_FILE)):
+        raise DataError(
+            f"{path}: no such file, but {model_dir} holds a run trained with "
+            "it; put it back, or start afresh in another model directory")
     # Nobody writes before everybody has looked.
     processes.wait_for_all_processes("sgmoe vocabulary checked")
     if saved:

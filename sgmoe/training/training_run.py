@@ -2,13 +2,16 @@
 
 import os
 import time
+import warnings
 
 import tensorflow as tf
 
 from sgmoe import _validation
 from sgmoe.distribute import processes
 from sgmoe.training import _logs
+from sgmoe.training import run_manifest
 from sgmoe.training.checkpointer import Checkpointer
+from sgmoe.training.model_dir_lock import lock_model_dir
 from sgmoe.training.moe_tensorboard import MoETensorBoard
 from sgmoe.training.progress_logger import ProgressLogger
 from sgmoe.training.stop_on_non_finite_loss import StopOnNonFiniteLoss
@@ -17,24 +20,40 @@ from sgmoe.training.stop_on_non_finite_loss import StopOnNonFiniteLoss
 class TrainingRun:
     """Trains a compiled model for a number of steps, resumably.
 
-    Training runs as `train_steps / log_every` Keras epochs of `log_every`
-    steps over one endless, seeded stream of batches, with a
-    `ProgressLogger` line per epoch and `StopOnNonFiniteLoss`. With a
-    `model_dir`, a `Checkpointer` writes `model_dir/checkpoints` every
+    Training runs over one endless, seeded stream of batches, in Keras
+    epochs of `log_every` steps (logging windows: a `ProgressLogger` line
+    each, and the last one shorter when `log_every` does not divide the
+    steps left), with `StopOnNonFiniteLoss`. With a `model_dir`, the run
+    takes the directory's lock (`lock_model_dir`: a second run on it is
+    refused), a `Checkpointer` writes `model_dir/checkpoints` every
     `checkpoint_every` steps and `MoETensorBoard` writes `model_dir/logs`;
     creating the run restores the newest checkpoint into the model, and
     `fit` then asks `make_dataset` for the stream with the batches that
     checkpoint had consumed skipped. The same command started again after
-    a kill therefore continues where the last checkpoint left off.
+    a kill therefore continues where the last checkpoint left off, and
+    ends at exactly `train_steps`; `train_steps`, `log_every` and
+    `checkpoint_every` may differ between the runs (any positive values).
+    With a `setup` (what the run was started with: data, vocabulary,
+    model, batch size...; see `check_run_setup`), a resume with another
+    one is refused before anything is restored, and the setup and the
+    cadence are recorded in `model_dir/run.json` once the restore
+    succeeded.
 
     Args:
         model: a compiled, built model.
         train_steps: the global step to train to.
-        log_every: steps per epoch (one progress line each); must divide
-            `train_steps` and `checkpoint_every`.
+        log_every: steps per logging window.
         model_dir: directory for checkpoints and TensorBoard logs, or None.
-        checkpoint_every: steps between checkpoints.
+        checkpoint_every: steps between checkpoints (at multiples of it).
         tokens_per_step: tokens per step for the words/s figures, or None.
+        setup: a JSON-serialisable dict, or None (nothing checked or
+            recorded).
+
+    Raises:
+        ModelDirInUseError: another process holds `model_dir`'s lock.
+        RunMismatchError: `model_dir` holds a run with another `setup`.
+        CheckpointError, ValueError: checkpoints exist but none can be
+            restored into `model` (see `Checkpointer.restore`).
 
     Attributes:
         state: the restored `CheckpointState`, or None on a fresh start.
@@ -49,7 +68,7 @@ class TrainingRun:
     """
 
     def __init__(self, model, *, train_steps, log_every, model_dir=None,
-                 checkpoint_every=100, tokens_per_step=None):
+                 checkpoint_every=100, tokens_per_step=None, setup=None):
         self.model = model
         self.model_dir = model_dir
         self.train_steps = _validation.check_positive_int(
@@ -58,19 +77,22 @@ class TrainingRun:
                                                         log_every)
         checkpoint_every = _validation.check_positive_int(
             "checkpoint_every", checkpoint_every)
-        if train_steps % log_every:
-            raise ValueError(f"`log_every` ({log_every}) must divide "
-                             f"`train_steps` ({train_steps}).")
-        if model_dir and checkpoint_every % log_every:
-            raise ValueError(f"`log_every` ({log_every}) must divide "
-                             f"`checkpoint_every` ({checkpoint_every}).")
         self.callbacks = [StopOnNonFiniteLoss(),
-                          ProgressLogger(log_every, tokens_per_step)]
+                          ProgressLogger(log_every, tokens_per_step,
+                                         total_steps=train_steps)]
         self.state = None
         if model_dir:
+            if processes.is_primary_process():
+                lock_model_dir(model_dir)
+            if setup is not None:
+                run_manifest.check_run_setup(model_dir, setup)
             checkpointer = Checkpointer(model_dir,
                                         checkpoint_every=checkpoint_every)
             self.state = checkpointer.restore(model)
+            if setup is not None:
+                run_manifest.record_run_setup(model_dir, setup, {
+                    "train_steps": train_steps, "log_every": log_every,
+                    "checkpoint_every": checkpoint_every})
             self.callbacks.append(checkpointer)
             if processes.is_primary_process():  # one writer of the logs
                 self.callbacks.append(MoETensorBoard(
@@ -94,13 +116,18 @@ class TrainingRun:
                 infinite (the last checkpoint is the last good state).
         """
         start = time.time()
-        if self.remaining_steps:
+        steps = self.remaining_steps
+        if steps:
             skip = self.state.data_position if self.state else 0
-            self.model.fit(
-                make_dataset(skip), steps_per_epoch=self.log_every,
-                epochs=self.train_steps // self.log_every,
-                initial_epoch=self.first_step // self.log_every,
-                shuffle=False, verbose=0, callbacks=self.callbacks)
+            # A finite stream: the last window ends when it runs out.
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message="Your input ran out of data")
+                self.model.fit(
+                    make_dataset(skip).take(steps),
+                    steps_per_epoch=self.log_every,
+                    epochs=-(-steps // self.log_every), shuffle=False,
+                    verbose=0, callbacks=self.callbacks)
         return time.time() - start
 
     def write_scalars(self, scalars, run_name="validation"):
@@ -123,5 +150,5 @@ class TrainingRun:
             os.path.join(self.model_dir, "logs", run_name))
         with writer.as_default(step=step):
             for tag, value in scalars.items():
-                tf.summary.scalar(tag, float(value))
+                _logs.write_scalar(tag, value)
         writer.close()

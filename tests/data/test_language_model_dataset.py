@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sgmoe.data import DataError
 from sgmoe.data import WordVocabulary
 from sgmoe.data import language_model_dataset
 from sgmoe.data._pipeline import default_bucket_boundaries
@@ -229,3 +230,20 @@ def test_pad_batches_fills_short_batches_with_padding_rows(tmp_path):
         assert not px[len(x):].any() and not py[len(y):].any()
     with pytest.raises(ValueError, match="batch_size"):
         sgmoe.data.pad_batches(dataset, 0)
+
+
+def test_a_repeated_stream_without_a_fitting_sentence_is_an_error(
+        tmp_path):
+    # Repeating it would never yield a batch: training used to hang.
+    path = numbered_file(tmp_path / "long.txt", 5, lambda i: 6)
+    vocabulary = numbered_vocabulary(5)
+    with pytest.raises(DataError, match=r"long\.txt: no example with at "
+                       r"most max_length=4 tokens"):
+        language_model_dataset(path, vocabulary, batch_size=2, max_length=4,
+                               shuffle=True, repeat=True)
+    # One pass of it is simply empty; one fitting line is enough to repeat.
+    assert batches(language_model_dataset(path, vocabulary, 2, 4)) == []
+    write_text(tmp_path / "long.txt", ["w0 w0 w0 w0 w0 w0", "w1"])
+    dataset = language_model_dataset(path, vocabulary, batch_size=2,
+                                     max_length=4, repeat=True)
+    assert sentences(batches(dataset, 2), vocabulary) == ["w1"] * 4

@@ -77,3 +77,25 @@ def test_read_sentence_pairs_keeps_file_order_and_drops_blank_pairs(
     write(tmp_path / "c.fr", "y\n\n")
     with pytest.raises(DataError, match=r"c\.en: no sentence pairs"):
         read_sentence_pairs(*parallel_files(f"{tmp_path}/c", "en", "fr"))
+
+
+def test_read_sentence_pairs_rejects_files_of_different_lengths(tmp_path):
+    from sgmoe.data import read_sentence_pairs
+
+    write(tmp_path / "a.en", "one\ntwo\n")
+    write(tmp_path / "a.fr", "un\ndeux\n")
+    # Line 3 of b.en has no partner: zipping would score 2 pairs silently.
+    write(tmp_path / "b.en.gz", "three\nfour\nfive\n", compress=True)
+    write(tmp_path / "b.fr.gz", "trois\nquatre\n", compress=True)
+    sources, targets = parallel_files(f"{tmp_path}/a,{tmp_path}/b", "en",
+                                      "fr")
+    message = (rf"^{tmp_path}/b\.en\.gz: 3 lines, but {tmp_path}/b\.fr\.gz: "
+               r"2 lines \(parallel files must be line-aligned\)$")
+    with pytest.raises(DataError, match=message):
+        read_sentence_pairs(sources, targets)
+    # A limit that stops before the misaligned file still checks it.
+    with pytest.raises(DataError, match=message):
+        read_sentence_pairs(sources, targets, limit=1)
+    write(tmp_path / "b.fr.gz", "trois\nquatre\ncinq\n", compress=True)
+    assert read_sentence_pairs(sources, targets, limit=3) == [
+        ("one", "un"), ("two", "deux"), ("three", "trois")]

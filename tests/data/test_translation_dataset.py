@@ -97,6 +97,22 @@ def test_line_and_file_counts_must_match(tmp_path, ding_vocabulary):
     del other
 
 
+def test_a_repeated_stream_without_a_fitting_pair_is_an_error(
+        tmp_path, ding_vocabulary):
+    long = " ".join(["Donaudampfschifffahrtsgesellschaft"] * 2)
+    source = write_text(tmp_path / "a.de", [long, ""])
+    target = write_text(tmp_path / "a.en", ["Short.", "Blank source."])
+    with pytest.raises(DataError, match=r"a\.de, .*a\.en: no example with "
+                       r"at most max_length=8 tokens"):
+        translation_dataset(source, target, ding_vocabulary, 2, 8,
+                            shuffle=True, repeat=True)
+    # The same pair fits a longer limit: the stream repeats it.
+    dataset = translation_dataset(source, target, ding_vocabulary, 2, 64,
+                                  repeat=True)
+    (source_ids, _), _ = next(dataset.as_numpy_iterator())
+    assert (source_ids[0] == source_ids[1]).all()
+
+
 def test_malformed_or_blank_side_drops_the_whole_pair(tmp_path,
                                                       ding_vocabulary):
     source = write_text(tmp_path / "a.de",

@@ -39,7 +39,7 @@ def environment(**extra):
 
 def results(output):
     """The step losses and the validation perplexity a run printed."""
-    losses = re.findall(r"^epoch=\d+ step=(\d+) loss=([\d.]+)", output, re.M)
+    losses = re.findall(r"^step=(\d+)/\d+ loss=([\d.]+)", output, re.M)
     perplexity = re.search(r"validation perplexity: ([\d.]+)", output)
     return losses, perplexity and perplexity.group(1)
 
@@ -73,9 +73,11 @@ def test_two_processes_train_together(tmp_path):
     assert len(losses) == 2 and perplexity, outputs[0]
     assert results(outputs[1]) == (losses, perplexity)
     assert float(losses[1][1]) < float(losses[0][1])
-    # One writer: one vocabulary, one TensorBoard log, one saved model.
-    assert sorted(os.listdir(shared)) == ["checkpoints", "logs", "model",
-                                          "vocabulary.txt"]
+    # One writer: one lock, one run manifest, one vocabulary, one
+    # TensorBoard log, one saved model.
+    assert sorted(os.listdir(shared)) == [
+        ".lock", "checkpoints", "logs", "model", "run.json",
+        "vocabulary.txt"]
     assert len(os.listdir(os.path.join(shared, "logs"))) == 1
     assert sorted(os.listdir(os.path.join(shared, "checkpoints"))) == [
         "latest", "step-10", "step-20"]

@@ -47,3 +47,18 @@ def test_uniform_predictions_give_the_vocabulary_size():
 def test_a_model_without_the_metric_raises():
     with pytest.raises(ValueError, match="Perplexity metric"):
         evaluate_perplexity(uniform_model([]), dataset())
+
+
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
+def test_a_dataset_without_batches_raises_a_data_error():
+    from sgmoe.data import DataError
+
+    # As a length filter that leaves no sentence: no batch at all.
+    empty = dataset().filter(lambda inputs, targets: False)
+    model = uniform_model([Perplexity(padding_id=0)])
+    with pytest.raises(DataError, match="^no evaluation batches: every "
+                                        "sentence was filtered out"):
+        evaluate_perplexity(model, empty)
+    # The same model still evaluates a dataset with batches afterwards.
+    assert evaluate_perplexity(model, dataset()) == pytest.approx(
+        VOCABULARY, rel=1e-5)

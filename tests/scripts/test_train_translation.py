@@ -60,14 +60,15 @@ def test_short_run_trains_saves_and_evaluate_reproduces_bleu(tmp_path):
                  "--nojit_compile")
     assert result.returncode == 0, result.stderr[-2000:]
     losses = [float(loss) for loss in re.findall(
-        r"^epoch=\d+ step=\d+ loss=([\d.]+)", result.stdout, re.M)]
+        r"^step=\d+/\d+ loss=([\d.]+)", result.stdout, re.M)]
     # Two epochs; the second is below the uniform guess over 400 pieces.
     assert len(losses) == 2 and losses[1] < losses[0] < 1.1 * math.log(400)
     assert "translated 48 evaluation pairs" in result.stdout
     assert "nrefs:1|case:mixed|eff:no|tok:13a" in result.stdout
     trained = bleu(result, "validation")
     assert sorted(os.listdir(model_dir)) == [
-        "checkpoints", "logs", "model", "subwords.model"]
+        ".lock", "checkpoints", "logs", "model", "run.json",
+        "subwords.model"]
     # BLEU goes to TensorBoard next to the training curves.
     from tests.training.test_moe_tensorboard import read_events
 

@@ -167,6 +167,22 @@ def test_epoch_updates_constant_rate_and_no_token_count(tmp_path):
     assert not any(tag.endswith("expert_load") for tag in events)
 
 
+def test_a_loss_beyond_float32_perplexity_is_logged_not_fatal(tmp_path):
+    # exp(381) overflows float32 (a loss spike, or the first steps of the
+    # bundled tiny translation preset); it is written as +inf.
+    model, _ = build_model()
+    callback = MoETensorBoard(tmp_path, update_freq=1, histograms=False)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_train_batch_begin(0)
+    callback.on_train_batch_end(0, {"loss": 381.0, "huge": 1e300})
+    callback.on_train_end()
+    events = read_events(tmp_path)
+    assert events["train/perplexity"][1][1] == np.inf
+    assert events["train/huge"][1][1] == np.inf
+    np.testing.assert_allclose(events["train/loss"][1][1], 381.0)
+
+
 def test_layers_with_the_same_path_get_distinct_names():
     def block(name):
         inputs = keras.Input((LENGTH, DIM))

@@ -29,15 +29,20 @@ def test_prints_fields_every_log_every_steps(monkeypatch, capsys):
         x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
         validation_data=(x[:4], y[:4]),
         callbacks=[clock, recorder, ProgressLogger(
-            log_every=2, tokens_per_step=TOKENS_PER_STEP)])
+            log_every=2, tokens_per_step=TOKENS_PER_STEP, total_steps=12)])
 
     lines = [parse(line) for line in capsys.readouterr().out.splitlines()]
     # Steps 2 and 4, the end of epoch 1 (step 5), steps 6 and 8, and the
     # end of epoch 2 (step 10, with the validation logs): the last step of
     # an epoch gets the epoch line only.
     assert [line.get("step") for line in lines] == [
-        "2", "4", "5", "6", "8", "10"]
-    assert [line["epoch"] for line in lines] == ["1"] * 3 + ["2"] * 3
+        "2/12", "4/12", "5/12", "6/12", "8/12", "10/12"]
+    # The fake clock's steps take 0.5 s: elapsed is steps / 2; the pace of
+    # the ETA is that of the first window, then of the steps since it.
+    assert [line["elapsed"] for line in lines] == [
+        "0:00:01", "0:00:02", "0:00:02", "0:00:03", "0:00:04", "0:00:05"]
+    assert [line["eta"] for line in lines] == [
+        "0:00:05", "0:00:04", "0:00:04", "0:00:03", "0:00:02", "0:00:01"]
     assert ["val_loss" in line for line in lines] == [
         False, False, True, False, False, True]
     expected_words_per_second = TOKENS_PER_STEP / STEP_SECONDS
@@ -48,8 +53,8 @@ def test_prints_fields_every_log_every_steps(monkeypatch, capsys):
         assert float(line["perplexity"]) == pytest.approx(
             np.exp(float(line["loss"])), rel=1e-4, abs=6e-3)
     for index, step in [(0, 2), (1, 4), (3, 6), (4, 8)]:
-        assert set(lines[index]) == {"step", "epoch", "loss", "perplexity",
-                                     "words/s"}
+        assert set(lines[index]) == {"step", "loss", "perplexity",
+                                     "words/s", "elapsed", "eta"}
         loss = recorder.steps[step]["logs"]["loss"]
         assert float(lines[index]["loss"]) == pytest.approx(loss, abs=1e-4)
     for index, epoch in [(2, 0), (5, 1)]:
@@ -92,3 +97,5 @@ def test_rejects_bad_arguments():
         ProgressLogger(log_every=0)
     with pytest.raises(ValueError, match="tokens_per_step"):
         ProgressLogger(tokens_per_step="ten")
+    with pytest.raises(ValueError, match="total_steps"):
+        ProgressLogger(total_steps=0)
