@@ -115,7 +115,13 @@ def model_config(vocabulary_size):
 
 
 def check_model_config():
-    """Fails on overrides the model refuses, before anything is written."""
+    """Fails on overrides the model refuses, before anything is written.
+
+    Builds no weights; the random state is seeded again afterwards, so the
+    model trained is the one --seed gives without this check.
+    """
+    import keras
+
     from sgmoe import models
 
     try:
@@ -123,6 +129,7 @@ def check_model_config():
             model_config(FLAGS.vocabulary_size or 8000))
     except (ValueError, TypeError, KeyError, OSError) as error:
         fail(error)
+    keras.utils.set_random_seed(FLAGS.seed)
 
 
 def build_model(vocabulary_size):
