@@ -108,29 +108,31 @@ def claim_model_dir(fail):
     """Makes this run the only writer of --model_dir, and with
     --overwrite deletes the run it held; nothing is written without
     --model_dir. Call it after the flags and the model configuration are
-    checked, before anything is written there."""
+    checked, before anything is written there. Process 0 of a
+    multi-process run does the work; the others wait for it, so none
+    looks at the directory before it is cleared."""
     if not FLAGS.model_dir:
         return
     from sgmoe import training
     from sgmoe.distribute import processes
 
-    if not processes.is_primary_process():
-        return
-    if (os.path.exists(FLAGS.model_dir)
-            and not os.path.isdir(FLAGS.model_dir)):
-        fail(f"--model_dir={FLAGS.model_dir}: not a directory")
-    try:
-        training.lock_model_dir(FLAGS.model_dir)
-        if FLAGS.overwrite:
-            removed = training.clear_run(FLAGS.model_dir)
-            if removed:
-                print(f"--overwrite: deleted {', '.join(removed)} in "
-                      f"{FLAGS.model_dir}")
-    except training.ModelDirInUseError as error:
-        fail(error)
-    except OSError as error:
-        fail(f"--model_dir={FLAGS.model_dir}: "
-             f"{error.strerror or error}")
+    if processes.is_primary_process():
+        if (os.path.exists(FLAGS.model_dir)
+                and not os.path.isdir(FLAGS.model_dir)):
+            fail(f"--model_dir={FLAGS.model_dir}: not a directory")
+        try:
+            training.lock_model_dir(FLAGS.model_dir)
+            if FLAGS.overwrite:
+                removed = training.clear_run(FLAGS.model_dir)
+                if removed:
+                    print(f"--overwrite: deleted {', '.join(removed)} in "
+                          f"{FLAGS.model_dir}")
+        except training.ModelDirInUseError as error:
+            fail(error)
+        except OSError as error:
+            fail(f"--model_dir={FLAGS.model_dir}: "
+                 f"{error.strerror or error}")
+    processes.wait_for_all_processes("sgmoe model_dir claimed")
 
 
 def run_setup(*, train_files, vocabulary, data, model):

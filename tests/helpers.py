@@ -24,11 +24,19 @@ def bundled_head(tmp_path, split, sentences):
 
 
 def hold_model_dir_lock(model_dir):
-    """Starts a process that holds `model_dir`'s lock until killed."""
+    """Starts a process that holds `model_dir`'s lock until killed.
+
+    It loads sgmoe/training/model_dir_lock.py on its own (the module needs
+    only the standard library), not the sgmoe package and TensorFlow.
+    """
+    module = os.path.join(ROOT, "sgmoe", "training", "model_dir_lock.py")
     code = textwrap.dedent(f"""
+        import importlib.util
         import sys
-        from sgmoe.training.model_dir_lock import lock_model_dir
-        lock_model_dir({os.fspath(model_dir)!r})
+        spec = importlib.util.spec_from_file_location("lock", {module!r})
+        lock = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lock)
+        lock.lock_model_dir({os.fspath(model_dir)!r})
         print("locked", flush=True)
         sys.stdin.read()
     """)

@@ -7,7 +7,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -89,14 +88,11 @@ class Files:
 
     def subword_dir(self, manifest):
         """A model_dir as an earlier translation run left it."""
-        code = textwrap.dedent(f"""
-            from sgmoe.data import SubwordVocabulary
-            SubwordVocabulary.train(
-                [{self.pairs + '.de'!r}, {self.pairs + '.en'!r}],
-                vocabulary_size=290).save({self.model_dir!r})
-        """)
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
-                       capture_output=True)
+        from sgmoe.data import SubwordVocabulary
+
+        SubwordVocabulary.train(
+            [self.pairs + ".de", self.pairs + ".en"],
+            vocabulary_size=290).save(self.model_dir)
         self.write("model_dir/run.json", [manifest])
 
 
@@ -264,3 +260,21 @@ def test_bad_input_exits_with_one_line_and_keeps_the_model_dir(
     assert "Traceback" not in result.stderr
     assert lines[0].startswith(message.format(**names)), lines[0]
     assert tree_digest(files.model_dir) == before
+
+
+def test_overwrite_deletes_the_old_run_and_starts_afresh(tmp_path):
+    files = Files(tmp_path)
+    files.run_dir(MANIFEST, checkpoint="checkpoint.json")
+    notes = files.write("model_dir/notes.txt", ["the user's own file"])
+    result = run("train_lm.py", *TINY_LM, f"--train_files={files.train}",
+                 f"--eval_files={files.train}",
+                 f"--model_dir={files.model_dir}", "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (f"--overwrite: deleted checkpoints, vocabulary.txt, run.json in "
+            f"{files.model_dir}") in result.stdout
+    with open(os.path.join(files.model_dir, "run.json")) as file:
+        assert '"max_length": 48' in file.read()
+    assert sorted(os.listdir(os.path.join(files.model_dir, "checkpoints"))
+                  ) == ["latest", "step-2"]
+    with open(notes) as file:
+        assert file.read() == "the user's own file\n"
