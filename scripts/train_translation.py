@@ -81,6 +81,7 @@ def check_flags():
     if FLAGS.source_language == FLAGS.target_language:
         fail(f"--source_language and --target_language are both "
              f"{FLAGS.source_language!r}")
+    training_flags.load_libraries()
     from sgmoe import models
 
     training_flags.check_preset(fail,

@@ -72,9 +72,7 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
 
 
 def check_training_flags(fail, positive=()):
-    """Calls `fail(message)` for the first common flag that is invalid,
-    then loads TensorFlow, Keras and sgmoe without their native log lines
-    (unless --verbose).
+    """Calls `fail(message)` for the first common flag that is invalid.
 
     Args:
         fail: called with a one-line message (the scripts exit with it).
@@ -87,6 +85,12 @@ def check_training_flags(fail, positive=()):
     if FLAGS.learning_rate <= 0:
         fail(f"--learning_rate must be positive, received "
              f"{FLAGS.learning_rate}")
+
+
+def load_libraries():
+    """Loads TensorFlow, Keras and sgmoe without their native log lines
+    (unless --verbose); call it once the flags are checked, so a bad flag
+    is reported at once."""
     console.plain_warnings()
     console.import_quietly(verbose=FLAGS.verbose)
 
