@@ -101,7 +101,10 @@ def load_data():
         eval_sources, eval_targets = data.parallel_files(
             FLAGS.eval_files, FLAGS.source_language, FLAGS.target_language)
         data.check_parallel_files(train_sources, train_targets)
-        data.check_parallel_files(eval_sources, eval_targets)
+        # Checks the evaluation files' alignment too, before anything is
+        # written to --model_dir.
+        pairs = data.read_sentence_pairs(eval_sources, eval_targets,
+                                         limit=FLAGS.eval_sentences)
         vocabulary = training.shared_vocabulary(
             FLAGS.model_dir, data.SubwordVocabulary,
             lambda: data.SubwordVocabulary.train(
@@ -109,8 +112,6 @@ def load_data():
                 vocabulary_size=FLAGS.vocabulary_size,
                 character_coverage=0.9995,  # rare characters: bytes
                 seed=FLAGS.seed))
-        pairs = data.read_sentence_pairs(eval_sources, eval_targets,
-                                         limit=FLAGS.eval_sentences)
         tokens_per_step = FLAGS.batch_size * data.mean_tokens_per_sentence(
             train_targets, vocabulary, max_sentences=2000)
         # One endless, seeded stream: batch i is the same in every run, so

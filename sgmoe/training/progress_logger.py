@@ -60,15 +60,13 @@ class ProgressLogger(keras.callbacks.Callback):
         self._window = _logs.Throughput(self.tokens_per_step)
         self._epoch_throughput = _logs.Throughput(self.tokens_per_step)
         self._last_logs = {}
-        self._start = None
-        self._pace_from = None  # (step, time) the pace is measured from
-        self._first_line_done = False
+        self._start = None  # (step, time) fit began at
+        self._pace_from = None  # (step, time) of the first line
 
     def on_train_begin(self, logs=None):
         self._steps.step = _logs.initial_step(self.model)
-        self._start = _logs.monotonic_clock()
-        self._pace_from = (self._steps.step, self._start)
-        self._first_line_done = False
+        self._start = (self._steps.step, _logs.monotonic_clock())
+        self._pace_from = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._window.reset()
@@ -123,16 +121,15 @@ class ProgressLogger(keras.callbacks.Callback):
         """elapsed= and, with total_steps, eta=; moves the pace's start to
         the first line."""
         now = _logs.monotonic_clock()
-        fields = [f"elapsed={_clock(now - self._start)}"]
+        fields = [f"elapsed={_clock(now - self._start[1])}"]
         step = self._steps.step
-        from_step, from_time = self._pace_from
+        from_step, from_time = self._pace_from or self._start
         if self.total_steps is not None and step > from_step:
             seconds_per_step = (now - from_time) / (step - from_step)
             left = max(self.total_steps - step, 0)
             fields.append(f"eta={_clock(left * seconds_per_step)}")
-        if not self._first_line_done:
+        if self._pace_from is None:
             self._pace_from = (step, now)
-            self._first_line_done = True
         return fields
 
     def _emit(self, fields):
