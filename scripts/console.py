@@ -6,6 +6,9 @@ before its logging is set up, so neither TF_CPP_MIN_LOG_LEVEL nor Python
 can filter them. `import_quietly` points descriptor 2 at a temporary file
 while TensorFlow, Keras and sgmoe load and shows what was written only
 with --verbose or when the import fails.
+
+`data_dir` and `help_for_module` let the same scripts run from a checkout
+and as the console scripts of an installed wheel (`sgmoe-train-lm`, ...).
 """
 
 import contextlib
@@ -58,6 +61,37 @@ def import_quietly(modules=("tensorflow", "keras", "sgmoe"), verbose=False):
         sys.stderr.flush()
     if error is not None:
         raise error
+
+
+def data_dir():
+    """The folder of the bundled corpora: the repository's `data/` when the
+    scripts run from a checkout (or an editable install), the package data
+    `sgmoe_scripts/data` when they run from an installed wheel."""
+    scripts_dir = os.path.dirname(os.path.abspath(__file__))
+    packaged = os.path.join(scripts_dir, "data")
+    if os.path.isdir(packaged):
+        return packaged
+    return os.path.join(scripts_dir, "..", "data")
+
+
+def help_for_module(module_name):
+    """Makes `--help` describe the script `module_name` (its `__name__`)
+    also when it runs as an installed console script.
+
+    absl's `--help` prints the docstring of `__main__` and the key flags
+    of the module named `sys.argv[0]`; a script run as a file is both, but
+    a console script's `__main__` is a wrapper that imports the script as
+    `sgmoe_scripts.NAME`. Nothing changes when `module_name` is
+    "__main__". Call it before `app.run`."""
+    from absl import flags
+
+    if module_name == "__main__":
+        return
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and not main_module.__doc__:
+        main_module.__doc__ = sys.modules[module_name].__doc__
 
 
 @contextlib.contextmanager
