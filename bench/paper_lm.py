@@ -171,9 +171,9 @@ def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
                        models, training):
     keras.utils.set_random_seed(args.seed)
     from sgmoe.models.language_model_presets import PRESETS
-    from sgmoe.models.moe_model import with_overrides
+    from sgmoe.models.config_overrides import merge
 
-    model = models.MoELanguageModel(**with_overrides(PRESETS[preset], dict(
+    model = models.MoELanguageModel(**merge(PRESETS[preset], dict(
         overrides, vocabulary_size=len(vocabulary), model_dim=args.model_dim,
         num_sampled=None, padding_id=0, seed=args.seed)))
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),

@@ -28,15 +28,14 @@ import warnings
 from absl import app
 from absl import flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # --verbose: "0"
 _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)
 
 import console  # noqa: E402
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                        "data")
+DATA_DIR = console.data_dir()
 DEFAULT_EVAL_FILES = {
     "MoELanguageModel": os.path.join(DATA_DIR, "brown.test.txt.gz"),
     "MoETranslationModel": os.path.join(DATA_DIR, "ding.de-en.test"),
@@ -172,6 +171,8 @@ def main(argv):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
     output_file = FLAGS.output_file and check_output_file(FLAGS.output_file)
+    if FLAGS.verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     console.plain_warnings()
     console.import_quietly(verbose=FLAGS.verbose)
     model_path = os.path.join(FLAGS.model_dir, "model")
@@ -191,5 +192,12 @@ def main(argv):
         fail(error)
 
 
-if __name__ == "__main__":
+def run():
+    """Parses `sys.argv` and runs `main`: `python scripts/evaluate.py`
+    and the console script `sgmoe-evaluate`."""
+    console.help_for_module(__name__)
     app.run(main, flags_parser=console.parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -24,9 +24,10 @@ import sys
 from absl import app
 from absl import flags
 
-# TensorFlow's C++ notices (XLA ignoring assert ops, CPU features) are not
-# for the user of a training script.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ notices (XLA ignoring assert ops, CPU features, oneDNN
+# falling back to Eigen) are not for the user of a script; --verbose shows
+# them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)
@@ -34,7 +35,7 @@ if _SCRIPTS_DIR not in sys.path:
 import console  # noqa: E402
 import training_flags  # noqa: E402
 
-DATA_DIR = os.path.join(_SCRIPTS_DIR, "..", "data")
+DATA_DIR = console.data_dir()
 
 FLAGS = flags.FLAGS
 training_flags.define_training_flags(
@@ -88,8 +89,8 @@ def build_vocabulary():
 
 
 def model_overrides():
-    """The flags' changes to the preset: the MoE's key by key."""
-    overrides = {"padding_id": 0, "seed": FLAGS.seed}
+    """The model flags' changes to the preset: the MoE's key by key."""
+    overrides = {}
     if FLAGS.model_dim is not None:
         overrides["model_dim"] = FLAGS.model_dim
     moe = {name: getattr(FLAGS, name) for name in (
@@ -102,35 +103,14 @@ def model_overrides():
 
 def model_config(vocabulary_size):
     """The model's constructor arguments: --preset's (a name or a
-    save_to_preset directory), updated by the flags."""
-    import json
-
+    save_to_preset directory), updated by the flags and --hparams."""
     from sgmoe import models
 
-    preset = models.language_model_presets.PRESETS.get(FLAGS.preset)
-    if preset is None:
-        with open(os.path.join(FLAGS.preset, "config.json")) as file:
-            preset = json.load(file)["config"]
-    return models.moe_model.with_overrides(
-        preset, dict(model_overrides(), vocabulary_size=vocabulary_size))
-
-
-def check_model_config():
-    """Fails on overrides the model refuses, before anything is written.
-
-    Builds no weights; the random state is seeded again afterwards, so the
-    model trained is the one --seed gives without this check.
-    """
-    import keras
-
-    from sgmoe import models
-
-    try:
-        models.MoELanguageModel.from_config(
-            model_config(FLAGS.vocabulary_size or 8000))
-    except (ValueError, TypeError, KeyError, OSError) as error:
-        fail(error)
-    keras.utils.set_random_seed(FLAGS.seed)
+    return training_flags.model_config(
+        fail, models.MoELanguageModel, models.language_model_presets.PRESETS,
+        {"vocabulary_size": vocabulary_size, "padding_id": 0,
+         "seed": FLAGS.seed},
+        model_overrides())
 
 
 def build_model(vocabulary_size):
@@ -138,15 +118,8 @@ def build_model(vocabulary_size):
 
     from sgmoe import models
 
-    config = model_config(vocabulary_size)
-    try:
-        if FLAGS.preset in models.language_model_presets.PRESETS:
-            model = models.MoELanguageModel.from_config(config)
-        else:  # a save_to_preset directory: its weights too
-            model = models.MoELanguageModel.from_preset(FLAGS.preset,
-                                                        **config)
-    except (ValueError, TypeError) as error:
-        fail(error)
+    model = training_flags.build_model(fail, models.MoELanguageModel,
+                                       model_config(vocabulary_size))
     model.compile(optimizer=training_flags.make_optimizer(),
                   metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
@@ -186,7 +159,11 @@ def main(argv):
     del argv
     check_flags()
     scope = training_flags.start_run(fail)  # first: --multi_host
-    check_model_config()
+    from sgmoe import models
+
+    training_flags.check_model_config(
+        fail, models.MoELanguageModel,
+        model_config(FLAGS.vocabulary_size or 8000))
     training_flags.claim_model_dir(fail)
     import keras
 
@@ -199,14 +176,16 @@ def main(argv):
     setup = training_flags.run_setup(
         train_files=data.expand_file_patterns(FLAGS.train_files),
         vocabulary=vocabulary, data={"max_length": FLAGS.max_length},
-        model={"preset": FLAGS.preset, "overrides": model_overrides()})
+        model=training_flags.model_setup(
+            dict(model_overrides(), padding_id=0, seed=FLAGS.seed)))
     with scope:
         model = build_model(len(vocabulary))
     eval_callbacks = training_flags.evaluation_callbacks()
     print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
           f"{keras.backend.backend()}, {model.count_params():,} parameters")
 
-    run = training_flags.training_run(fail, model, tokens_per_step, setup)
+    run = training_flags.training_run(fail, model, tokens_per_step, setup,
+                                      eval_data)
     untrained = None
     if run.state:
         print(f"resumed from {run.state.path} at step {run.first_step}")
@@ -223,9 +202,17 @@ def main(argv):
         print(f"{name}: load max/mean {load:.2f} on the last evaluation "
               "batch")
     training_flags.save_model(fail, model)
+    run.write_scalars({"perplexity": perplexity})  # next to the curves
     baseline = "" if untrained is None else f" (untrained: {untrained:.1f})"
     print(f"validation perplexity: {perplexity:.1f}{baseline}")
 
 
-if __name__ == "__main__":
+def run():
+    """Parses `sys.argv` and runs `main`: `python scripts/train_lm.py`
+    and the console script `sgmoe-train-lm`."""
+    console.help_for_module(__name__)
     app.run(main, flags_parser=console.parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -30,9 +30,10 @@ import time
 from absl import app
 from absl import flags
 
-# TensorFlow's C++ notices (XLA ignoring assert ops, CPU features) are not
-# for the user of a training script.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ notices (XLA ignoring assert ops, CPU features, oneDNN
+# falling back to Eigen) are not for the user of a script; --verbose shows
+# them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)
@@ -40,7 +41,7 @@ if _SCRIPTS_DIR not in sys.path:
 import console  # noqa: E402
 import training_flags  # noqa: E402
 
-DATA_DIR = os.path.join(_SCRIPTS_DIR, "..", "data")
+DATA_DIR = console.data_dir()
 
 FLAGS = flags.FLAGS
 training_flags.define_training_flags(
@@ -119,23 +120,42 @@ def load_data():
         train_data = data.translation_dataset(
             train_sources, train_targets, vocabulary, FLAGS.batch_size,
             FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True)
+        validation_data = None
+        if FLAGS.eval_every:
+            validation_data = data.translation_dataset(
+                eval_sources, eval_targets, vocabulary, FLAGS.batch_size,
+                FLAGS.max_length)
     except ValueError as error:  # DataError included
         fail(error)
     return (train_sources + train_targets, vocabulary, tokens_per_step,
-            train_data, pairs)
+            train_data, validation_data, pairs)
+
+
+def model_config(vocabulary):
+    """The model's constructor arguments: --preset's, updated by
+    --hparams; the vocabulary (None: a placeholder for the check before
+    it is built) and --seed decide the rest."""
+    from sgmoe import models
+
+    bos_id, eos_id = (1, 2) if vocabulary is None else (vocabulary.bos_id,
+                                                        vocabulary.eos_id)
+    return training_flags.model_config(
+        fail, models.MoETranslationModel,
+        models.translation_model_presets.PRESETS,
+        {"vocabulary_size": (FLAGS.vocabulary_size if vocabulary is None
+                             else len(vocabulary)),
+         "bos_id": bos_id, "eos_id": eos_id, "seed": FLAGS.seed})
 
 
 def build_model(vocabulary):
     from sgmoe import models
 
-    try:
-        model = models.MoETranslationModel.from_preset(
-            FLAGS.preset, vocabulary_size=len(vocabulary),
-            bos_id=vocabulary.bos_id, eos_id=vocabulary.eos_id,
-            seed=FLAGS.seed)
-    except (ValueError, TypeError) as error:
-        fail(error)
+    model = training_flags.build_model(fail, models.MoETranslationModel,
+                                       model_config(vocabulary))
+    # The perplexity metric is the cross-entropy's alone; Keras's loss
+    # adds the MoE layers' auxiliary losses in training.
     model.compile(optimizer=training_flags.make_optimizer(),
+                  metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
     model.build()
     return model
@@ -162,16 +182,20 @@ def main(argv):
     del argv
     check_flags()
     scope = training_flags.start_run(fail)  # first: --multi_host
+    from sgmoe import models
+
+    training_flags.check_model_config(fail, models.MoETranslationModel,
+                                      model_config(None))
     training_flags.claim_model_dir(fail)
     import keras
 
-    (train_files, vocabulary, tokens_per_step, train_data,
+    (train_files, vocabulary, tokens_per_step, train_data, validation_data,
      pairs) = load_data()
     setup = training_flags.run_setup(
         train_files=train_files, vocabulary=vocabulary,
         data={"languages": [FLAGS.source_language, FLAGS.target_language],
               "max_length": FLAGS.max_length},
-        model={"preset": FLAGS.preset})
+        model=training_flags.model_setup())
     with scope:
         model = build_model(vocabulary)
     print(f"{FLAGS.preset}: {FLAGS.source_language}->"
@@ -179,7 +203,8 @@ def main(argv):
           f"backend {keras.backend.backend()}, {model.count_params():,} "
           "parameters")
 
-    run = training_flags.training_run(fail, model, tokens_per_step, setup)
+    run = training_flags.training_run(fail, model, tokens_per_step, setup,
+                                      validation_data)
     if run.state:
         print(f"resumed from {run.state.path} at step {run.first_step}")
     seconds = training_flags.fit(fail, run, train_data.skip)
@@ -191,5 +216,12 @@ def main(argv):
     print(f"validation BLEU: {score.score:.2f}")
 
 
-if __name__ == "__main__":
+def run():
+    """Parses `sys.argv` and runs `main`: `python scripts/train_translation.py`
+    and the console script `sgmoe-train-translation`."""
+    console.help_for_module(__name__)
     app.run(main, flags_parser=console.parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -29,9 +29,30 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
         "final model (MODEL_DIR/model, for scripts/evaluate.py); a run "
         "started again with the same MODEL_DIR resumes from its last "
         "checkpoint. None: no files.")
+    flags.DEFINE_string(
+        "hparams", "",
+        "Overrides of the preset's model arguments, comma-separated "
+        "key=value items, e.g. 'moe.router=switch,moe.capacity_factor=2.0,"
+        "moe.eval_capacity_factor=4,dropout=0.2': moe.NAME is an argument "
+        "of every MoE layer, moe.router_args.NAME one of its router "
+        "(sgmoe.models.config_overrides).")
     flags.DEFINE_integer("train_steps", train_steps, "Optimizer steps in all.")
     flags.DEFINE_integer("batch_size", batch_size, "Sentences per batch.")
     flags.DEFINE_float("learning_rate", learning_rate, "Learning rate.")
+    flags.DEFINE_enum(
+        "schedule", "constant", ["constant", "inverse_sqrt", "cosine"],
+        "Learning-rate schedule, with a linear warm-up of --warmup_steps "
+        "to --learning_rate: constant; inverse_sqrt, the paper's (held "
+        "for --hold_steps, then decaying as 1/sqrt(step): "
+        "sgmoe.optimizers.WarmupInverseSquareRoot; the paper warms up "
+        "1000 steps for language models, 2000 and holds 8000 for "
+        "translation); cosine, decaying to 0 at --train_steps.")
+    flags.DEFINE_integer("warmup_steps", 0,
+                         "Steps of linear warm-up (inverse_sqrt needs at "
+                         "least 1).")
+    flags.DEFINE_integer("hold_steps", 0,
+                         "inverse_sqrt: steps held at --learning_rate after "
+                         "the warm-up.")
     flags.DEFINE_enum("optimizer", "adam", ["adam", "factored_adam"],
                       "adam: keras Adam; factored_adam: the paper's "
                       "Appendix D optimizer (sgmoe.optimizers.FactoredAdam).")
@@ -46,6 +67,12 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
     flags.DEFINE_integer("checkpoint_every", checkpoint_every,
                          "Steps between checkpoints (with --model_dir; any "
                          "positive number, and one at the end).")
+    flags.DEFINE_integer(
+        "eval_every", 0,
+        "Steps between validations during training (and one at the end; "
+        "0: none): val/* in TensorBoard, a progress line, and with "
+        "--model_dir the model of lowest validation loss in "
+        "MODEL_DIR/best.")
     flags.DEFINE_bool(
         "overwrite", False,
         "Delete what an earlier run wrote in --model_dir (checkpoints, logs, "
@@ -85,12 +112,27 @@ def check_training_flags(fail, positive=()):
     if FLAGS.learning_rate <= 0:
         fail(f"--learning_rate must be positive, received "
              f"{FLAGS.learning_rate}")
+    for name in ("warmup_steps", "hold_steps", "eval_every"):
+        if getattr(FLAGS, name) < 0:
+            fail(f"--{name} must be >= 0, received {getattr(FLAGS, name)}")
+    if FLAGS.schedule == "inverse_sqrt" and FLAGS.warmup_steps < 1:
+        fail("--schedule=inverse_sqrt needs --warmup_steps >= 1 (the paper: "
+             "1000 for language models, 2000 for translation)")
+    if FLAGS.hold_steps and FLAGS.schedule != "inverse_sqrt":
+        fail(f"--hold_steps is for --schedule=inverse_sqrt, not "
+             f"--schedule={FLAGS.schedule}")
+    if (FLAGS.schedule == "cosine"
+            and FLAGS.warmup_steps >= FLAGS.train_steps):
+        fail(f"--schedule=cosine needs --warmup_steps="
+             f"{FLAGS.warmup_steps} < --train_steps={FLAGS.train_steps}")
 
 
 def load_libraries():
     """Loads TensorFlow, Keras and sgmoe without their native log lines
     (unless --verbose); call it once the flags are checked, so a bad flag
     is reported at once."""
+    if FLAGS.verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     console.plain_warnings()
     console.import_quietly(verbose=FLAGS.verbose)
 
@@ -106,6 +148,75 @@ def check_preset(fail, presets):
     elif preset not in presets:
         fail(f"--preset={preset}: no such preset or directory; presets: "
              f"{', '.join(sorted(presets))}")
+
+
+def model_config(fail, model_class, presets, set_by_script,
+                 flag_overrides=None):
+    """The model's constructor arguments: --preset's, updated by the
+    script's own model flags (`flag_overrides`), then by --hparams, then
+    by `set_by_script` (what the data and --seed decide, which --hparams
+    may not change). A bad key ends the script with one line."""
+    import json
+
+    from sgmoe import models
+
+    try:
+        hparams = models.parse_overrides(FLAGS.hparams)
+    except ValueError as error:
+        fail(f"--hparams: {error}")
+    for key in sorted(set(hparams) & set(set_by_script)):
+        fail(f"--hparams: {key!r} is set by the script (from the data or "
+             "a flag), not by --hparams")
+    config = presets.get(FLAGS.preset)
+    if config is None:  # a save_to_preset directory (see check_preset)
+        with open(os.path.join(FLAGS.preset, "config.json")) as file:
+            config = json.load(file)["config"]
+    # One set of changes, so that a conflict between a model flag and
+    # --hparams (e.g. --k with a router that fixes k) is reported.
+    try:
+        config = models.apply_overrides(
+            model_class, config,
+            models.config_overrides.merge(flag_overrides or {}, hparams))
+    except ValueError as error:
+        fail(f"--hparams: {error}" if FLAGS.hparams else error)
+    return dict(config, **set_by_script)
+
+
+def check_model_config(fail, model_class, config):
+    """Fails on a configuration the model refuses (a bad value), before
+    anything is written. Builds no weights; the random state is seeded
+    again afterwards, so the model trained is the one --seed gives."""
+    import keras
+
+    try:
+        model_class.from_config(config)
+    except (ValueError, TypeError, KeyError) as error:
+        fail(f"--hparams={FLAGS.hparams!r}: {error}" if FLAGS.hparams
+             else error)
+    keras.utils.set_random_seed(FLAGS.seed)
+
+
+def build_model(fail, model_class, config):
+    """The model of `config`: built from it for a named preset, or with
+    the weights of a --preset directory; compiled by the caller."""
+    try:
+        if os.path.isdir(FLAGS.preset):
+            return model_class.from_preset(FLAGS.preset, **config)
+        return model_class.from_config(config)
+    except (ValueError, TypeError) as error:
+        fail(error)
+
+
+def model_setup(flag_overrides=None):
+    """What `run_setup` records of the model: --preset and the changes."""
+    from sgmoe import models
+
+    setup = {"preset": FLAGS.preset}
+    if flag_overrides:
+        setup["overrides"] = flag_overrides
+    if FLAGS.hparams:
+        setup["hparams"] = models.parse_overrides(FLAGS.hparams)
+    return setup
 
 
 def claim_model_dir(fail):
@@ -157,10 +268,13 @@ def run_setup(*, train_files, vocabulary, data, model):
         [os.path.join(FLAGS.model_dir, vocabulary.FILENAME)])
     data = dict(data, train_files=training.file_fingerprints(train_files),
                 vocabulary=dict(saved, size=len(vocabulary)))
-    return {"data": data, "model": model, "training": {
-        name: getattr(FLAGS, name) for name in (
-            "batch_size", "seed", "optimizer", "learning_rate",
-            "mixed_precision")}}
+    training = {name: getattr(FLAGS, name) for name in (
+        "batch_size", "seed", "optimizer", "learning_rate",
+        "mixed_precision")}
+    if FLAGS.schedule != "constant" or FLAGS.warmup_steps:
+        training.update({name: getattr(FLAGS, name) for name in (
+            "schedule", "warmup_steps", "hold_steps")})
+    return {"data": data, "model": model, "training": training}
 
 
 def start_run(fail):
@@ -205,22 +319,44 @@ def evaluation_callbacks():
     return [distribute.SynchronousBatches()]
 
 
+def learning_rate():
+    """The rate or schedule --learning_rate, --schedule, --warmup_steps
+    and --hold_steps name."""
+    import keras
+
+    from sgmoe import optimizers
+
+    rate, warmup = FLAGS.learning_rate, FLAGS.warmup_steps
+    if FLAGS.schedule == "inverse_sqrt":
+        return optimizers.WarmupInverseSquareRoot(
+            rate, warmup_steps=warmup, constant_steps=FLAGS.hold_steps)
+    if FLAGS.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else rate, FLAGS.train_steps - warmup,
+            warmup_target=rate if warmup else None, warmup_steps=warmup)
+    if warmup:  # a warm-up, then held to the end (no decay before it)
+        return optimizers.WarmupInverseSquareRoot(
+            rate, warmup_steps=warmup, constant_steps=FLAGS.train_steps)
+    return rate
+
+
 def make_optimizer():
-    """The optimizer `--optimizer` and `--learning_rate` name."""
+    """The optimizer `--optimizer` names, at `learning_rate()`."""
     import keras
 
     if FLAGS.optimizer == "factored_adam":
         from sgmoe.optimizers import FactoredAdam
 
-        return FactoredAdam(FLAGS.learning_rate)
-    return keras.optimizers.Adam(FLAGS.learning_rate)
+        return FactoredAdam(learning_rate())
+    return keras.optimizers.Adam(learning_rate())
 
 
-def training_run(fail, model, tokens_per_step, setup):
+def training_run(fail, model, tokens_per_step, setup, validation_data):
     """The `sgmoe.training.TrainingRun` the flags ask for, restored from
     --model_dir's last checkpoint. A run started with another `setup`
     (see `run_setup`), or a checkpoint that cannot be restored (corrupt,
-    or written by another model) ends the script, with nothing written."""
+    or written by another model) ends the script, with nothing written.
+    `validation_data` is evaluated every --eval_every steps."""
     from sgmoe import training
 
     try:
@@ -228,7 +364,10 @@ def training_run(fail, model, tokens_per_step, setup):
             model, train_steps=FLAGS.train_steps, log_every=FLAGS.log_every,
             model_dir=FLAGS.model_dir,
             checkpoint_every=FLAGS.checkpoint_every,
-            tokens_per_step=tokens_per_step, setup=setup)
+            tokens_per_step=tokens_per_step, setup=setup,
+            validation_data=validation_data,
+            eval_every=FLAGS.eval_every or None,
+            evaluation_callbacks=evaluation_callbacks())
     except training.RunMismatchError as error:
         fail(f"{error} (--overwrite deletes that run and starts afresh)")
     except (ValueError, training.CheckpointError) as error:

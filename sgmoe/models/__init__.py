@@ -1,5 +1,7 @@
 """Language models built from sgmoe layers, their presets and metrics."""
 
+from sgmoe.models.config_overrides import apply_overrides
+from sgmoe.models.config_overrides import parse_overrides
 from sgmoe.models.deep_feed_forward import DeepFeedForward
 from sgmoe.models.fine_tuning import set_moe_layers_trainable
 from sgmoe.models.fine_tuning import set_non_moe_layers_trainable

@@ -147,6 +147,7 @@ class MoELanguageModel(moe_model.MoEModel):
     """
 
     preset_input_shape = (None, None)
+    MOE_ARGUMENTS = ("moe",)
 
     def __init__(
         self,
@@ -345,7 +346,7 @@ class MoELanguageModel(moe_model.MoEModel):
                 directory written by `save_to_preset`, whose weights are
                 loaded.
             **overrides: constructor arguments replacing the preset's (e.g.
-                vocabulary_size, dropout, moe); `moe_model.with_overrides`
+                vocabulary_size, dropout, moe); `config_overrides.merge`
                 updates a preset's `moe` key by key instead. With a
                 directory, overrides must keep the weight shapes.
         """

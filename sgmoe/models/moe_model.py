@@ -46,24 +46,6 @@ def constructor_arguments(model_class, config, presets):
     return resolved
 
 
-def with_overrides(config, overrides):
-    """`config` with `overrides`: a dict override of a dict argument (a
-    MoE configuration) updates it key by key, anything else replaces (where
-    `from_preset(name, **overrides)` replaces every argument it is given).
-
-    >>> with_overrides({"moe": {"num_experts": 4, "k": 2}, "dropout": 0.1},
-    ...                {"moe": {"num_experts": 8}, "dropout": 0.0})
-    {'moe': {'num_experts': 8, 'k': 2}, 'dropout': 0.0}
-    """
-    merged = dict(config)
-    for name, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(name), dict):
-            merged[name] = dict(merged[name], **value)
-        else:
-            merged[name] = value
-    return merged
-
-
 class MoEModel(keras.Model):
     """A `keras.Model` with MoE-aware summary and preset directories.
 
@@ -74,6 +56,9 @@ class MoEModel(keras.Model):
     # The input shape `save_to_preset` records for `build`; None builds a
     # model whose `build` needs no shape.
     preset_input_shape = None
+    # The constructor arguments that configure MoE layers (see
+    # `sgmoe.models.config_overrides`).
+    MOE_ARGUMENTS = ()
 
     def moe_layers(self):
         """The model's MoE layers (see `sgmoe.layers.find_moe_layers`)."""

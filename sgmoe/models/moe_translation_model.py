@@ -147,6 +147,8 @@ class MoETranslationModel(moe_model.MoEModel):
     (1, 6)
     """
 
+    MOE_ARGUMENTS = ("encoder_moe", "decoder_moe")
+
     def __init__(
         self,
         vocabulary_size,

@@ -19,6 +19,7 @@ from sgmoe.training.run_manifest import check_run_setup
 from sgmoe.training.run_manifest import clear_run
 from sgmoe.training.run_manifest import file_fingerprints
 from sgmoe.training.run_manifest import record_run_setup
+from sgmoe.training.periodic_evaluation import PeriodicEvaluation
 from sgmoe.training.training_run import TrainingRun
 from sgmoe.training.save_model_preset import save_model_preset
 from sgmoe.training.shared_vocabulary import shared_vocabulary

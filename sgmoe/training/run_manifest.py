@@ -12,7 +12,7 @@ MANIFEST_FILE = "run.json"
 FORMAT = "sgmoe-run"
 VERSION = 1
 # What a run writes into its model directory (`clear_run` removes these).
-RUN_ENTRIES = ("checkpoints", "logs", "model", "vocabulary.txt",
+RUN_ENTRIES = ("checkpoints", "logs", "model", "best", "vocabulary.txt",
                "subwords.model", MANIFEST_FILE)
 _MISSING = object()
 

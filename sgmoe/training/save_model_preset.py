@@ -8,7 +8,7 @@ from sgmoe import _files
 from sgmoe.distribute import processes
 
 
-def save_model_preset(model, preset_dir):
+def save_model_preset(model, preset_dir, extra_files=None):
     """Writes `model.save_to_preset(preset_dir)` from process 0 only.
 
     The directory is written next to `preset_dir` and swapped in whole, so
@@ -23,6 +23,8 @@ def save_model_preset(model, preset_dir):
     Args:
         model: an sgmoe model with `save_to_preset`.
         preset_dir: the directory to write (e.g. `<model_dir>/model`).
+        extra_files: {file name: text} written into the directory with
+            the model (and swapped in with it), or None.
 
     Example:
 
@@ -30,7 +32,13 @@ def save_model_preset(model, preset_dir):
     MoELanguageModel.from_preset("/tmp/lm/model")
     """
     if processes.is_primary_process():
-        _files.replace_directory(model.save_to_preset, preset_dir)
+        def write(directory):
+            model.save_to_preset(directory)
+            for name, text in (extra_files or {}).items():
+                with open(os.path.join(directory, name), "w") as file:
+                    file.write(text)
+
+        _files.replace_directory(write, preset_dir)
         return
     scratch = tempfile.mkdtemp(prefix="sgmoe-save-")
     try:

@@ -13,6 +13,7 @@ from sgmoe.training import run_manifest
 from sgmoe.training.checkpointer import Checkpointer
 from sgmoe.training.model_dir_lock import lock_model_dir
 from sgmoe.training.moe_tensorboard import MoETensorBoard
+from sgmoe.training.periodic_evaluation import PeriodicEvaluation
 from sgmoe.training.progress_logger import ProgressLogger
 from sgmoe.training.stop_on_non_finite_loss import StopOnNonFiniteLoss
 
@@ -37,7 +38,10 @@ class TrainingRun:
     model, batch size...; see `check_run_setup`), a resume with another
     one is refused before anything is restored, and the setup and the
     cadence are recorded in `model_dir/run.json` once the restore
-    succeeded.
+    succeeded. With `eval_every`, a `PeriodicEvaluation` evaluates
+    `validation_data` every `eval_every` steps and at `train_steps`
+    (a line each, and `val/*` in `model_dir/logs/validation`) and keeps the model with the
+    lowest validation loss in `model_dir/best`.
 
     Args:
         model: a compiled, built model.
@@ -48,6 +52,10 @@ class TrainingRun:
         tokens_per_step: tokens per step for the words/s figures, or None.
         setup: a JSON-serialisable dict, or None (nothing checked or
             recorded).
+        validation_data: a finite dataset for `eval_every`, or None.
+        eval_every: steps between validations, or None (none).
+        evaluation_callbacks: passed to `model.evaluate` (e.g.
+            `[sgmoe.distribute.SynchronousBatches()]` on a mesh), or None.
 
     Raises:
         ModelDirInUseError: another process holds `model_dir`'s lock.
@@ -68,7 +76,9 @@ class TrainingRun:
     """
 
     def __init__(self, model, *, train_steps, log_every, model_dir=None,
-                 checkpoint_every=100, tokens_per_step=None, setup=None):
+                 checkpoint_every=100, tokens_per_step=None, setup=None,
+                 validation_data=None, eval_every=None,
+                 evaluation_callbacks=None):
         self.model = model
         self.model_dir = model_dir
         self.train_steps = _validation.check_positive_int(
@@ -80,6 +90,11 @@ class TrainingRun:
         self.callbacks = [StopOnNonFiniteLoss(),
                           ProgressLogger(log_every, tokens_per_step,
                                          total_steps=train_steps)]
+        if eval_every is not None:
+            eval_every = _validation.check_positive_int("eval_every",
+                                                        eval_every)
+            if validation_data is None:
+                raise ValueError("`eval_every` needs `validation_data`.")
         self.state = None
         if model_dir:
             if processes.is_primary_process():
@@ -98,6 +113,15 @@ class TrainingRun:
                 self.callbacks.append(MoETensorBoard(
                     os.path.join(model_dir, "logs"), update_freq=log_every,
                     tokens_per_step=tokens_per_step))
+        if eval_every is not None:
+            # After the logger and TensorBoard: they report the training
+            # step before evaluation changes the MoE statistics.
+            self.callbacks.append(PeriodicEvaluation(
+                validation_data, eval_every, total_steps=train_steps,
+                log_dir=model_dir and os.path.join(model_dir, "logs",
+                                                   "validation"),
+                best_dir=model_dir and os.path.join(model_dir, "best"),
+                callbacks=evaluation_callbacks))
         self.first_step = self.state.step if self.state else 0
 
     @property

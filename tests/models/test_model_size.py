@@ -64,7 +64,7 @@ from sgmoe.models import MoELanguageModel
 from sgmoe.models import count_parameters
 from sgmoe.models import ops_per_timestep
 from sgmoe.models.language_model_presets import PRESETS
-from sgmoe.models.moe_model import with_overrides
+from sgmoe.models.config_overrides import merge
 
 # Table 7: (parameters excluding embedding and softmax, ops per timestep),
 # millions.
@@ -96,7 +96,7 @@ def test_parameters_match_table_7():
         assert round(counted, 1) == paper_parameters, (preset, counted)
         # Expert biases (the layer default) add h + d per expert: +0.15%
         # at most.
-        with_biases = count_parameters(with_overrides(
+        with_biases = count_parameters(merge(
             PRESETS[preset], {"moe": {"use_bias": True},
                               "feed_forward": {"use_bias": True}})) / 1e6
         assert 0 <= with_biases / counted - 1 < 0.0016, preset

@@ -20,7 +20,7 @@ from sgmoe.models import MoELanguageModel
 from sgmoe.models import Perplexity
 from sgmoe.models import ProjectedLSTMCell
 from sgmoe.models.language_model_presets import PRESETS
-from sgmoe.models.moe_model import with_overrides
+from sgmoe.models.config_overrides import merge
 from tests.models import numpy_reference as ref
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def softmax_logits(model, x):
 
 def test_architecture_matches_numpy():
     """embedding -> LSTM -> sigmoid(MoE) -> LSTM -> softmax, each residual."""
-    model = MoELanguageModel(**with_overrides(
+    model = MoELanguageModel(**merge(
         PRESETS["tiny_moe"], {"moe": {"capacity_factor": 8.0}}))
     ids = np.random.RandomState(1).randint(0, 100, (BATCH, LENGTH))
     model.build(ids.shape)
@@ -377,7 +377,7 @@ def test_config_saved_with_flat_layer_arguments_loads():
 def test_evaluation_drops_nothing_by_default(preset):
     """A capacity factor of 0.5 drops in training; evaluation keeps every
     assignment and equals an evaluation capacity that holds every token."""
-    model = MoELanguageModel(**with_overrides(
+    model = MoELanguageModel(**merge(
         PRESETS[preset], {"vocabulary_size": 40, "seed": 2,
                           "moe": {"capacity_factor": 0.5}}))
     model.build((None, LENGTH))

@@ -128,6 +128,26 @@ CASES = [
      "train_lm: "),
     ("lm_experts", "train_lm.py", ["--num_experts=0", "--model_dir={dir}"],
      None, "train_lm: "),
+    ("lm_hparams_key", "train_lm.py", ["--hparams=moe.capacity=2",
+                                       "--model_dir={dir}"], "manifest",
+     "train_lm: --hparams: Unknown override 'moe.capacity': not an "
+     "argument of MixtureOfExperts; valid keys: block_size, "
+     "capacity_factor,"),
+    ("lm_hparams_value", "train_lm.py",
+     ["--hparams=moe.router=switch,moe.capacity_factor=-1",
+      "--model_dir={dir}"], "manifest",
+     "train_lm: --hparams='moe.router=switch,moe.capacity_factor=-1': "
+     "`capacity_factor` must be a positive number"),
+    ("lm_hparams_conflict", "train_lm.py",
+     ["--k=2", "--hparams=moe.router=switch"], None,
+     "train_lm: --hparams='moe.router=switch': `k`=2 conflicts with "
+     "router=SwitchRouter"),
+    ("lm_hparams_data", "train_lm.py", ["--hparams=vocabulary_size=9"],
+     None, "train_lm: --hparams: 'vocabulary_size' is set by the script"),
+    ("lm_schedule", "train_lm.py", ["--schedule=inverse_sqrt"], None,
+     "train_lm: --schedule=inverse_sqrt needs --warmup_steps >= 1"),
+    ("lm_eval_every", "train_lm.py", ["--eval_every=-5"], None,
+     "train_lm: --eval_every must be >= 0, received -5"),
     # Data.
     ("lm_missing", "train_lm.py", ["--train_files={tmp}/none.txt"], None,
      "train_lm: {tmp}/none.txt: no such file"),
@@ -174,6 +194,13 @@ CASES = [
      ["--source_language=en", "--target_language=en"], None,
      "train_translation: --source_language and --target_language are both "
      "'en'"),
+    ("mt_hold", "train_translation.py", ["--hold_steps=8000"], None,
+     "train_translation: --hold_steps is for --schedule=inverse_sqrt, not "
+     "--schedule=constant"),
+    ("mt_hparams_key", "train_translation.py",
+     ["--hparams=moe.router_args.foo=1", "--model_dir={dir}"], "manifest",
+     "train_translation: --hparams: Unknown override "
+     "'moe.router_args.foo': not an argument of NoisyTopKRouter"),
     ("mt_preset", "train_translation.py", ["--preset=huge"], None,
      "train_translation: --preset=huge: no such preset or directory"),
     ("mt_vocabulary", "train_translation.py",

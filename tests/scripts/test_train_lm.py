@@ -1,5 +1,6 @@
 """The demo training script: a short real run, and bad input."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from tests.helpers import bundled_head
+from tests.training.test_moe_tensorboard import read_events
 
 pytestmark = pytest.mark.subprocess
 
@@ -32,10 +34,28 @@ TINY = ("--vocabulary_size=500", "--model_dim=32", "--expert_hidden_dim=32",
 
 def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     model_dir = str(tmp_path / "lm")
-    valid = bundled_head(tmp_path, "valid", 400)  # evaluated 6 times
-    tiny = TINY + (f"--eval_files={valid}",)
+    valid = bundled_head(tmp_path, "valid", 400)  # evaluated 9 times
+    # Validation every 20 steps, the paper's schedule and a changed MoE.
+    tiny = TINY + (f"--eval_files={valid}", "--eval_every=20",
+                   "--schedule=inverse_sqrt", "--warmup_steps=5",
+                   "--learning_rate=5e-3",
+                   "--hparams=moe.capacity_factor=2.0,"
+                   "moe.eval_capacity_factor=3")
     result = run("--train_steps=40", f"--model_dir={model_dir}", *tiny)
     assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(model_dir, "model", "config.json")) as file:
+        moe = json.load(file)["config"]["moe"]
+    assert (moe["capacity_factor"], moe["eval_capacity_factor"]) == (2.0, 3)
+    assert re.findall(r"^step=(\d+)/40 val_loss=", result.stdout,
+                      re.M) == ["20", "40"]
+    # The rate applied in step s > 5 is 5e-3 * sqrt(5 / s).
+    rates = read_events(os.path.join(model_dir, "logs"))[
+        "train/learning_rate"][1]
+    assert abs(float(rates[20]) - 5e-3 * (5 / 20) ** 0.5) < 1e-8
+    assert abs(float(rates[40]) - 5e-3 * (5 / 40) ** 0.5) < 1e-8
+    events = read_events(os.path.join(model_dir, "logs", "validation"))
+    assert sorted(events["val/loss"][1]) == [20, 40]
+    assert list(events["perplexity"][1]) == [40]  # the final evaluation
     match = re.search(r"validation perplexity: ([\d.]+) \(untrained: ([\d.]+)\)",
                       result.stdout)
     assert match, result.stdout
@@ -44,7 +64,7 @@ def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     assert untrained > 400 and trained < 0.5 * untrained
     assert re.search(r"^step=40/40 loss=", result.stdout, re.M)
     assert sorted(os.listdir(model_dir)) == [
-        ".lock", "checkpoints", "logs", "model", "run.json",
+        ".lock", "best", "checkpoints", "logs", "model", "run.json",
         "vocabulary.txt"]
 
     # The same command with more steps continues from the last checkpoint.
