@@ -128,6 +128,8 @@ CASES = [
      "train_lm: "),
     ("lm_experts", "train_lm.py", ["--num_experts=0", "--model_dir={dir}"],
      None, "train_lm: "),
+    ("lm_mesh", "train_lm.py", ["--mesh=model:2"], None,
+     "train_lm: `mesh`='model:2' asks for expert sharding"),
     ("lm_hparams_key", "train_lm.py", ["--hparams=moe.capacity=2",
                                        "--model_dir={dir}"], "manifest",
      "train_lm: --hparams: Unknown override 'moe.capacity': not an "
@@ -210,7 +212,9 @@ CASES = [
      "the characters to cover need 283 pieces (character_coverage=0.9995); "
      "raise vocabulary_size or lower character_coverage"),
     ("mt_missing", "train_translation.py",
-     ["--train_files={tmp}/nothing"], None, "train_translation: "),
+     ["--train_files={tmp}/nothing"], None,
+     "train_translation: {tmp}/nothing.de[.gz]: no file matches this "
+     "pattern"),
     ("mt_all_too_long", "train_translation.py",
      [*TINY_TRANSLATION, "--train_files={pairs}", "--eval_files={pairs}",
       "--max_length=2"], None,

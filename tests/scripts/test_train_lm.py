@@ -1,4 +1,5 @@
-"""The demo training script: a short real run, and bad input."""
+"""The demo training script: a short real run that resumes and reloads
+(bad input: test_bad_input.py)."""
 
 import json
 import os
@@ -90,34 +91,3 @@ def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     evaluated = float(re.search(r"test perplexity: ([\d.]+)",
                                 result.stdout).group(1))
     assert abs(evaluated - resumed) < 0.051, (evaluated, resumed)
-
-
-def last_line(result):
-    assert result.returncode != 0
-    return result.stderr.strip().splitlines()[-1]
-
-
-def test_missing_files_exit_with_one_line(tmp_path):
-    assert last_line(run(f"--train_files={tmp_path}/nothing.txt")) == (
-        f"train_lm: {tmp_path}/nothing.txt: no such file")
-    assert last_line(run(f"--eval_files={tmp_path}/*.txt")) == (
-        f"train_lm: {tmp_path}/*.txt: no file matches this pattern")
-
-
-def test_empty_and_undecodable_files_exit_with_one_line(tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
-    assert last_line(run(f"--train_files={empty}")) == (
-        f"train_lm: {empty}: holds only blank lines")
-    binary = tmp_path / "binary.txt"
-    binary.write_bytes(b"caf\xe9 au lait\n")
-    assert last_line(run(f"--train_files={binary}")).startswith(
-        f"train_lm: {binary}:1: not valid UTF-8")
-
-
-def test_bad_flags_exit_with_one_line(tmp_path):
-    assert last_line(run("--mesh=model:2")).startswith(
-        "train_lm: `mesh`='model:2' asks for expert sharding")
-    assert last_line(run(f"--model_dir={tmp_path}", script=EVALUATE)) == (
-        f"evaluate: {tmp_path}/model/config.json: no such file (train with "
-        "--model_dir first; the model is written when training ends)")

@@ -93,10 +93,7 @@ def last_line(result):
     return result.stderr.strip().splitlines()[-1]
 
 
-def test_missing_and_misaligned_files_exit_with_one_line(tmp_path):
-    assert last_line(run(TRAIN, f"--train_files={tmp_path}/nothing")) == (
-        f"train_translation: {tmp_path}/nothing.de[.gz]: no file matches "
-        "this pattern")
+def test_misaligned_files_exit_with_one_line(tmp_path):
     write_pairs(tmp_path / "short.de-en", [("a b", "c d"), ("e", "f")])
     with gzip.open(tmp_path / "short.de-en.en.gz", "wt") as file:
         file.write("c d\n")

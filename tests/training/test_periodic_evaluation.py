@@ -96,26 +96,17 @@ def test_evaluates_at_multiples_and_at_the_end_keeping_the_best(
     np.testing.assert_allclose(float(events["val/loss"][1][7]), losses[-1],
                                rtol=1e-6)
 
-
-def test_a_resumed_run_keeps_the_best_of_every_run(tmp_path, capsys):
-    _, first, _ = train(tmp_path, "run", capsys, train_steps=4,
-                        eval_every=2)
-    [evaluation] = [c for c in first.callbacks
-                    if isinstance(c, PeriodicEvaluation)]
-    best_so_far = evaluation.best_loss
-    best_file = tmp_path / "run" / "best" / "validation.json"
-    # A best model that no later evaluation can beat stays.
-    with open(best_file) as file:
-        saved = json.load(file)
-    saved["logs"]["loss"] = best_so_far / 1000
-    best_file.write_text(json.dumps(saved))
-    _, resumed, lines = train(tmp_path, "run", capsys, train_steps=6,
-                              eval_every=2)
-    assert resumed.first_step == 4
+    # A resumed run reads the best loss so far: a best model that no later
+    # evaluation beats stays.
+    saved["logs"]["loss"] = min(losses) / 1000
+    (best_dir / "validation.json").write_text(json.dumps(saved))
+    _, resumed, lines = train(tmp_path, "evaluated", capsys, train_steps=9,
+                              eval_every=3)
+    assert resumed.first_step == 7
     assert [line.split()[0] for line in lines if "val_loss" in line] == [
-        "step=6/6"]
+        "step=9/9"]
     assert not any(line.endswith(" best") for line in lines)
-    with open(best_file) as file:
+    with open(best_dir / "validation.json") as file:
         assert json.load(file)["step"] == saved["step"]
 
 
