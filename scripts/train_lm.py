@@ -11,7 +11,8 @@ few minutes on a 2-core CPU and prints the validation perplexity.
   python scripts/train_lm.py --preset=moe_256_h \\
       --train_files="$LM1B/training-monolingual.tokenized.shuffled/news.en-*" \\
       --eval_files="$LM1B/heldout-monolingual.tokenized.shuffled/news.en.heldout-00000-of-00050" \\
-      --min_count=3 --vocabulary_size=0 --optimizer=factored_adam
+      --min_count=3 --vocabulary_size=0 --optimizer=factored_adam \\
+      --schedule=inverse_sqrt --warmup_steps=1000
 
 With --model_dir, checkpoints are written every --checkpoint_every steps and
 the same command resumes from the last one; the vocabulary and TensorBoard
@@ -41,6 +42,8 @@ FLAGS = flags.FLAGS
 training_flags.define_training_flags(
     preset="small_moe", train_steps=600, batch_size=32, learning_rate=2e-3,
     log_every=100, checkpoint_every=100)
+# --help lists the shared flags with the script's own.
+flags.adopt_module_key_flags(training_flags)
 flags.DEFINE_string(
     "train_files", os.path.join(DATA_DIR, "brown.train.txt.gz"),
     "Comma-separated globs of tokenized training text, one sentence per "

@@ -13,7 +13,8 @@ prints BLEU on their validation split.
   python scripts/train_translation.py --preset=moe_512_h \\
       --train_files="$WMT14/europarl-v7.fr-en,$WMT14/commoncrawl.fr-en,$WMT14/news-commentary-v9.fr-en" \\
       --eval_files="$WMT14/newstest2013" --source_language=en \\
-      --target_language=fr --vocabulary_size=32000 --max_length=100
+      --target_language=fr --vocabulary_size=32000 --max_length=100 \\
+      --schedule=inverse_sqrt --warmup_steps=2000 --hold_steps=8000
 
 Files are named by prefix: PREFIX.SOURCE and PREFIX.TARGET (or with .gz)
 are the two line-aligned sides. With --model_dir, checkpoints are written
@@ -47,6 +48,8 @@ FLAGS = flags.FLAGS
 training_flags.define_training_flags(
     preset="small_moe", train_steps=800, batch_size=64, learning_rate=5e-3,
     log_every=100, checkpoint_every=100)
+# --help lists the shared flags with the script's own.
+flags.adopt_module_key_flags(training_flags)
 flags.DEFINE_string(
     "train_files", os.path.join(DATA_DIR, "ding.de-en.train"),
     "Comma-separated prefixes (globs allowed) of line-aligned training "
