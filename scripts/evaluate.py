@@ -4,7 +4,8 @@ Reads the final model and the vocabulary that scripts/train_lm.py or
 scripts/train_translation.py wrote to --model_dir (MODEL_DIR/model and
 MODEL_DIR/vocabulary.txt or MODEL_DIR/subwords.model). A language model is
 scored by its perplexity on --eval_files (tokenized text, one sentence per
-line; the exact softmax over the whole vocabulary, padding excluded). A
+line, or a paragraph per line with --split_sentences; the exact softmax
+over the whole vocabulary, padding excluded). A
 translation model translates the source side of --eval_files (file
 prefixes, as in training) with beam search and is scored with corpus BLEU
 through sacrebleu against the target side.
@@ -34,6 +35,7 @@ if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)
 
 import console  # noqa: E402
+import training_flags  # noqa: E402
 
 DATA_DIR = console.data_dir()
 DEFAULT_EVAL_FILES = {
@@ -69,6 +71,14 @@ flags.DEFINE_string("output_file", None,
 flags.DEFINE_bool("verbose", False,
                   "Also show TensorFlow's and XLA's native log lines while "
                   "they load.")
+training_flags.define_text_input_flags()
+flags.DEFINE_bool(
+    "split_sentences", False,
+    "Language model: split each line of --eval_files (a paragraph or a "
+    "document) into sentences before scoring, as train_lm.py "
+    "--split_sentences does.")
+# --help lists --max_line_length and --on_malformed with the rest.
+flags.adopt_module_key_flags(training_flags)
 flags.mark_flag_as_required("model_dir")
 
 
@@ -116,11 +126,17 @@ def evaluate_language_model(model_path, eval_files):
     from sgmoe import models
 
     vocabulary = data.WordVocabulary.load(FLAGS.model_dir)
+    text_input = training_flags.text_input()
     dataset = data.language_model_dataset(
-        eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
-    longer = sum(1 for path in data.expand_file_patterns(eval_files)
-                 for line in data.read_text_lines(path)
-                 if len(line.split()) + 1 > FLAGS.max_length)
+        eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
+        split_sentences=FLAGS.split_sentences, **text_input)
+    lines = (line for path in data.expand_file_patterns(eval_files)
+             for line in data.read_text_lines(path, **text_input))
+    sentences = ((sentence for line in lines
+                  for sentence in data.split_into_sentences(line))
+                 if FLAGS.split_sentences else lines)
+    longer = sum(1 for sentence in sentences
+                 if len(sentence.split()) + 1 > FLAGS.max_length)
     model = models.MoELanguageModel.from_preset(model_path)
     model.compile(metrics=[models.Perplexity(padding_id=0)],
                   jit_compile=FLAGS.jit_compile)
@@ -146,7 +162,8 @@ def evaluate_translation(model_path, eval_files, output_file):
     vocabulary = data.SubwordVocabulary.load(FLAGS.model_dir)
     sources, targets = data.parallel_files(
         eval_files, FLAGS.source_language, FLAGS.target_language)
-    pairs = data.read_sentence_pairs(sources, targets)
+    pairs = data.read_sentence_pairs(sources, targets,
+                                     **training_flags.text_input())
     model = models.MoETranslationModel.from_preset(model_path)
     start = time.time()
     hypotheses = evaluation.translate_lines(
@@ -167,7 +184,8 @@ def evaluate_translation(model_path, eval_files, output_file):
 
 def main(argv):
     del argv
-    for name in ("batch_size", "max_length", "beam_width"):
+    for name in ("batch_size", "max_length", "beam_width",
+                 "max_line_length"):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
     output_file = FLAGS.output_file and check_output_file(FLAGS.output_file)
@@ -182,13 +200,21 @@ def main(argv):
     if language_model and output_file:
         fail("--output_file is for translation models; a language model "
              "writes no text")
+    if not language_model and FLAGS.split_sentences:
+        fail("--split_sentences is for language models; translation pairs "
+             "are aligned line by line")
     warnings.filterwarnings("ignore", message="Your input ran out of data")
+    training_flags.print_skipped_lines()
+    from sgmoe import data
+
     try:
         if language_model:
             evaluate_language_model(model_path, eval_files)
         else:
             evaluate_translation(model_path, eval_files, output_file)
-    except (ValueError, OSError) as error:  # DataError included
+    except data.DataError as error:
+        fail(training_flags.data_error_message(error))
+    except (ValueError, OSError) as error:
         fail(error)
 
 

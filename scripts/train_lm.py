@@ -47,13 +47,20 @@ flags.adopt_module_key_flags(training_flags)
 flags.DEFINE_string(
     "train_files", os.path.join(DATA_DIR, "brown.train.txt.gz"),
     "Comma-separated globs of tokenized training text, one sentence per "
-    "line (.gz read as gzip).")
+    "line (.gz read as gzip; a paragraph per line: --split_sentences).")
 flags.DEFINE_string(
     "eval_files", os.path.join(DATA_DIR, "brown.valid.txt.gz"),
     "Comma-separated globs of tokenized evaluation text.")
 flags.DEFINE_integer("max_length", 48,
                      "Longest sentence in tokens (with <S>); longer ones are "
                      "left out.")
+flags.DEFINE_bool(
+    "split_sentences", False,
+    "Split each line of --train_files and --eval_files (a paragraph or a "
+    "document) into sentences before tokenizing (sgmoe.data."
+    "split_into_sentences, English rules): every sentence is an example "
+    "and is counted in the vocabulary; --max_length applies to each "
+    "sentence, --max_line_length to the line.")
 flags.DEFINE_integer("vocabulary_size", 8000,
                      "Largest vocabulary (special tokens included); 0: no "
                      "limit.")
@@ -83,12 +90,19 @@ def check_flags():
     training_flags.check_preset(fail, models.language_model_presets.PRESETS)
 
 
+def text_input():
+    """The library arguments of --max_line_length, --on_malformed and
+    --split_sentences, for every reader of the text."""
+    return dict(training_flags.text_input(),
+                split_sentences=FLAGS.split_sentences)
+
+
 def build_vocabulary():
     from sgmoe import data
 
     return data.WordVocabulary.build(
         FLAGS.train_files, vocabulary_size=FLAGS.vocabulary_size or None,
-        min_count=FLAGS.min_count)
+        min_count=FLAGS.min_count, **text_input())
 
 
 def model_overrides():
@@ -136,20 +150,23 @@ def load_data():
     from sgmoe import data
     from sgmoe import training
 
+    training_flags.print_skipped_lines()
     try:
         vocabulary = training.shared_vocabulary(
             FLAGS.model_dir, data.WordVocabulary, build_vocabulary)
         tokens_per_step = FLAGS.batch_size * data.mean_tokens_per_sentence(
-            FLAGS.train_files)
+            FLAGS.train_files, **text_input())
         # One endless, seeded stream: batch i is the same in every run, so
         # a resumed run skips the batches its checkpoint had consumed.
         train_data = data.language_model_dataset(
             FLAGS.train_files, vocabulary, FLAGS.batch_size,
-            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True)
+            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
+            **text_input())
         eval_data = data.language_model_dataset(
-            FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length)
+            FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,
+            **text_input())
     except data.DataError as error:
-        fail(error)
+        fail(training_flags.data_error_message(error))
     if not any(True for _ in eval_data.take(1)):
         fail(f"--eval_files={FLAGS.eval_files}: no sentence of at most "
              f"--max_length={FLAGS.max_length} tokens")
@@ -176,9 +193,13 @@ def main(argv):
     from sgmoe import training
 
     vocabulary, tokens_per_step, train_data, eval_data = load_data()
+    data_setup = dict(training_flags.text_input_setup(),
+                      max_length=FLAGS.max_length)
+    if FLAGS.split_sentences:  # other examples: a resume must split too
+        data_setup["split_sentences"] = True
     setup = training_flags.run_setup(
         train_files=data.expand_file_patterns(FLAGS.train_files),
-        vocabulary=vocabulary, data={"max_length": FLAGS.max_length},
+        vocabulary=vocabulary, data=data_setup,
         model=training_flags.model_setup(
             dict(model_overrides(), padding_id=0, seed=FLAGS.seed)))
     with scope:

@@ -99,36 +99,43 @@ def load_data():
     from sgmoe import data
     from sgmoe import training
 
+    text_input = training_flags.text_input()
+    training_flags.print_skipped_lines()
     try:
         train_sources, train_targets = data.parallel_files(
             FLAGS.train_files, FLAGS.source_language, FLAGS.target_language)
         eval_sources, eval_targets = data.parallel_files(
             FLAGS.eval_files, FLAGS.source_language, FLAGS.target_language)
-        data.check_parallel_files(train_sources, train_targets)
+        data.check_parallel_files(train_sources, train_targets,
+                                  **text_input)
         # Checks the evaluation files' alignment too, before anything is
         # written to --model_dir.
         pairs = data.read_sentence_pairs(eval_sources, eval_targets,
-                                         limit=FLAGS.eval_sentences)
+                                         limit=FLAGS.eval_sentences,
+                                         **text_input)
         vocabulary = training.shared_vocabulary(
             FLAGS.model_dir, data.SubwordVocabulary,
             lambda: data.SubwordVocabulary.train(
                 train_sources + train_targets,
                 vocabulary_size=FLAGS.vocabulary_size,
                 character_coverage=0.9995,  # rare characters: bytes
-                seed=FLAGS.seed))
+                seed=FLAGS.seed, **text_input))
         tokens_per_step = FLAGS.batch_size * data.mean_tokens_per_sentence(
-            train_targets, vocabulary, max_sentences=2000)
+            train_targets, vocabulary, max_sentences=2000, **text_input)
         # One endless, seeded stream: batch i is the same in every run, so
         # a resumed run skips the batches its checkpoint had consumed.
         train_data = data.translation_dataset(
             train_sources, train_targets, vocabulary, FLAGS.batch_size,
-            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True)
+            FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
+            **text_input)
         validation_data = None
         if FLAGS.eval_every:
             validation_data = data.translation_dataset(
                 eval_sources, eval_targets, vocabulary, FLAGS.batch_size,
-                FLAGS.max_length)
-    except ValueError as error:  # DataError included
+                FLAGS.max_length, **text_input)
+    except data.DataError as error:
+        fail(training_flags.data_error_message(error))
+    except ValueError as error:
         fail(error)
     return (train_sources + train_targets, vocabulary, tokens_per_step,
             train_data, validation_data, pairs)
@@ -196,8 +203,9 @@ def main(argv):
      pairs) = load_data()
     setup = training_flags.run_setup(
         train_files=train_files, vocabulary=vocabulary,
-        data={"languages": [FLAGS.source_language, FLAGS.target_language],
-              "max_length": FLAGS.max_length},
+        data=dict(training_flags.text_input_setup(),
+                  languages=[FLAGS.source_language, FLAGS.target_language],
+                  max_length=FLAGS.max_length),
         model=training_flags.model_setup())
     with scope:
         model = build_model(vocabulary)

@@ -8,7 +8,9 @@ arguments; nothing under `sgmoe/` reads flags.
 """
 
 import contextlib
+import logging
 import os
+import re
 import warnings
 
 from absl import flags
@@ -16,6 +18,9 @@ from absl import flags
 import console
 
 FLAGS = flags.FLAGS
+# sgmoe.data.DEFAULT_MAX_LINE_LENGTH, spelled out: importing sgmoe.data
+# loads TensorFlow, and the flags are checked before it loads.
+DEFAULT_MAX_LINE_LENGTH = 10_000
 
 
 def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
@@ -38,6 +43,7 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
         "(sgmoe.models.config_overrides).")
     flags.DEFINE_integer("train_steps", train_steps, "Optimizer steps in all.")
     flags.DEFINE_integer("batch_size", batch_size, "Sentences per batch.")
+    define_text_input_flags()
     flags.DEFINE_float("learning_rate", learning_rate, "Learning rate.")
     flags.DEFINE_enum(
         "schedule", "constant", ["constant", "inverse_sqrt", "cosine"],
@@ -98,6 +104,23 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
                       "MultiWorkerMirroredStrategy on TensorFlow).")
 
 
+def define_text_input_flags():
+    """Defines --max_line_length and --on_malformed (also used by
+    scripts/evaluate.py)."""
+    flags.DEFINE_integer(
+        "max_line_length", DEFAULT_MAX_LINE_LENGTH,
+        "Longest line of the data files, in bytes (the line ending not "
+        "counted); see --on_malformed. Raise it for text with a paragraph "
+        "or a document per line.")
+    flags.DEFINE_enum(
+        "on_malformed", "raise", ["raise", "skip"],
+        "Lines that are not UTF-8 or are longer than --max_line_length: "
+        "raise ends the script at the first one, naming its file and "
+        "line; skip leaves them out wherever the files are read (a "
+        "vocabulary, training or evaluation data) and prints how many "
+        "per file.")
+
+
 def check_training_flags(fail, positive=()):
     """Calls `fail(message)` for the first common flag that is invalid.
 
@@ -106,7 +129,7 @@ def check_training_flags(fail, positive=()):
         positive: names of the script's own flags that must be positive.
     """
     for name in ("train_steps", "batch_size", "log_every",
-                 "checkpoint_every") + tuple(positive):
+                 "checkpoint_every", "max_line_length") + tuple(positive):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
     if FLAGS.learning_rate <= 0:
@@ -125,6 +148,57 @@ def check_training_flags(fail, positive=()):
             and FLAGS.warmup_steps >= FLAGS.train_steps):
         fail(f"--schedule=cosine needs --warmup_steps="
              f"{FLAGS.warmup_steps} < --train_steps={FLAGS.train_steps}")
+
+
+def text_input():
+    """The library arguments of --max_line_length and --on_malformed."""
+    return {"max_line_length": FLAGS.max_line_length,
+            "on_malformed": FLAGS.on_malformed}
+
+
+def text_input_setup():
+    """What `run_setup` records of them: the lines a run skips decide
+    its batches, so a resumed run must skip the same ones."""
+    if FLAGS.on_malformed == "raise":  # every line was read
+        return {}
+    return text_input()
+
+
+def data_error_message(error):
+    """A `sgmoe.data.DataError` message with the library's arguments
+    (`max_line_length=N`, `on_malformed='skip'`) spelled as the flags
+    that set them."""
+    message = str(error)
+    message = re.sub(r"(?<!-)\bmax_line_length=", "--max_line_length=",
+                     message)
+    message = message.replace("raise the limit", "raise it")
+    return message.replace("on_malformed='skip'", "--on_malformed=skip")
+
+
+def print_skipped_lines():
+    """Prints the notices `sgmoe.data` logs (how many lines of a file
+    --on_malformed=skip left out) on stdout, each once, instead of as
+    log records on stderr."""
+    logger = logging.getLogger("sgmoe.data")
+    if not any(isinstance(handler, _PrintOnce)
+               for handler in logger.handlers):
+        logger.addHandler(_PrintOnce())
+    logger.propagate = False
+
+
+class _PrintOnce(logging.Handler):
+    """Prints each distinct message once: a file read by two pipelines
+    is reported once."""
+
+    def __init__(self):
+        super().__init__()
+        self.printed = set()
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message not in self.printed:
+            self.printed.add(message)
+            print(message, flush=True)
 
 
 def load_libraries():

@@ -14,6 +14,7 @@ from sgmoe.data.one_billion_word import one_billion_word_patterns
 from sgmoe.data.parallel_files import parallel_files
 from sgmoe.data.parallel_files import read_sentence_pairs
 from sgmoe.data.pad_batches import pad_batches
+from sgmoe.data.split_into_sentences import split_into_sentences
 from sgmoe.data.subword_vocabulary import SubwordVocabulary
 from sgmoe.data.text_files import DEFAULT_MAX_LINE_LENGTH
 from sgmoe.data.text_files import TextFileSummary

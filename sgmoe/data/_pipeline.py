@@ -2,11 +2,13 @@
 
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from sgmoe import _validation
 from sgmoe.data import text_files
 from sgmoe.data.data_error import DataError
+from sgmoe.data.split_into_sentences import split_into_sentences
 
 # The characters Python's str.split() splits at: Unicode White_Space plus the
 # ASCII separators \x1c-\x1f. tensorflow-text's WhitespaceTokenizer cuts
@@ -47,6 +49,13 @@ def pipeline_settings(batch_size, max_length, num_shards, shard_index,
     if drop_remainder is None:
         drop_remainder = bool(repeat)
     return boundaries, drop_remainder
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, received "
+                         f"{name}={value!r}.")
+    return value
 
 
 def check_vocabulary(vocabulary, expected_class):
@@ -174,6 +183,24 @@ def is_well_formed(line, max_line_length):
 
 def is_blank(line):
     return tf.equal(tf.strings.strip(normalize_whitespace(line)), "")
+
+
+def sentences_of(lines):
+    """The sentences of a vector of UTF-8 lines, in order: a string vector
+    [sentences] (`split_into_sentences` of each line).
+
+    The lines are split in Python by the function the vocabulary and the
+    token count use, so all of them see the same sentences; one call per
+    chunk of lines, not per line, keeps the cost in `tf.data` small.
+    """
+    def split(chunk):  # [lines] bytes -> [sentences] bytes
+        return np.array(
+            [sentence.encode("utf-8") for line in chunk
+             for sentence in split_into_sentences(line.decode("utf-8"))],
+            dtype=object)
+
+    sentences = tf.numpy_function(split, [lines], tf.string, stateful=False)
+    return tf.ensure_shape(sentences, [None])
 
 
 def examples_in_chunks(lines, chunk_fn):

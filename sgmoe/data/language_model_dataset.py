@@ -13,7 +13,7 @@ def language_model_dataset(
         shard_index=0, skip_batches=0, bucket_boundaries=None,
         pad_to_bucket_length=True, drop_remainder=None,
         max_line_length=text_files.DEFAULT_MAX_LINE_LENGTH,
-        on_malformed="raise"):
+        on_malformed="raise", split_sentences=False):
     """Batches of (inputs, targets) word ids from one-sentence-per-line text.
 
     Each non-blank line becomes `<S> w1 ... wn </S>` (ids from `vocabulary`,
@@ -21,7 +21,10 @@ def language_model_dataset(
     `w1 ... wn </S>`, the same sequence shifted by one. Sentences whose
     inputs would be longer than `max_length` are dropped, not cut. This is
     the setting of the paper's 1B Word experiments (Shazeer et al. 2017,
-    Appendix C.1), where each sentence is an example.
+    Appendix C.1), where each sentence is an example. Text with a
+    paragraph or document per line is split into sentences first with
+    `split_sentences=True` (`split_into_sentences`; build the vocabulary
+    with the same setting).
 
     Batches hold sentences of nearly equal length, padded with 0 (`<pad>`),
     so a loss masks the padding with
@@ -73,6 +76,10 @@ def language_model_dataset(
         on_malformed: `"raise"` or `"skip"` for lines that are not UTF-8 or
             are longer than `max_line_length` (skipped lines are counted
             and logged).
+        split_sentences: split each line into sentences
+            (`split_into_sentences`), every sentence an example:
+            `max_line_length` applies to the line, `max_length` to each
+            sentence.
 
     Returns:
         A `tf.data.Dataset` of `(inputs, targets)`, both int32
@@ -95,6 +102,7 @@ def language_model_dataset(
     model.fit(train, steps_per_epoch=1000)
     """
     _pipeline.check_vocabulary(vocabulary, WordVocabulary)
+    _pipeline.check_bool("split_sentences", split_sentences)
     boundaries, drop_remainder = _pipeline.pipeline_settings(
         batch_size, max_length, num_shards, shard_index, skip_batches,
         block_size, seed, on_malformed, bucket_boundaries, repeat,
@@ -112,7 +120,10 @@ def language_model_dataset(
         keep = tf.logical_not(_pipeline.is_blank(lines))
         if on_malformed == "skip":
             keep &= _pipeline.is_well_formed(lines, max_line_length)
-        words = vocabulary.encode(tf.boolean_mask(lines, keep))
+        lines = tf.boolean_mask(lines, keep)
+        if split_sentences:
+            lines = _pipeline.sentences_of(lines)
+        words = vocabulary.encode(lines)
         starts = tf.fill([words.nrows(), 1], vocabulary.bos_id)
         ends = tf.fill([words.nrows(), 1], vocabulary.eos_id)
         inputs = tf.concat([starts, words], axis=1)  # [lines, (words + 1)]

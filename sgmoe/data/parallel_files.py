@@ -4,6 +4,7 @@ import glob
 import os
 
 from sgmoe.data.data_error import DataError
+from sgmoe.data.text_files import DEFAULT_MAX_LINE_LENGTH
 from sgmoe.data.text_files import check_parallel_files
 from sgmoe.data.text_files import read_text_lines
 
@@ -83,7 +84,9 @@ def _swap_language(path, source_language, target_language):
     return f"{stem}{target_language}{ending}"
 
 
-def read_sentence_pairs(source_files, target_files, limit=None):
+def read_sentence_pairs(source_files, target_files, limit=None, *,
+                        max_line_length=DEFAULT_MAX_LINE_LENGTH,
+                        on_malformed="raise"):
     """The (source, target) line pairs of parallel files, in file order.
 
     Every aligned pair of files is first checked whole with
@@ -91,31 +94,42 @@ def read_sentence_pairs(source_files, target_files, limit=None):
     file must be line i of its target file, so two files with different
     numbers of lines raise instead of being scored out of alignment, even
     when `limit` stops the pairs before the files end. Pairs with a blank
-    side are then left out, as `translation_dataset` leaves them out;
-    nothing else is (no length limit), so an evaluation scores every
-    sentence.
+    side are then left out, as `translation_dataset` leaves them out, and
+    under `on_malformed="skip"` pairs with a malformed side; nothing else
+    is (no length limit), so an evaluation scores every sentence.
 
     Args:
         source_files: paths of the source side (as `parallel_files` gives).
         target_files: the aligned target files, as many as `source_files`.
         limit: keep only the first `limit` pairs; None or 0 keeps all.
+        max_line_length: the longest allowed line, in bytes.
+        on_malformed: `"raise"` or `"skip"` for lines that are not UTF-8
+            or are longer than `max_line_length` (see
+            `sgmoe.data.text_files`; skipped lines are counted and
+            logged).
 
     Returns:
         A list of (source, target) strings.
 
     Raises:
         DataError: an unreadable or empty file, a line that is not UTF-8
-            or is longer than `DEFAULT_MAX_LINE_LENGTH` bytes, aligned
-            files whose line counts differ (the message names both files
-            and both counts), or no pair at all.
+            or is longer than `max_line_length` bytes under
+            `on_malformed="raise"`, aligned files whose line counts differ
+            (the message names both files and both counts), or no pair at
+            all.
         ValueError: `source_files` and `target_files` differ in length.
     """
-    check_parallel_files(source_files, target_files)
+    check_parallel_files(source_files, target_files, max_line_length,
+                         on_malformed)
     pairs = []
     for source, target in zip(source_files, target_files):
         if limit and len(pairs) >= limit:
             break
-        for pair in zip(read_text_lines(source), read_text_lines(target)):
+        for pair in zip(*(read_text_lines(path, max_line_length,
+                                          on_malformed, keep_alignment=True)
+                          for path in (source, target))):
+            if None in pair:
+                continue
             if pair[0].strip() and pair[1].strip():
                 pairs.append(pair)
                 if len(pairs) == limit:

@@ -136,7 +136,8 @@ def check_max_line_length(max_line_length):
 
 
 def read_text_lines(path, max_line_length=DEFAULT_MAX_LINE_LENGTH,
-                    on_malformed="raise", summary=None):
+                    on_malformed="raise", summary=None, *,
+                    keep_alignment=False):
     """Yields the lines of one text file as `str`, without line endings.
 
     Lines are split at `\\n` (a `\\r` before it is dropped), as
@@ -151,6 +152,8 @@ def read_text_lines(path, max_line_length=DEFAULT_MAX_LINE_LENGTH,
         on_malformed: `"raise"` or `"skip"`.
         summary: an optional `TextFileSummary` whose counts are updated
             while reading.
+        keep_alignment: yield None in place of each skipped line, so the
+            k-th item is line k (parallel files stay line-aligned).
 
     Raises:
         DataError: the file cannot be read, or a malformed line under
@@ -172,6 +175,8 @@ def read_text_lines(path, max_line_length=DEFAULT_MAX_LINE_LENGTH,
                             "the limit, or skip such lines with "
                             "on_malformed='skip')")
                     summary.skipped_too_long += 1
+                    if keep_alignment:
+                        yield None
                     continue
                 try:
                     text = raw.decode("utf-8")
@@ -183,6 +188,8 @@ def read_text_lines(path, max_line_length=DEFAULT_MAX_LINE_LENGTH,
                             f"{error.start + 1} of the line; skip such lines "
                             "with on_malformed='skip')") from None
                     summary.skipped_not_utf8 += 1
+                    if keep_alignment:
+                        yield None
                     continue
                 if not text.split():
                     summary.blank_lines += 1

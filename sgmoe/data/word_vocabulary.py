@@ -10,6 +10,7 @@ from sgmoe import _files
 from sgmoe.data import _pipeline
 from sgmoe.data import text_files
 from sgmoe.data.data_error import DataError
+from sgmoe.data.split_into_sentences import split_into_sentences
 
 
 class WordVocabulary:
@@ -97,7 +98,7 @@ class WordVocabulary:
     @classmethod
     def build(cls, file_patterns, vocabulary_size=None, min_count=1,
               max_line_length=text_files.DEFAULT_MAX_LINE_LENGTH,
-              on_malformed="raise"):
+              on_malformed="raise", split_sentences=False):
         """Counts the words of training files and keeps the frequent ones.
 
         Args:
@@ -108,26 +109,36 @@ class WordVocabulary:
             max_line_length: the longest allowed line, in bytes.
             on_malformed: `"raise"` or `"skip"` for lines that are not UTF-8
                 or are too long (see `sgmoe.data.text_files`).
+            split_sentences: count the words of each line's sentences
+                (`split_into_sentences`), as `language_model_dataset`
+                with `split_sentences=True` reads them.
 
         Raises:
             DataError: a missing, empty or unreadable file, or a malformed
                 line under `on_malformed="raise"`.
         """
-        counts = cls.count_words(file_patterns, max_line_length, on_malformed)
+        counts = cls.count_words(file_patterns, max_line_length, on_malformed,
+                                 split_sentences)
         return cls.from_counts(counts, vocabulary_size=vocabulary_size,
                                min_count=min_count)
 
     @staticmethod
     def count_words(file_patterns,
                     max_line_length=text_files.DEFAULT_MAX_LINE_LENGTH,
-                    on_malformed="raise"):
-        """Returns a `collections.Counter` of the words of the files."""
+                    on_malformed="raise", split_sentences=False):
+        """Returns a `collections.Counter` of the words of the files
+        (arguments as in `build`)."""
+        _pipeline.check_bool("split_sentences", split_sentences)
         counts = collections.Counter()
         for path in text_files.expand_file_patterns(file_patterns):
             summary = text_files.TextFileSummary(path)
             for line in text_files.read_text_lines(
                     path, max_line_length, on_malformed, summary):
-                counts.update(line.split())
+                if split_sentences:
+                    for sentence in split_into_sentences(line):
+                        counts.update(sentence.split())
+                else:
+                    counts.update(line.split())
             text_files.check_usable(summary)
         return counts
 

@@ -150,9 +150,15 @@ CASES = [
      "train_lm: --schedule=inverse_sqrt needs --warmup_steps >= 1"),
     ("lm_eval_every", "train_lm.py", ["--eval_every=-5"], None,
      "train_lm: --eval_every must be >= 0, received -5"),
+    ("lm_max_line_length", "train_lm.py", ["--max_line_length=0"], None,
+     "train_lm: --max_line_length must be positive, received 0"),
     # Data.
     ("lm_missing", "train_lm.py", ["--train_files={tmp}/none.txt"], None,
      "train_lm: {tmp}/none.txt: no such file"),
+    ("lm_line_too_long", "train_lm.py", [*TINY_LM, "--train_files={long}",
+                                         "--max_line_length=100"], None,
+     "train_lm: {long}:1: line longer than --max_line_length=100 bytes "
+     "(raise it, or skip such lines with --on_malformed=skip)"),
     ("lm_all_too_long", "train_lm.py", [*TINY_LM, "--train_files={long}",
                                         "--max_length=8"], None,
      "train_lm: {long}: no example with at most max_length=8 tokens"),
@@ -215,6 +221,12 @@ CASES = [
      ["--train_files={tmp}/nothing"], None,
      "train_translation: {tmp}/nothing.de[.gz]: no file matches this "
      "pattern"),
+    ("mt_line_too_long", "train_translation.py",
+     [*TINY_TRANSLATION, "--train_files={pairs}", "--eval_files={pairs}",
+      "--max_line_length=20"], None,
+     "train_translation: {pairs}.de:1: line longer than "
+     "--max_line_length=20 bytes (raise it, or skip such lines with "
+     "--on_malformed=skip)"),
     ("mt_all_too_long", "train_translation.py",
      [*TINY_TRANSLATION, "--train_files={pairs}", "--eval_files={pairs}",
       "--max_length=2"], None,
