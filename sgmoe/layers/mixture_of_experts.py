@@ -11,7 +11,7 @@ from sgmoe.layers.moe_layer import batch_shards
 
 # Arguments of the noisy top-k router that MixtureOfExperts took itself
 # before routers owned their arguments; `from_config` moves them.
-_LEGACY_ROUTER_ARGUMENTS = ("noisy", "importance_weight", "load_weight",
+LEGACY_ROUTER_ARGUMENTS = ("noisy", "importance_weight", "load_weight",
                             "noise_epsilon")
 
 
@@ -297,7 +297,7 @@ class MixtureOfExperts(MoELayer):
         config = dict(config)
         # Configs saved before routers owned their arguments: the noisy
         # top-k arguments go to that router; other routers ignored them.
-        legacy = {name: config.pop(name) for name in _LEGACY_ROUTER_ARGUMENTS
+        legacy = {name: config.pop(name) for name in LEGACY_ROUTER_ARGUMENTS
                   if name in config}
         if config.get("router") in (None, "noisy_top_k") and legacy:
             config["router_args"] = legacy

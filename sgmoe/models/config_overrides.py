@@ -17,11 +17,9 @@ overrides set them too.
 """
 
 import ast
-import inspect
 import re
 
-import keras
-
+from sgmoe import _validation
 from sgmoe.layers import routers
 from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
@@ -192,18 +190,6 @@ def merge(config, overrides):
 
 
 def _arguments(cls):
-    """The named constructor arguments of `cls` and of the classes its
-    `**kwargs` reach, up to (not including) Keras's own layer."""
-    names = set()
-    for klass in cls.__mro__:
-        if klass in (keras.layers.Layer, keras.Model, object):
-            break
-        if "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(klass.__init__).parameters
-        names.update(name for name, p in parameters.items()
-                     if name != "self" and p.kind not in (
-                         p.VAR_KEYWORD, p.VAR_POSITIONAL))
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            break
-    return names
+    """The named constructor arguments of `cls` (its `**kwargs` followed
+    up to Keras's own layer)."""
+    return _validation.constructor_arguments(cls)[0]

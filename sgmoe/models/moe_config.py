@@ -13,10 +13,12 @@ model because it is the layer's own argument.
 
 import inspect
 
+from sgmoe import _validation
 from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import routers
 from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
+from sgmoe.layers.mixture_of_experts import LEGACY_ROUTER_ARGUMENTS
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
 
 
@@ -44,31 +46,20 @@ def make_moe_layer(config, defaults, *, name, dtype, seed):
     arguments.setdefault("seed", seed)
     layer_class = (HierarchicalMixtureOfExperts if is_hierarchical(arguments)
                    else MixtureOfExperts)
+    # The flat MoE's from_config also reads the noisy top-k arguments of
+    # configs saved before routers owned them.
+    _validation.check_arguments(
+        name, layer_class, arguments,
+        legacy=() if is_hierarchical(arguments) else LEGACY_ROUTER_ARGUMENTS)
     try:
-        # from_config also reads the arguments of older saved configs.
         return layer_class.from_config(dict(arguments, dtype=dtype,
                                             name=name))
-    except (TypeError, ValueError) as error:
-        # Keras's from_config reports the constructor's error as a
-        # TypeError raised while handling it.
-        if (isinstance(error.__context__, (TypeError, ValueError))
-                and "Error when deserializing" in str(error)):
-            error = error.__context__
-        if not is_argument_mismatch(error):
-            raise error from None
-        raise ValueError(
-            f"`{name}` must hold keyword arguments of {layer_class.__name__}"
-            f", received {name}={config!r} ({error}).") from None
-
-
-def is_argument_mismatch(error):
-    """Whether `error` says a constructor's arguments do not fit it: one it
-    does not take, one given twice, or a required one missing (Python's
-    TypeError, or Keras's ValueError for a layer's kwargs)."""
-    message = str(error)
-    return any(text in message for text in (
-        "unexpected keyword argument", "multiple values for argument",
-        "missing 1 required", "Unrecognized keyword arguments"))
+    except TypeError as error:
+        # Keras's from_config reports the constructor's ValueError (which
+        # names the argument) as a TypeError raised while handling it.
+        if isinstance(error.__context__, ValueError):
+            raise error.__context__ from None
+        raise
 
 
 def moe_cost(config, defaults, model_dim):

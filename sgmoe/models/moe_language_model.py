@@ -249,15 +249,9 @@ class MoELanguageModel(moe_model.MoEModel):
                 return_sequences=True, dtype=policy, name=name)
         if layer_type == "feed_forward":
             arguments = dict(FEED_FORWARD_DEFAULTS, **(self.feed_forward or {}))
-            try:
-                return DeepFeedForward(dtype=policy, name=name, **arguments)
-            except (TypeError, ValueError) as error:
-                if not moe_config.is_argument_mismatch(error):
-                    raise
-                raise ValueError(
-                    "`feed_forward` must hold keyword arguments of "
-                    f"DeepFeedForward, received feed_forward="
-                    f"{self.feed_forward!r} ({error}).") from None
+            _validation.check_arguments("feed_forward", DeepFeedForward,
+                                        arguments)
+            return DeepFeedForward(dtype=policy, name=name, **arguments)
         return moe_config.make_moe_layer(
             self.moe, MOE_DEFAULTS, name=name, dtype=policy,
             seed=self._seed(100 + index))

@@ -1,27 +1,27 @@
 """The GNMT-style MoE translation model of Shazeer et al. 2017 (Appendix E)."""
 
-import contextlib
-
 import keras
 from keras import ops
 
 from sgmoe import _validation
 from sgmoe._renamed_arguments import renamed_arguments
-from sgmoe.models import beam_search as search
 from sgmoe.models import moe_config
 from sgmoe.models import moe_model
 from sgmoe.models import translation_model_presets
+from sgmoe.models.attention_decoder_cell import AttentionDecoderCell
+from sgmoe.models.attention_decoder_cell import state_sizes
 from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
 from sgmoe.models.tanh_product_attention import TanhProductAttention
+from sgmoe.models.translation_decoding import PADDING_ID
+from sgmoe.models.translation_decoding import TranslationDecoding
 
-PADDING_ID = 0
 # Filled in under every MoE configuration: the paper's experts (Appendix
 # E) are 512 -> 2048 ReLU -> 512 with a sigmoid on the MoE output.
 MOE_DEFAULTS = {"expert_hidden_dim": 2048, "output_activation": "sigmoid"}
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class MoETranslationModel(moe_model.MoEModel):
+class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
     """GNMT-style encoder-decoder with MoE layers (Shazeer et al. 2017).
 
     "Outrageously Large Neural Networks" (arXiv:1701.06538), §5.3 and
@@ -188,8 +188,10 @@ class MoETranslationModel(moe_model.MoEModel):
         self.attention_dim = (None if attention_dim is None else
                               _validation.check_positive_int(
                                   "attention_dim", attention_dim))
-        self.encoder_moe = moe_config.check_moe_config("encoder_moe", encoder_moe)
-        self.decoder_moe = moe_config.check_moe_config("decoder_moe", decoder_moe)
+        self.encoder_moe = moe_config.check_moe_config("encoder_moe",
+                                                       encoder_moe)
+        self.decoder_moe = moe_config.check_moe_config("decoder_moe",
+                                                       decoder_moe)
         self.bidirectional_encoder = bool(bidirectional_encoder)
         if self.bidirectional_encoder and (
                 self.model_dim % 2 or self._units % 2):
@@ -223,7 +225,7 @@ class MoETranslationModel(moe_model.MoEModel):
         self.encoder_moe_layer = self._moe_layer(self.encoder_moe,
                                                  "encoder_moe", 1)
         self.decoder_bottom = keras.layers.RNN(
-            _AttentionDecoderCell(
+            AttentionDecoderCell(
                 self._lstm_cell(self._units, dim, "lstm"),
                 TanhProductAttention(self.attention_dim or dim, dtype=policy,
                                      name="attention"),
@@ -326,7 +328,7 @@ class MoETranslationModel(moe_model.MoEModel):
 
         state = [zeros(size) for size in self.decoder_bottom.cell.state_size]
         for layer in self.decoder_lstms:
-            state.extend(zeros(size) for size in _state_sizes(layer.cell))
+            state.extend(zeros(size) for size in state_sizes(layer.cell))
         return state
 
     def decode_step(self, token_ids, state, memory, memory_mask,
@@ -358,7 +360,7 @@ class MoETranslationModel(moe_model.MoEModel):
             x = x + self.decoder_moe_layer(x, training=False)
         position = len(new_state)
         for layer in self.decoder_lstms:
-            size = len(_state_sizes(layer.cell))
+            size = len(state_sizes(layer.cell))
             output, layer_state = layer.cell(
                 ops.concatenate([x, context], axis=-1),
                 list(state[position:position + size]))
@@ -416,127 +418,6 @@ class MoETranslationModel(moe_model.MoEModel):
             loss = loss + ops.cast(ops.sum(extra), "float32")
         return loss
 
-    # Decoding.
-
-    def greedy_decode(self, source_ids, max_length=None, jit_compile=True):
-        """Greedy decoding of a batch of source sentences.
-
-        Args:
-            source_ids: int [batch, S], padded with 0.
-            max_length: static output length (end token included); None
-                means 2 * S.
-            jit_compile: compile the whole search with XLA.
-
-        Returns:
-            A dict of NumPy arrays: "token_ids" [batch, max_length] (end
-            token included, 0 after it), "log_probs" [batch] (their total
-            log-probability) and "lengths" [batch].
-        """
-        return self._decode("greedy", source_ids, max_length, jit_compile)
-
-    def beam_search(self, source_ids, beam_width=4, length_penalty=0.6,
-                    max_length=None, return_all_beams=False,
-                    jit_compile=True):
-        """Beam search with GNMT's length penalty (see `beam_search` in
-        `sgmoe.models.beam_search`).
-
-        Args:
-            source_ids: int [batch, S], padded with 0.
-            beam_width: hypotheses kept per sentence.
-            length_penalty: alpha of lp(Y) = ((5 + |Y|) / 6) ** alpha; the
-                score is log P(Y | X) / lp(Y). 0 ranks by log-probability.
-            max_length: static output length (end token included); None
-                means 2 * S.
-            return_all_beams: return all `beam_width` finished hypotheses,
-                best first, instead of the best one.
-            jit_compile: compile the whole search with XLA.
-
-        Returns:
-            A dict of NumPy arrays: "token_ids" [batch, max_length],
-            "scores", "log_probs" and "lengths" [batch] (with
-            `return_all_beams`: [batch, beam_width, max_length] and [batch,
-            beam_width]).
-        """
-        return self._decode("beam", source_ids, max_length, jit_compile,
-                            beam_width=beam_width,
-                            length_penalty=float(length_penalty),
-                            return_all_beams=bool(return_all_beams))
-
-    def _search(self, source_ids, kind, max_length, beam_width=1,
-                length_penalty=0.0, return_all_beams=False):
-        memory, mask = self.encode(source_ids, training=False)
-        batch_size = ops.shape(source_ids)[0]
-        if kind == "beam":
-            memory, mask = (ops.repeat(memory, beam_width, axis=0),
-                            ops.repeat(mask, beam_width, axis=0))
-        keys = self.attention.memory_keys(memory)
-
-        def step_fn(token_ids, state):
-            return self.decode_step(token_ids, state, memory, mask, keys)
-
-        state = self._zero_decoder_state(batch_size)
-        if kind == "greedy":
-            return search.greedy_search(
-                step_fn, state, batch_size, max_length, self.bos_id,
-                self.eos_id, padding_id=PADDING_ID)
-        return search.beam_search(
-            step_fn, state, batch_size, beam_width, max_length,
-            self.bos_id, self.eos_id, length_penalty=length_penalty,
-            padding_id=PADDING_ID, return_all_beams=return_all_beams)
-
-    def _decode(self, kind, source_ids, max_length, jit_compile, **options):
-        if not self.built:
-            self.build()
-        source_ids = ops.convert_to_tensor(source_ids, "int32")
-        if len(source_ids.shape) != 2:
-            raise ValueError(
-                "`source_ids` must be [batch, source_length], received "
-                f"shape {tuple(source_ids.shape)}.")
-        if max_length is None:
-            max_length = 2 * int(source_ids.shape[1])
-        key = (kind, max_length, bool(jit_compile),
-               tuple(sorted(options.items())))
-        if key not in self._decoders:
-            self._decoders[key] = self._make_decoder(
-                kind, max_length, bool(jit_compile), options)
-        outputs = self._decoders[key](source_ids)
-        return {name: ops.convert_to_numpy(value)
-                for name, value in outputs.items()}
-
-    def _make_decoder(self, kind, max_length, jit_compile, options):
-        """A function source_ids -> outputs that leaves the model's
-        variables (the MoE statistics) untouched."""
-
-        def search_fn(source_ids):
-            return self._search(source_ids, kind, max_length, **options)
-
-        backend = keras.backend.backend()
-        if backend == "jax":
-            import jax
-
-            def stateless(variable_values, source_ids):
-                with keras.StatelessScope(state_mapping=list(
-                        zip(self.variables, variable_values))):
-                    return search_fn(source_ids)
-
-            compiled = jax.jit(stateless) if jit_compile else stateless
-            return lambda source_ids: compiled(
-                [v.value for v in self.variables], source_ids)
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            def scoped(source_ids):
-                with keras.StatelessScope():
-                    return search_fn(source_ids)
-
-            return tf.function(scoped, jit_compile=jit_compile)
-
-        def scoped_eager(source_ids):
-            with keras.StatelessScope():
-                return search_fn(source_ids)
-
-        return scoped_eager
-
     # Presets and inspection.
 
     @classmethod
@@ -588,63 +469,6 @@ class MoETranslationModel(moe_model.MoEModel):
     def from_config(cls, config):
         return cls(**renamed_arguments(
             config, {"start_id": "bos_id", "end_id": "eos_id"}))
-
-
-class _AttentionDecoderCell(keras.layers.Layer):
-    """The bottom decoder LSTM and the attention, one step at a time.
-
-    Input feeding: the LSTM reads [input_t; context_{t-1}], its output
-    queries the attention, and the step returns [output_t; context_t]. The
-    state is the LSTM's states followed by the context. Keras's RNN layer
-    has no way to pass constants to a cell, so the attention memory is set
-    for the duration of one RNN call with `attending`.
-    """
-
-    def __init__(self, lstm_cell, attention, memory_dim, **kwargs):
-        super().__init__(**kwargs)
-        self.lstm_cell = lstm_cell
-        self.attention = attention
-        self.memory_dim = memory_dim
-        self.state_size = _state_sizes(lstm_cell) + [memory_dim]
-        self.output_size = lstm_cell.output_size + memory_dim
-        # Plain attribute: tensors of one call, not tracked state.
-        object.__setattr__(self, "_memory", None)
-
-    def build(self, input_shape):
-        self.lstm_cell.build((None, input_shape[-1] + self.memory_dim))
-        self.attention.build((None, self.lstm_cell.output_size),
-                             (None, None, self.memory_dim))
-        self.built = True
-
-    @contextlib.contextmanager
-    def attending(self, keys, memory, memory_mask):
-        object.__setattr__(self, "_memory", (keys, memory, memory_mask))
-        try:
-            yield
-        finally:
-            object.__setattr__(self, "_memory", None)
-
-    def step(self, inputs, states, keys, memory, memory_mask):
-        """([output; context] [batch, output + memory_dim], new states)."""
-        *lstm_states, context = states
-        output, lstm_states = self.lstm_cell(
-            ops.concatenate([inputs, context], axis=-1), list(lstm_states))
-        context, _ = self.attention.attend(output, keys, memory, memory_mask)
-        context = ops.cast(context, output.dtype)
-        return (ops.concatenate([output, context], axis=-1),
-                list(lstm_states) + [context])
-
-    def call(self, inputs, states, training=None):
-        if self._memory is None:
-            raise ValueError(
-                "The attention decoder cell runs inside "
-                "MoETranslationModel, which gives it the encoder outputs.")
-        return self.step(inputs, states, *self._memory)
-
-
-def _state_sizes(cell):
-    sizes = cell.state_size
-    return list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
 
 
 def _split_inputs(inputs):

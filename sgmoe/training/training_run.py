@@ -39,9 +39,9 @@ class TrainingRun:
     one is refused before anything is restored, and the setup and the
     cadence are recorded in `model_dir/run.json` once the restore
     succeeded. With `eval_every`, a `PeriodicEvaluation` evaluates
-    `validation_data` every `eval_every` steps and at `train_steps`
-    (a line each, and `val/*` in `model_dir/logs/validation`) and keeps the model with the
-    lowest validation loss in `model_dir/best`.
+    `validation_data` every `eval_every` steps and at `train_steps` (a
+    line each, and `val/*` in `model_dir/logs/validation`) and keeps the
+    model with the lowest validation loss in `model_dir/best`.
 
     Args:
         model: a compiled, built model.
