@@ -78,6 +78,12 @@ def test_two_processes_train_together(tmp_path):
     assert sorted(os.listdir(shared)) == [
         ".lock", "checkpoints", "logs", "model", "run.json",
         "vocabulary.txt"]
-    assert len(os.listdir(os.path.join(shared, "logs"))) == 1
+    # One event file of training curves, one of the final validation.
+    logs = os.path.join(shared, "logs")
+    assert [name for name in os.listdir(logs)
+            if name != "validation"] == [
+        name for name in os.listdir(logs) if name.startswith("events")]
+    assert len(os.listdir(logs)) == 2
+    assert len(os.listdir(os.path.join(logs, "validation"))) == 1
     assert sorted(os.listdir(os.path.join(shared, "checkpoints"))) == [
         "latest", "step-10", "step-20"]
