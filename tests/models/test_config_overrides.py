@@ -101,3 +101,19 @@ def test_unknown_keys_are_named_with_the_valid_ones(model_class, config,
                                                     text, message):
     with pytest.raises(ValueError, match=message):
         apply(model_class, config, text)
+
+
+def test_values_and_conflicts_are_refused_by_the_layer_naming_the_argument():
+    # The training scripts merge their model flags (here --k=2) with
+    # --hparams before applying them, so the conflict reaches the layer.
+    overrides = models.config_overrides.merge(
+        {"moe": {"k": 2}}, models.parse_overrides("moe.router=switch"))
+    config = models.apply_overrides(models.MoELanguageModel, LM, overrides)
+    assert config["moe"]["k"] == 2
+    with pytest.raises(ValueError, match="`k`=2 conflicts with "
+                       "router=SwitchRouter"):
+        models.MoELanguageModel.from_config(config)
+    config = apply(models.MoELanguageModel, LM, "moe.capacity_factor=-1")
+    with pytest.raises(ValueError, match="`capacity_factor` must be a "
+                       "positive number"):
+        models.MoELanguageModel.from_config(config)

@@ -135,15 +135,6 @@ CASES = [
      "train_lm: --hparams: Unknown override 'moe.capacity': not an "
      "argument of MixtureOfExperts; valid keys: block_size, "
      "capacity_factor,"),
-    ("lm_hparams_value", "train_lm.py",
-     ["--hparams=moe.router=switch,moe.capacity_factor=-1",
-      "--model_dir={dir}"], "manifest",
-     "train_lm: --hparams='moe.router=switch,moe.capacity_factor=-1': "
-     "`capacity_factor` must be a positive number"),
-    ("lm_hparams_conflict", "train_lm.py",
-     ["--k=2", "--hparams=moe.router=switch"], None,
-     "train_lm: --hparams='moe.router=switch': `k`=2 conflicts with "
-     "router=SwitchRouter"),
     ("lm_hparams_data", "train_lm.py", ["--hparams=vocabulary_size=9"],
      None, "train_lm: --hparams: 'vocabulary_size' is set by the script"),
     ("lm_schedule", "train_lm.py", ["--schedule=inverse_sqrt"], None,
