@@ -217,8 +217,10 @@ def main(argv):
         untrained = evaluation.evaluate_perplexity(model, eval_data,
                                                    eval_callbacks)
     seconds = training_flags.fit(fail, run, train_data.skip)
-    perplexity = evaluation.evaluate_perplexity(model, eval_data,
-                                                eval_callbacks)
+    final = run.final_validation()  # --eval_every evaluated the end
+    perplexity = (final["perplexity"] if final else
+                  evaluation.evaluate_perplexity(model, eval_data,
+                                                 eval_callbacks))
     training_flags.print_training_time(run, seconds, tokens_per_step,
                                        "words")
     for name, layer in layers.find_moe_layers(model).items():

@@ -3,6 +3,13 @@
 import numbers
 
 
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, received "
+                         f"{name}={value!r}.")
+    return value
+
+
 def check_positive_int(name, value):
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
             or value < 1):
@@ -50,7 +57,7 @@ def check_top_k(k, num_experts, name="k", fan_out_name="num_experts"):
 LAYER_ARGUMENTS = frozenset({"name", "dtype", "trainable", "autocast"})
 
 
-def constructor_arguments(cls):
+def signature_arguments(cls):
     """(accepted, required) argument names of `cls(...)`: its `__init__`'s
     and those of the classes its `**kwargs` reach, up to Keras's own layer
     or model (whose arguments are `LAYER_ARGUMENTS`); required are those
@@ -85,7 +92,7 @@ def check_arguments(name, cls, arguments, legacy=()):
     """Raises a ValueError naming `name` when the dict `arguments` has a
     key `cls` does not take (`legacy` names are read by its `from_config`)
     or lacks one it needs."""
-    accepted, required = constructor_arguments(cls)
+    accepted, required = signature_arguments(cls)
     unknown = sorted(set(arguments) - accepted - LAYER_ARGUMENTS
                      - set(legacy))
     missing = sorted(required - set(arguments))

@@ -51,13 +51,6 @@ def pipeline_settings(batch_size, max_length, num_shards, shard_index,
     return boundaries, drop_remainder
 
 
-def check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, received "
-                         f"{name}={value!r}.")
-    return value
-
-
 def check_vocabulary(vocabulary, expected_class):
     if not isinstance(vocabulary, expected_class):
         raise ValueError(

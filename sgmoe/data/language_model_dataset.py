@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from sgmoe import _validation
 from sgmoe.data import _pipeline
 from sgmoe.data import text_files
 from sgmoe.data.word_vocabulary import WordVocabulary
@@ -102,7 +103,7 @@ def language_model_dataset(
     model.fit(train, steps_per_epoch=1000)
     """
     _pipeline.check_vocabulary(vocabulary, WordVocabulary)
-    _pipeline.check_bool("split_sentences", split_sentences)
+    _validation.check_bool("split_sentences", split_sentences)
     boundaries, drop_remainder = _pipeline.pipeline_settings(
         batch_size, max_length, num_shards, shard_index, skip_batches,
         block_size, seed, on_malformed, bucket_boundaries, repeat,

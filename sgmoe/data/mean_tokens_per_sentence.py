@@ -2,7 +2,7 @@
 
 import itertools
 
-from sgmoe.data import _pipeline
+from sgmoe import _validation
 from sgmoe.data.split_into_sentences import split_into_sentences
 from sgmoe.data.text_files import DEFAULT_MAX_LINE_LENGTH
 from sgmoe.data.text_files import expand_file_patterns
@@ -51,7 +51,7 @@ def mean_tokens_per_sentence(file_patterns, vocabulary=None,
     >>> round(mean_tokens_per_sentence("data/brown.train.txt.gz"), 2)
     21.24
     """
-    _pipeline.check_bool("split_sentences", split_sentences)
+    _validation.check_bool("split_sentences", split_sentences)
     lines = (line for path in expand_file_patterns(file_patterns)
              for line in read_text_lines(path, max_line_length, on_malformed))
     if split_sentences:

@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from sgmoe import _files
+from sgmoe import _validation
 from sgmoe.data import _pipeline
 from sgmoe.data import text_files
 from sgmoe.data.data_error import DataError
@@ -128,7 +129,7 @@ class WordVocabulary:
                     on_malformed="raise", split_sentences=False):
         """Returns a `collections.Counter` of the words of the files
         (arguments as in `build`)."""
-        _pipeline.check_bool("split_sentences", split_sentences)
+        _validation.check_bool("split_sentences", split_sentences)
         counts = collections.Counter()
         for path in text_files.expand_file_patterns(file_patterns):
             summary = text_files.TextFileSummary(path)

@@ -192,4 +192,4 @@ def merge(config, overrides):
 def _arguments(cls):
     """The named constructor arguments of `cls` (its `**kwargs` followed
     up to Keras's own layer)."""
-    return _validation.constructor_arguments(cls)[0]
+    return _validation.signature_arguments(cls)[0]

@@ -65,6 +65,16 @@ def perplexity(logs, prefix=""):
         return math.inf
 
 
+def print_fields(fields, print_fn=None):
+    """Prints `key=value` fields as one line with `print_fn` (default:
+    `print`, flushed, so the line shows at once in a log file)."""
+    line = " ".join(fields)
+    if print_fn is None:
+        print(line, flush=True)
+    else:
+        print_fn(line)
+
+
 def write_scalar(tag, value):
     """`tf.summary.scalar(tag, value)` for any real `value`, never raising.
 

@@ -161,11 +161,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             fields.append(f"val_perplexity={results['perplexity']:.2f}")
         if best:
             fields.append("best")
-        line = " ".join(fields)
-        if self.print_fn is None:
-            print(line, flush=True)
-        else:
-            self.print_fn(line)
+        _logs.print_fields(fields, self.print_fn)
 
 
 def _read_best_loss(best_dir):

@@ -86,7 +86,8 @@ class ProgressLogger(keras.callbacks.Callback):
         ends_epoch = batch + 1 == (self.params or {}).get("steps")
         if (self._steps.step // self.log_every > previous // self.log_every
                 and not ends_epoch):
-            self._emit(self._fields(self._last_logs, self._window))
+            _logs.print_fields(self._fields(self._last_logs, self._window),
+                              self.print_fn)
             self._window.reset()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -100,7 +101,7 @@ class ProgressLogger(keras.callbacks.Callback):
         val_perplexity = _logs.perplexity(logs, prefix="val_")
         if val_perplexity is not None:
             fields.append(f"val_perplexity={val_perplexity:.2f}")
-        self._emit(fields + self._timing())
+        _logs.print_fields(fields + self._timing(), self.print_fn)
 
     def _fields(self, logs, throughput, timing=True):
         step = self._steps.step
@@ -132,12 +133,6 @@ class ProgressLogger(keras.callbacks.Callback):
             self._pace_from = (step, now)
         return fields
 
-    def _emit(self, fields):
-        line = " ".join(fields)
-        if self.print_fn is None:
-            print(line, flush=True)
-        else:
-            self.print_fn(line)
 
 
 def _clock(seconds):

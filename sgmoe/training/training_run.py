@@ -66,6 +66,7 @@ class TrainingRun:
     Attributes:
         state: the restored `CheckpointState`, or None on a fresh start.
         first_step: the step training starts from.
+        periodic_evaluation: the `PeriodicEvaluation`, or None.
 
     Example:
 
@@ -113,15 +114,17 @@ class TrainingRun:
                 self.callbacks.append(MoETensorBoard(
                     os.path.join(model_dir, "logs"), update_freq=log_every,
                     tokens_per_step=tokens_per_step))
+        self.periodic_evaluation = None
         if eval_every is not None:
             # After the logger and TensorBoard: they report the training
             # step before evaluation changes the MoE statistics.
-            self.callbacks.append(PeriodicEvaluation(
+            self.periodic_evaluation = PeriodicEvaluation(
                 validation_data, eval_every, total_steps=train_steps,
                 log_dir=model_dir and os.path.join(model_dir, "logs",
                                                    "validation"),
                 best_dir=model_dir and os.path.join(model_dir, "best"),
-                callbacks=evaluation_callbacks))
+                callbacks=evaluation_callbacks)
+            self.callbacks.append(self.periodic_evaluation)
         self.first_step = self.state.step if self.state else 0
 
     @property
@@ -153,6 +156,17 @@ class TrainingRun:
                     epochs=-(-steps // self.log_every), shuffle=False,
                     verbose=0, callbacks=self.callbacks)
         return time.time() - start
+
+    def final_validation(self):
+        """The logs of the validation `fit` ran at `train_steps` (with
+        `eval_every`), or None: the final weights' evaluation, so a caller
+        need not evaluate them again."""
+        if self.periodic_evaluation is None:
+            return None
+        history = self.periodic_evaluation.history
+        if history and history[-1][0] == self.train_steps:
+            return history[-1][1]
+        return None
 
     def write_scalars(self, scalars, run_name="validation"):
         """Writes scalars for TensorBoard, next to the training curves.

@@ -77,6 +77,7 @@ def test_evaluates_at_multiples_and_at_the_end_keeping_the_best(
     steps = [step for step, _ in evaluation.history]
     losses = [logs["loss"] for _, logs in evaluation.history]
     assert steps == [3, 6, 7]
+    assert run.final_validation() == evaluation.history[-1][1]
     # The last evaluation is of the final weights.
     final = model.evaluate(VALIDATION, verbose=0, return_dict=True)
     np.testing.assert_allclose(losses[-1], final["loss"], rtol=1e-6)
