@@ -57,6 +57,12 @@ class DispatchPlan(NamedTuple):
         dropped_fraction: float32 scalar, the fraction of token-expert
             assignments dropped (token choice), or of tokens no expert took
             (expert choice).
+        expert_dispatched: float32 [E], the assignments each expert
+            computes (buffer slots filled, and overflow rows).
+        expert_dropped: float32 [E], the assignments to each expert dropped
+            for lack of capacity (zeros for dropless and expert-choice
+            plans: an expert-choice router drops tokens, not an expert's
+            assignments).
         num_groups: G, a static int: with G > 1 (`plan_top_k` only) the
             buffer [E, G * C] holds group g's tokens in columns g * C ...
             (g + 1) * C - 1, and every token's slots lie in its own group's
@@ -70,6 +76,8 @@ class DispatchPlan(NamedTuple):
     assignment_slot: Any
     assignment_weight: Any
     dropped_fraction: Any
+    expert_dispatched: Any
+    expert_dropped: Any
     num_groups: int = 1
     overflow: Any = None
 
@@ -223,6 +231,9 @@ def plan_top_k(expert_indices, expert_weights, num_experts, capacity,
         order, count[:num_buckets], start[:num_buckets], expert_weights,
         capacity, num_tokens)
     rows = (num_experts, -1)
+    assigned = ops.reshape(count[:num_buckets], rows)  # [E, G]
+    dispatched = ops.cast(ops.sum(ops.minimum(assigned, capacity), axis=1),
+                          "float32")
     return DispatchPlan(
         slot_token=ops.reshape(slot_token, rows),
         slot_weight=ops.reshape(slot_weight, rows),
@@ -233,6 +244,9 @@ def plan_top_k(expert_indices, expert_weights, num_experts, capacity,
             ops.cast(expert_weights, "float32"), 0.0),
         dropped_fraction=1.0 - _fraction(ops.sum(ops.cast(kept, "int32")),
                                          ops.sum(ops.cast(valid, "int32"))),
+        expert_dispatched=dispatched,
+        expert_dropped=ops.cast(ops.sum(assigned, axis=1),
+                                "float32") - dispatched,
         num_groups=num_groups)
 
 
@@ -380,6 +394,8 @@ def plan_dropless(expert_indices, expert_weights, num_experts, capacity=None,
         assignment_weight=ops.where(_token_major(valid, k, num_tokens),
                                     weights, 0.0),
         dropped_fraction=ops.zeros((), "float32"),
+        expert_dispatched=ops.cast(count, "float32"),
+        expert_dropped=ops.zeros((num_experts,), "float32"),
         overflow=overflow)
 
 
@@ -415,7 +431,9 @@ def plan_expert_choice(slot_token, slot_weight, num_tokens):
         slot_filled=slot_filled, assignment_slot=None,
         assignment_weight=None,
         dropped_fraction=1.0 - ops.mean(
-            ops.cast(ops.greater(times_taken, 0.0), "float32")))
+            ops.cast(ops.greater(times_taken, 0.0), "float32")),
+        expert_dispatched=ops.sum(ops.cast(slot_filled, "float32"), axis=1),
+        expert_dropped=ops.zeros((ops.shape(slot_token)[0],), "float32"))
 
 
 def plan_routing(routing, num_tokens, num_experts, capacity_factor=None,

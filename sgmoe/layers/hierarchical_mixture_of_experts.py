@@ -203,8 +203,11 @@ class HierarchicalMixtureOfExperts(MoELayer):
         total = ops.cast(num_tokens * self.k_primary * self.k_secondary,
                          "float32")
         dropped_fraction = (total - kept) / total
+        # Per expert: the second level's dispatch (assignments a group's
+        # capacity dropped reach no expert; they count in
+        # dropped_fraction only).
         self.record_statistics(importance, load, dropped_fraction,
-                               auxiliary_losses)
+                               auxiliary_losses, secondary_plan, training)
         return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
 
     def _plan(self, indices, weights, num_experts, tokens, capacity_factor,

@@ -264,7 +264,7 @@ class MixtureOfExperts(MoELayer):
         outputs = self.output_activation(outputs)
         self.record_statistics(routing.importance, routing.load,
                                plan.dropped_fraction,
-                               routing.auxiliary_losses)
+                               routing.auxiliary_losses, plan, training)
         return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
 
     def _token_groups(self, num_tokens):

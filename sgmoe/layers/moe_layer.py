@@ -35,10 +35,18 @@ class MoELayer(keras.layers.Layer):
 
     Statistics of the last call, kept in non-trainable float32 variables
     for monitoring (the contract `sgmoe.training.MoETensorBoard` reads):
-    `expert_importance` [E], `expert_load` [E], `dropped_fraction` (of the
-    token-expert assignments) and `auxiliary_losses`, a dict holding one
-    scalar per loss name, so a monitor can log any MoE layer without
-    knowing its router.
+    `expert_importance` [E] and `expert_load` [E] (the router's, e.g. the
+    smooth load estimator of noisy top-k gating in training),
+    `expert_dispatched` [E] (assignments each expert computed),
+    `expert_dropped` [E] (assignments to each expert dropped for lack of
+    capacity), `dropped_fraction` (of all token-expert assignments) and
+    `auxiliary_losses`, a dict holding one scalar per loss name, so a
+    monitor can log any MoE layer without knowing its router. Training
+    calls also add every statistic to a window's sums (`window_sums`,
+    `window_steps`): `window_statistics()` gives their means since the
+    last `reset_window()`, so a monitor can log a logging window's mean
+    instead of one batch. Evaluation and prediction calls leave the
+    window alone.
 
     Args:
         num_experts: E, the number of expert networks.
@@ -211,15 +219,86 @@ class MoELayer(keras.layers.Layer):
         self.dropped_fraction = statistic("dropped_fraction", ())
         self.auxiliary_losses = {name: statistic(name, ())
                                  for name in sorted(loss_names)}
+        # Created last, so that files saved before they existed still load
+        # (`load_own_variables`, and `sgmoe.training.Checkpointer`).
+        self.expert_dispatched = statistic("expert_dispatched",
+                                           (self.num_experts,))
+        self.expert_dropped = statistic("expert_dropped", (self.num_experts,))
+        self.window_steps = statistic("window_steps", ())
+        self.window_sums = {
+            name: statistic(f"window_{name}", tuple(variable.shape))
+            for name, variable in self.last_call_statistics().items()}
+        self.statistics_added_later = (
+            [self.expert_dispatched, self.expert_dropped, self.window_steps]
+            + list(self.window_sums.values()))
+
+    def last_call_statistics(self):
+        """{name: variable} of the statistics of the last call."""
+        statistics = {
+            "expert_importance": self.expert_importance,
+            "expert_load": self.expert_load,
+            "expert_dispatched": self.expert_dispatched,
+            "expert_dropped": self.expert_dropped,
+            "dropped_fraction": self.dropped_fraction,
+        }
+        statistics.update(self.auxiliary_losses)
+        return statistics
 
     def record_statistics(self, importance, load, dropped_fraction,
-                          auxiliary_losses):
-        """Assigns the statistics of this call (in `call`)."""
-        self.expert_importance.assign(importance)
-        self.expert_load.assign(load)
-        self.dropped_fraction.assign(dropped_fraction)
-        for name, variable in self.auxiliary_losses.items():
-            variable.assign(auxiliary_losses[name])
+                          auxiliary_losses, plan, training):
+        """Assigns the statistics of this call, and in training adds them
+        to the window's sums (in `call`).
+
+        `plan` is the `DispatchPlan` of the experts' buffer, whose
+        `expert_dispatched` and `expert_dropped` are recorded.
+        """
+        values = {
+            "expert_importance": importance,
+            "expert_load": load,
+            "expert_dispatched": plan.expert_dispatched,
+            "expert_dropped": plan.expert_dropped,
+            "dropped_fraction": dropped_fraction,
+        }
+        values.update(auxiliary_losses)
+        for name, variable in self.last_call_statistics().items():
+            variable.assign(ops.cast(values[name], "float32"))
+        if training:
+            self.window_steps.assign_add(1.0)
+            for name, variable in self.window_sums.items():
+                variable.assign_add(ops.cast(values[name], "float32"))
+
+    def window_statistics(self):
+        """The means of the statistics over the training calls since the
+        last `reset_window`, as NumPy values by name (the names of
+        `last_call_statistics`), with "steps", the number of calls; None
+        if there was no training call."""
+        steps = float(ops.convert_to_numpy(self.window_steps))
+        if steps == 0:
+            return None
+        means = {name: ops.convert_to_numpy(variable) / steps
+                 for name, variable in self.window_sums.items()}
+        means["steps"] = steps
+        return means
+
+    def reset_window(self):
+        """Starts a new window of statistics (zeros the sums)."""
+        self.window_steps.assign(0.0)
+        for variable in self.window_sums.values():
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
+
+    def load_own_variables(self, store):
+        # Files saved before `statistics_added_later` existed hold the
+        # other variables, in the same order: load those.
+        own = self._trainable_variables + self._non_trainable_variables
+        later = getattr(self, "statistics_added_later", [])
+        if later and len(store.keys()) == len(own) - len(later):
+            later_ids = {id(variable) for variable in later}
+            older = [v for v in own if id(v) not in later_ids]
+            if [id(v) for v in own[:len(older)]] == [id(v) for v in older]:
+                for index, variable in enumerate(older):
+                    variable.assign(store[str(index)])
+                return
+        super().load_own_variables(store)
 
     def compute_output_shape(self, input_shape):
         output_dim = self.output_dim or input_shape[-1]

@@ -18,6 +18,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.distribute import processes
+from sgmoe.layers.moe_layer import find_moe_layers
 from sgmoe.training import _logs
 
 FORMAT = "sgmoe-checkpoint"
@@ -688,7 +689,8 @@ def _plan_restore(model, saved, path):
     saved_optimizer = manifest["optimizer_variables"]
     if optimizer is not None and saved_optimizer and not optimizer.built:
         optimizer.build(model.trainable_variables)
-    groups = [("model", model.variables, manifest["model_variables"])]
+    groups = [("model", _model_variables(model, manifest["model_variables"]),
+               manifest["model_variables"])]
     if optimizer is not None and saved_optimizer:
         groups.append(("optimizer", optimizer.variables, saved_optimizer))
     for group, variables, specs in groups:
@@ -702,6 +704,22 @@ def _plan_restore(model, saved, path):
             files |= saved.files_for(
                 name, pieces or [_whole_piece(tuple(variable.shape))])
     return _RestorePlan(targets, files)
+
+
+def _model_variables(model, specs):
+    """The model's variables that `specs` describe: all of them, or, for a
+    checkpoint written before MoE layers had the statistics of
+    `MoELayer.statistics_added_later`, the others (which then keep their
+    values)."""
+    variables = model.variables
+    if len(variables) == len(specs):
+        return variables
+    later = {id(variable) for layer in find_moe_layers(model).values()
+             for variable in getattr(layer, "statistics_added_later", ())}
+    older = [variable for variable in variables if id(variable) not in later]
+    # `_check_specs` then compares shapes and dtypes, or reports the
+    # mismatch of counts.
+    return older if len(older) == len(specs) else variables
 
 
 def _target_pieces(variable):

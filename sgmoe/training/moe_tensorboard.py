@@ -9,6 +9,7 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 from sgmoe import _validation
 from sgmoe.training import _logs
 from sgmoe.layers.moe_layer import find_moe_layers
+from sgmoe.training.routing_statistics import moe_statistic_values
 from sgmoe.training.routing_statistics import moe_statistics
 
 
@@ -16,26 +17,30 @@ class MoETensorBoard(keras.callbacks.Callback):
     """Writes MoE routing statistics and training curves for TensorBoard.
 
     What Shazeer et al. 2017 (arXiv:1701.06538, §4 and Appendix A) watch to
-    see whether experts are balanced: for each MoE layer, the coefficient of
-    variation of the importance and of the load, the most loaded expert over
-    the mean load, the fraction of token-expert assignments dropped for lack
-    of capacity, every auxiliary loss the router adds, and the load of each
-    expert; plus the training loss, perplexity, words per second and
-    learning rate, and the validation logs.
+    see whether experts are balanced, for each MoE layer, and the training
+    curves. MoE statistics are means over the training steps since the
+    last write (the layers' statistics windows, `MoELayer.window_statistics`,
+    which this callback resets after each write), not one batch.
 
     Tags (a layer's name is its `path`; see
     `sgmoe.layers.find_moe_layers`):
 
     * `moe/<layer>/cv_importance`, `moe/<layer>/cv_load`: std / mean
       (population std, 0 when the mean is 0) of `expert_importance` and
-      `expert_load`;
-    * `moe/<layer>/max_over_mean_load`: max / mean of `expert_load`;
-    * `moe/<layer>/dropped_fraction`;
+      of the router's `expert_load` (for noisy top-k gating in training,
+      the paper's smooth load estimator);
+    * `moe/<layer>/cv_dispatched`: the same of `expert_dispatched`, the
+      assignments each expert really computed;
+    * `moe/<layer>/max_over_mean_load`, `moe/<layer>/max_over_mean_dispatched`:
+      max / mean of `expert_load` and of `expert_dispatched`;
+    * `moe/<layer>/dropped_fraction`: of the token-expert assignments;
     * `moe/<layer>/<loss name>` for each entry of `auxiliary_losses`
       (e.g. `importance_loss`, `load_loss`, `z_loss`);
-    * `moe/<layer>/expert_load` (histogram, if `histograms`): one bucket
-      per expert, bucket i spanning [i, i + 1) with expert i's load as its
-      count, so TensorBoard's histogram dashboard draws the load per expert;
+    * histograms (if `histograms`) `moe/<layer>/expert_load`,
+      `moe/<layer>/expert_dispatched` and `moe/<layer>/expert_dropped`:
+      one bucket per expert, bucket i spanning [i, i + 1) with expert i's
+      value (per step) as its count, so TensorBoard's histogram dashboard
+      draws it per expert;
     * `train/loss` and `train/<metric>` for every logged metric: Keras's
       logs, i.e. the mean over the epoch so far;
     * `train/perplexity`: the logged metric whose name contains
@@ -51,12 +56,10 @@ class MoETensorBoard(keras.callbacks.Callback):
       `val/perplexity`, computed as for training.
 
     The step of every value is the number of training steps taken, counted
-    from the optimizer's `iterations` at the start of `fit`. Statistics are
-    read from the layers' variables after the logged step, so they describe
-    that step's batch; the ones written at the end of an epoch are taken
-    before validation runs (validation calls overwrite the variables). The
-    event files go straight into `log_dir`. TensorFlow writes them on every
-    backend: values are read with `keras.ops.convert_to_numpy`.
+    from the optimizer's `iterations` at the start of `fit`. Evaluation
+    calls do not enter the statistics windows. The event files go straight
+    into `log_dir`. TensorFlow writes them on every backend: values are
+    read with `keras.ops.convert_to_numpy`.
 
     Args:
         log_dir: directory of the event files (e.g. the `--model_dir`).
@@ -119,11 +122,6 @@ class MoETensorBoard(keras.callbacks.Callback):
                 > self._logged_step // self.update_freq):
             self._write_training()
 
-    def on_test_begin(self, logs=None):
-        # Validation inside fit overwrites the MoE statistics: write the
-        # last training step's first.
-        self._write_training()
-
     def on_epoch_end(self, epoch, logs=None):
         self._write_training()
         logs = logs or {}
@@ -161,20 +159,30 @@ class MoETensorBoard(keras.callbacks.Callback):
         self._throughput.reset()
 
     def _write_layer(self, name, layer):
-        for statistic, value in moe_statistics(layer).items():
+        values = moe_statistic_values(layer, window=True)
+        for statistic, value in moe_statistics(layer, window=True).items():
             _logs.write_scalar(f"moe/{name}/{statistic}", value)
-        if self.histograms:
-            load = np.asarray(ops.convert_to_numpy(layer.expert_load),
-                              np.float64)
-            edges = np.arange(load.shape[0] + 1, dtype=np.float64)
+        layer.reset_window()
+        if not self.histograms:
+            return
+        for statistic, description in _HISTOGRAMS.items():
+            counts = np.asarray(values[statistic], np.float64)
+            edges = np.arange(counts.shape[0] + 1, dtype=np.float64)
             # [E, 3]: (left edge, right edge, count), TensorBoard's format.
-            buckets = np.stack([edges[:-1], edges[1:], load], axis=1)
+            buckets = np.stack([edges[:-1], edges[1:], counts], axis=1)
             tf.summary.write(
-                f"moe/{name}/expert_load", tf.constant(buckets),
+                f"moe/{name}/{statistic}", tf.constant(buckets),
                 metadata=histogram_metadata.create_summary_metadata(
-                    display_name=f"{name} load per expert",
-                    description="Bucket i: expert i's load.",
+                    display_name=f"{name} {statistic}",
+                    description=description,
                 ).SerializeToString())
+
+
+_HISTOGRAMS = {
+    "expert_load": "Bucket i: expert i's load (the router's), per step.",
+    "expert_dispatched": "Bucket i: assignments expert i computed, per step.",
+    "expert_dropped": "Bucket i: assignments to expert i dropped, per step.",
+}
 
 
 def _write_logs(tag_prefix, logs, prefix=""):

@@ -26,6 +26,17 @@ def numpy_plan(plan):
             if name != "overflow"}
 
 
+def check_expert_counts(plan, indices, kept, num_experts):
+    """Per expert: its kept assignments were dispatched, the rest dropped
+    (indices outside [0, E) are neither)."""
+    p = numpy_plan(plan)
+    valid = (indices >= 0) & (indices < num_experts)
+    dispatched = np.bincount(indices[kept], minlength=num_experts)
+    dropped = np.bincount(indices[valid & ~kept], minlength=num_experts)
+    np.testing.assert_array_equal(p["expert_dispatched"], dispatched)
+    np.testing.assert_array_equal(p["expert_dropped"], dropped)
+
+
 def check_round_trip(plan, indices, weights, kept, num_experts, block_size):
     """Identity experts: each token gets back (sum of its kept gates) * x.
 
@@ -78,6 +89,7 @@ def test_capacity_and_slots_match_reference(num_tokens, k, num_experts,
     kept = ref.capacity_kept(indices, num_experts, capacity, num_groups)
     np.testing.assert_allclose(ops.convert_to_numpy(plan.dropped_fraction),
                                1.0 - kept.mean(), rtol=1e-6)
+    check_expert_counts(plan, indices, kept, num_experts)
     # Slot e * G * C + g * C + c is slot c of expert e in group g.
     check_round_trip(plan, indices, weights, kept, num_experts,
                      block_size=num_groups * capacity)
@@ -113,6 +125,7 @@ def test_out_of_range_index_means_no_expert():
     # The two "none" choices are neither kept nor dropped.
     assert kept.sum() == 6
     assert float(ops.convert_to_numpy(plan.dropped_fraction)) == 0.0
+    check_expert_counts(plan, indices, kept, 3)
     check_round_trip(plan, indices, weights, kept, 3, block_size=2)
 
 
@@ -142,6 +155,8 @@ def test_dropless_keeps_every_assignment(num_tokens, k, num_experts,
                                   ops.convert_to_tensor(weights), num_experts,
                                   capacity, block_size)
     assert float(ops.convert_to_numpy(plan.dropped_fraction)) == 0.0
+    check_expert_counts(plan, indices, np.ones(indices.shape, bool),
+                        num_experts)
     assert tuple(plan.slot_token.shape) == (num_experts, capacity)
     # The buffer holds what capacity dispatch would keep, exactly as
     # plan_top_k holds it.
@@ -233,6 +248,10 @@ def test_expert_choice_plan_sums_slots_into_tokens():
     np.testing.assert_allclose(y, expected, rtol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(plan.dropped_fraction),
                                1.0 / 3.0, rtol=1e-6)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(plan.expert_dispatched), [2, 1])
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(plan.expert_dropped), [0, 0])
 
 
 def test_buffer_grows_with_tokens_times_k_not_experts():

@@ -104,6 +104,11 @@ def test_inference_matches_reference_without_noise():
     # Without noise, Load_H is a count: each reached group's assignments.
     np.testing.assert_allclose(np.sum(expected["load"]),
                                NUM_TOKENS * 2 * 2, rtol=1e-6)
+    # ... which is what each expert computed, nothing dropped.
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.expert_dispatched),
+                               expected["load"], rtol=1e-6)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(layer.expert_dropped), 0.0)
 
 
 def test_capacity_drops_at_both_levels_exactly():
@@ -118,6 +123,17 @@ def test_capacity_drops_at_both_levels_exactly():
                          secondary_capacity=secondary_capacity)
     assert expected["dropped_fraction"] > 0.0
     assert_matches(layer, y, expected)
+    # Per expert: only a full expert drops, and the computed assignments
+    # are all that was kept.
+    dispatched = ops.convert_to_numpy(layer.expert_dispatched)
+    dropped = ops.convert_to_numpy(layer.expert_dropped)
+    assert dispatched.max() <= secondary_capacity
+    assert dropped.sum() > 0
+    np.testing.assert_array_equal(dispatched[dropped > 0],
+                                  secondary_capacity)
+    np.testing.assert_allclose(
+        dispatched.sum(), NUM_TOKENS * 4 * (1 - expected["dropped_fraction"]),
+        rtol=1e-5)
 
 
 def test_leading_axes_are_one_macro_batch():

@@ -42,6 +42,8 @@ class Recorder(keras.callbacks.Callback):
             layers[layer.name] = {
                 "importance": ops.convert_to_numpy(layer.expert_importance),
                 "load": ops.convert_to_numpy(layer.expert_load),
+                "dispatched": ops.convert_to_numpy(layer.expert_dispatched),
+                "expert_dropped": ops.convert_to_numpy(layer.expert_dropped),
                 "dropped": float(ops.convert_to_numpy(layer.dropped_fraction)),
                 "aux": {name: float(ops.convert_to_numpy(variable))
                         for name, variable in layer.auxiliary_losses.items()},

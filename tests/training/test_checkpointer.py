@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from keras import ops
 
+from sgmoe.layers import MixtureOfExperts
+from sgmoe.training import checkpointer as checkpointer_module
 from sgmoe.training import (Checkpointer, CheckpointError, NonFiniteLossError,
                             StopOnNonFiniteLoss)
 from tests.training import checkpoint_driver
@@ -393,6 +395,55 @@ def test_another_model_is_an_error(tmp_path):
     other = keras.Model(inputs, keras.layers.Dense(1)(inputs))
     with pytest.raises(ValueError, match="written by another model"):
         Checkpointer(tmp_path).restore(other)
+
+
+def test_checkpoint_from_before_the_window_statistics_restores(
+        tmp_path, monkeypatch):
+    # What an older sgmoe wrote: the model's variables without the MoE
+    # statistics of `statistics_added_later`, numbered in order.
+    def moe_model():
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((5, 8))
+        outputs = MixtureOfExperts(4, 8, k=2, name="moe")(inputs)
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer="adam", loss="mse")
+        return model, model.get_layer("moe")
+
+    model, moe = moe_model()
+    x = np.random.RandomState(0).randn(4, 5, 8).astype("float32")
+    model.fit(x, x, epochs=1, verbose=0)
+    later = {id(v) for v in moe.statistics_added_later}
+    all_variables = checkpointer_module._state_variables
+
+    def older_variables(model):
+        named, counts = [], {"model": 0, "optimizer": 0}
+        for name, variable in all_variables(model):
+            group = name.split("_")[0]
+            if id(variable) not in later:
+                named.append((f"{group}_{counts[group]}", variable))
+                counts[group] += 1
+        return named
+
+    monkeypatch.setattr(checkpointer_module, "_state_variables",
+                        older_variables)
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.set_model(model)
+    checkpointer.save(step=1)
+    monkeypatch.setattr(checkpointer_module, "_state_variables",
+                        all_variables)
+
+    restored, restored_moe = moe_model()
+    restored.optimizer.build(restored.trainable_variables)
+    assert Checkpointer(tmp_path).restore(restored).step == 1
+    for old, new in zip(model.variables, restored.variables):
+        expected = (0.0 if id(old) in later
+                    else ops.convert_to_numpy(old))
+        np.testing.assert_array_equal(ops.convert_to_numpy(new), expected)
+    assert float(ops.convert_to_numpy(moe.window_steps)) == 1.0
+    for old, new in zip(model.optimizer.variables,
+                        restored.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(new),
+                                      ops.convert_to_numpy(old))
 
 
 def test_no_checkpoint_is_a_fresh_start(tmp_path):

@@ -82,48 +82,72 @@ def test_writes_moe_statistics_and_training_curves(tmp_path, fake_clock):
             tmp_path, update_freq=3, tokens_per_step=TOKENS_PER_STEP)])
     events = read_events(tmp_path)
 
-    # Every 3 steps, and at the end of each 5-step epoch.
-    logged_steps = [3, 5, 6, 9, 10]
+    # Every 3 steps, and at the end of each 5-step epoch; each value is
+    # the mean over the steps since the previous write (its window).
+    windows = {3: [1, 2, 3], 5: [4, 5], 6: [6], 9: [7, 8, 9], 10: [10]}
+    logged_steps = sorted(windows)
     aux_names = {"moe_a": ["importance_loss", "load_loss"],
                  "moe_b": ["load_balancing_loss", "z_loss"]}
+    # Tokens x choices of each layer's call: every assignment is either
+    # computed or dropped.
+    assignments = {"moe_a": TOKENS_PER_STEP * 2, "moe_b": TOKENS_PER_STEP}
     for layer_name, names in aux_names.items():
         assert sorted(moe_layers[["moe_a", "moe_b"].index(layer_name)]
                       .auxiliary_losses) == names
         for statistic in ["cv_importance", "cv_load", "max_over_mean_load",
+                          "cv_dispatched", "max_over_mean_dispatched",
                           "dropped_fraction"] + names:
             plugin, values = events[f"moe/{layer_name}/{statistic}"]
             assert plugin == "scalars"
             assert sorted(values) == logged_steps
+        for stats in (recorder.steps[s]["layers"][layer_name]
+                      for s in range(1, 11)):
+            assert (stats["dispatched"].sum() + stats["expert_dropped"].sum()
+                    == assignments[layer_name])
+            np.testing.assert_allclose(
+                stats["expert_dropped"].sum() / assignments[layer_name],
+                stats["dropped"], rtol=1e-6)
 
     for step in logged_steps:
         recorded = recorder.steps[step]
-        for layer_name, stats in recorded["layers"].items():
+        for layer_name in recorded["layers"]:
             prefix = f"moe/{layer_name}/"
+            window = [recorder.steps[s]["layers"][layer_name]
+                      for s in windows[step]]
+
+            def mean(name, window=window):
+                return np.mean([stats[name] for stats in window], axis=0)
 
             def logged(name, prefix=prefix, step=step):
                 return float(events[prefix + name][1][step])
 
             np.testing.assert_allclose(
-                logged("cv_importance"), cv(stats["importance"]), rtol=1e-5)
+                logged("cv_importance"), cv(mean("importance")), rtol=1e-5)
             np.testing.assert_allclose(
-                logged("cv_load"), cv(stats["load"]), rtol=1e-5)
+                logged("cv_load"), cv(mean("load")), rtol=1e-5)
             np.testing.assert_allclose(
                 logged("max_over_mean_load"),
-                np.max(stats["load"]) / np.mean(stats["load"]), rtol=1e-5)
+                np.max(mean("load")) / np.mean(mean("load")), rtol=1e-5)
+            np.testing.assert_allclose(
+                logged("cv_dispatched"), cv(mean("dispatched")), rtol=1e-5)
             np.testing.assert_allclose(logged("dropped_fraction"),
-                                       stats["dropped"], rtol=1e-6)
-            for name, value in stats["aux"].items():
-                np.testing.assert_allclose(logged(name), value, rtol=1e-6)
-            plugin, histograms = events[prefix + "expert_load"]
-            assert plugin == "histograms"
-            buckets = histograms[step]
-            assert buckets.shape == (NUM_EXPERTS, 3)
-            np.testing.assert_array_equal(buckets[:, 0], np.arange(4))
-            np.testing.assert_array_equal(buckets[:, 1], np.arange(1, 5))
-            np.testing.assert_allclose(buckets[:, 2], stats["load"],
-                                       rtol=1e-6)
-            np.testing.assert_allclose(buckets[:, 2].sum(),
-                                       stats["load"].sum(), rtol=1e-6)
+                                       mean("dropped"), rtol=1e-5)
+            for name in recorded["layers"][layer_name]["aux"]:
+                np.testing.assert_allclose(
+                    logged(name),
+                    np.mean([stats["aux"][name] for stats in window]),
+                    rtol=1e-5)
+            for histogram, name in [("expert_load", "load"),
+                                    ("expert_dispatched", "dispatched"),
+                                    ("expert_dropped", "expert_dropped")]:
+                plugin, histograms = events[prefix + histogram]
+                assert plugin == "histograms"
+                buckets = histograms[step]
+                assert buckets.shape == (NUM_EXPERTS, 3)
+                np.testing.assert_array_equal(buckets[:, 0], np.arange(4))
+                np.testing.assert_array_equal(buckets[:, 1], np.arange(1, 5))
+                np.testing.assert_allclose(buckets[:, 2], mean(name),
+                                           rtol=1e-5, atol=1e-6)
 
         loss = recorded["logs"]["loss"]
         np.testing.assert_allclose(events["train/loss"][1][step], loss,
@@ -135,8 +159,8 @@ def test_writes_moe_statistics_and_training_curves(tmp_path, fake_clock):
         np.testing.assert_allclose(events["train/words_per_second"][1][step],
                                    TOKENS_PER_STEP / STEP_SECONDS, rtol=1e-6)
 
-    # The end-of-epoch statistics are the last training step's, not the
-    # validation batch's that ran after it.
+    # Validation ran after step 10 (it changed the last-call statistics)
+    # but left the window alone: the window logged at 10 is step 10's.
     assert not np.allclose(
         recorder.steps[10]["layers"]["moe_a"]["load"],
         keras.ops.convert_to_numpy(moe_layers[0].expert_load))
