@@ -1,6 +1,8 @@
 """What every sgmoe model shares: its MoE layers in `summary()`, and
 preset directories (`save_to_preset`, `from_preset(directory)`)."""
 
+import datetime
+import importlib
 import inspect
 import json
 import os
@@ -14,6 +16,15 @@ from sgmoe.layers.moe_layer import find_moe_layers
 
 PRESET_CONFIG_FILE = "config.json"
 PRESET_WEIGHTS_FILE = "model.weights.h5"
+PRESET_METADATA_FILE = "metadata.json"
+PRESET_TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_ASSETS_DIR = os.path.join("assets", "tokenizer")
+# The tokenizers a preset can carry: class name -> module of `sgmoe.data`
+# (imported only when a preset has one: they need TensorFlow).
+TOKENIZER_MODULES = {
+    "WordVocabulary": "sgmoe.data.word_vocabulary",
+    "SubwordVocabulary": "sgmoe.data.subword_vocabulary",
+}
 
 
 def is_preset_directory(name):
@@ -78,24 +89,68 @@ class MoEModel(keras.Model):
             (print_fn or print)("\n".join(
                 ["Mixture-of-Experts layers:"] + lines))
 
-    def save_to_preset(self, directory):
-        """Writes config.json and model.weights.h5 for `from_preset`."""
+    # The tokenizer of text in and out (`sgmoe.data.WordVocabulary` or
+    # `SubwordVocabulary`), or None: set it, or load a preset that has one.
+    vocabulary = None
+
+    def save_to_preset(self, directory, vocabulary=None, metadata=None):
+        """Writes a preset directory that `from_preset` loads.
+
+        Files: config.json (the class and its config), model.weights.h5,
+        metadata.json (sgmoe and Keras versions, the backend, the
+        parameter count, the time of saving, and `metadata`), and, when
+        the model has a tokenizer, tokenizer.json naming its class and its
+        file under assets/tokenizer/.
+
+        Args:
+            directory: the directory to write (created if needed).
+            vocabulary: the tokenizer to store; None means `self.vocabulary`
+                (none if that is None too).
+            metadata: a JSON-serializable dict added to metadata.json, e.g.
+                a summary of the training data.
+        """
         if not self.built:
             raise ValueError(
                 "Build the model (call it on a batch) before save_to_preset.")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError("`metadata` must be None or a dict, received "
+                             f"metadata={metadata!r}.")
+        vocabulary = vocabulary if vocabulary is not None else self.vocabulary
+        if vocabulary is not None and (
+                type(vocabulary).__name__ not in TOKENIZER_MODULES):
+            raise ValueError(
+                "`vocabulary` must be a WordVocabulary or a "
+                f"SubwordVocabulary, received a {type(vocabulary).__name__}.")
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as file:
-            json.dump({
-                "class_name": keras.saving.get_registered_name(type(self)),
-                "config": self.get_config(),
-                "input_shape": self.preset_input_shape,
-                "keras_version": keras.__version__,
-            }, file, indent=2)
+        _write_json(os.path.join(directory, PRESET_CONFIG_FILE), {
+            "class_name": keras.saving.get_registered_name(type(self)),
+            "config": self.get_config(),
+            "input_shape": self.preset_input_shape,
+            "keras_version": keras.__version__,
+        })
         self.save_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+        if vocabulary is not None:
+            path = vocabulary.save(os.path.join(directory,
+                                                TOKENIZER_ASSETS_DIR))
+            _write_json(os.path.join(directory, PRESET_TOKENIZER_FILE), {
+                "class_name": type(vocabulary).__name__,
+                "file": os.path.relpath(path, directory).replace(os.sep, "/"),
+            })
+        from sgmoe import __version__
+
+        _write_json(os.path.join(directory, PRESET_METADATA_FILE), dict(
+            {"sgmoe_version": __version__,
+             "keras_version": keras.__version__,
+             "backend": keras.backend.backend(),
+             "parameter_count": int(self.count_params()),
+             "date_saved": datetime.datetime.now(
+                 datetime.timezone.utc).isoformat(timespec="seconds")},
+            **(metadata or {})))
 
     @classmethod
     def from_preset_directory(cls, directory, **overrides):
-        """The model `save_to_preset` wrote, with its weights.
+        """The model `save_to_preset` wrote, with its weights and, if the
+        preset has one, its tokenizer (`vocabulary`).
 
         `overrides` replace constructor arguments and must keep the
         weight shapes.
@@ -107,7 +162,45 @@ class MoEModel(keras.Model):
         input_shape = stored.get("input_shape")
         model.build(None if input_shape is None else tuple(input_shape))
         model.load_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+        model.vocabulary = load_preset_tokenizer(directory)
         return model
+
+
+def load_preset_tokenizer(directory):
+    """The tokenizer a preset directory carries, or None if it has none.
+
+    Raises:
+        ValueError: tokenizer.json names an unknown class, or is not JSON.
+    """
+    path = os.path.join(directory, PRESET_TOKENIZER_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            stored = json.load(file)
+        module = TOKENIZER_MODULES[stored["class_name"]]
+        file_name = stored["file"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a preset tokenizer file ({error!r}); "
+                         f"expected a class among {sorted(TOKENIZER_MODULES)}"
+                         " and a file") from None
+    tokenizer_class = getattr(importlib.import_module(module),
+                              stored["class_name"])
+    return tokenizer_class.load(os.path.join(directory, file_name))
+
+
+def read_preset_metadata(directory):
+    """The metadata.json of a preset directory as a dict ({} if none)."""
+    path = os.path.join(directory, PRESET_METADATA_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def _write_json(path, value):
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(value, file, indent=2)
 
 
 def describe_moe_layer(layer):
