@@ -9,6 +9,7 @@ from sgmoe.models import language_model_presets
 from sgmoe.models import moe_config
 from sgmoe.models import moe_model
 from sgmoe.models.deep_feed_forward import DeepFeedForward
+from sgmoe.models.language_model_generation import LanguageModelGeneration
 from sgmoe.models.perplexity import token_weights
 from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
 from sgmoe.models.sampled_softmax import SampledSoftmax
@@ -59,7 +60,7 @@ def resolve_experts(num_experts, expert_groups, experts_per_group):
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class MoELanguageModel(moe_model.MoEModel):
+class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
     """Embedding -> LSTM -> MoE -> LSTM -> softmax (Shazeer et al. 2017).
 
     The 1 Billion Word model of "Outrageously Large Neural Networks"
@@ -102,6 +103,12 @@ class MoELanguageModel(moe_model.MoEModel):
     output is then {"hidden_states": [batch, time, d]} and compiled metrics
     are updated only in evaluation. Evaluation and prediction always use the
     exact softmax. Use `Perplexity` as a metric.
+
+    Generation: `generate(prompts, max_length, sampler=...)` continues
+    prompts (token ids, or text with a `vocabulary`) with greedy, top-k,
+    top-p or temperature sampling (`sgmoe.models.samplers`), stepping the
+    LSTM cells one token at a time with their states carried, in one
+    XLA-compiled loop per length and batch bucket.
 
     `MoELanguageModel.from_preset(name)` builds the paper's configurations
     (Table 7) and `save_to_preset` / `from_preset(directory)` store and load
@@ -223,6 +230,9 @@ class MoELanguageModel(moe_model.MoEModel):
             self.vocabulary_size, num_sampled=num_sampled, sampler=sampler,
             seed=self._seed(len(names) + 1), dtype=self.dtype_policy,
             name="softmax")
+        self._generators = {}
+        # The tokenizer `generate` uses for text prompts when given none.
+        self.vocabulary = None
 
     def _seed(self, offset):
         return None if self.seed is None else self.seed + 1000 * offset

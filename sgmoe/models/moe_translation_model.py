@@ -92,7 +92,10 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
     incremental decoder (LSTM states, context and tokens carried from step
     to step) in one `keras.ops.while_loop` with static shapes, compiled with
     XLA by default (`tf.function(jit_compile=True)` on TensorFlow,
-    `jax.jit` on JAX).
+    `jax.jit` on JAX), once per output length and input bucket.
+    `translate` goes from text to text with the model's shared
+    `SubwordVocabulary` (the `vocabulary` argument, or the `vocabulary`
+    attribute of the model).
 
     `MoETranslationModel.from_preset(name, **overrides)` builds the paper's
     configurations ("moe_32", "moe_512_h", "moe_2048_h", "gnmt_baseline")
@@ -250,6 +253,8 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
                                  dtype=policy, name=f"{name}_dropout")
             for i, name in enumerate(names)]
         self._decoders = {}
+        # The tokenizer `translate` uses when given none.
+        self.vocabulary = None
 
     # Construction.
 
