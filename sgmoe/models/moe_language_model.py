@@ -130,8 +130,8 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
         dropout: DropProb, dropout rate after every layer but the softmax.
         num_sampled: candidates of the sampled softmax in training; None
             trains with the exact softmax.
-        sampler: proposal of the sampled softmax, "log_uniform" (ids sorted
-            by decreasing frequency) or "uniform".
+        candidate_sampler: proposal of the sampled softmax, "log_uniform"
+            (ids sorted by decreasing frequency) or "uniform".
         padding_id: target id left out of the loss; None counts every token.
         seed: seed of dropout, gating noise and candidate sampling.
         **kwargs: base `keras.Model` arguments (name, dtype, ...).
@@ -166,7 +166,7 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
         feed_forward=None,
         dropout=0.0,
         num_sampled=None,
-        sampler="log_uniform",
+        candidate_sampler="log_uniform",
         padding_id=None,
         seed=None,
         **kwargs,
@@ -203,7 +203,7 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
             raise ValueError(
                 f"`dropout` must be in [0, 1), received dropout={dropout!r}.")
         self.num_sampled = num_sampled
-        self.sampler = sampler
+        self.candidate_sampler = candidate_sampler
         if padding_id is not None and (isinstance(padding_id, bool)
                                        or not isinstance(padding_id, int)):
             raise ValueError(
@@ -227,7 +227,8 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
                 self.dropout, seed=self._seed(i + 1), dtype=self.dtype_policy,
                 name=f"{name}_dropout"))
         self.softmax = SampledSoftmax(
-            self.vocabulary_size, num_sampled=num_sampled, sampler=sampler,
+            self.vocabulary_size, num_sampled=num_sampled,
+            candidate_sampler=candidate_sampler,
             seed=self._seed(len(names) + 1), dtype=self.dtype_policy,
             name="softmax")
         self._generators = {}
@@ -373,7 +374,7 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
             "feed_forward": self.feed_forward,
             "dropout": self.dropout,
             "num_sampled": self.num_sampled,
-            "sampler": self.sampler,
+            "candidate_sampler": self.candidate_sampler,
             "padding_id": self.padding_id,
             "seed": self.seed,
         })
@@ -381,8 +382,10 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
 
     @classmethod
     def from_config(cls, config):
+        # Saved before the renames of `num_groups` and `sampler`.
         return cls(**_nested_layer_arguments(renamed_arguments(
-            config, {"num_groups": "expert_groups"})))
+            config, {"num_groups": "expert_groups",
+                     "sampler": "candidate_sampler"})))
 
 
 # The layer arguments the model took flat before `moe` and `feed_forward`.

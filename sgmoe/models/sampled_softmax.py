@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._renamed_arguments import renamed_arguments
 
 SAMPLERS = ("log_uniform", "uniform")
 
@@ -53,7 +54,7 @@ class SampledSoftmax(keras.layers.Layer):
         vocabulary_size: V.
         num_sampled: S, candidates per batch for `sampled_loss`; None means
             `sampled_loss` is not available (exact softmax only).
-        sampler: "log_uniform" (default) or "uniform".
+        candidate_sampler: "log_uniform" (default) or "uniform".
         kernel_initializer: initializer of the [V, d] output embedding.
         seed: seed of the candidate draws.
         **kwargs: base `keras.layers.Layer` arguments.
@@ -75,7 +76,8 @@ class SampledSoftmax(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_size, num_sampled=None,
-                 sampler="log_uniform", kernel_initializer="glorot_uniform",
+                 candidate_sampler="log_uniform",
+                 kernel_initializer="glorot_uniform",
                  seed=None, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = _validation.check_positive_int(
@@ -84,17 +86,17 @@ class SampledSoftmax(keras.layers.Layer):
             num_sampled = _validation.check_positive_int("num_sampled",
                                                          num_sampled)
         self.num_sampled = num_sampled
-        if sampler not in SAMPLERS:
+        if candidate_sampler not in SAMPLERS:
             raise ValueError(
-                f"`sampler` must be one of {list(SAMPLERS)}, received "
-                f"sampler={sampler!r}.")
-        if (sampler == "uniform" and num_sampled is not None
+                f"`candidate_sampler` must be one of {list(SAMPLERS)}, "
+                f"received candidate_sampler={candidate_sampler!r}.")
+        if (candidate_sampler == "uniform" and num_sampled is not None
                 and num_sampled > self.vocabulary_size):
             raise ValueError(
                 "The 'uniform' sampler draws without replacement, so "
                 f"`num_sampled` must be at most vocabulary_size="
                 f"{self.vocabulary_size}, received num_sampled={num_sampled}.")
-        self.sampler = sampler
+        self.candidate_sampler = candidate_sampler
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -120,7 +122,7 @@ class SampledSoftmax(keras.layers.Layer):
                 "SampledSoftmax was built with num_sampled=None; give "
                 "num_sampled to use the sampled loss.")
         size, count = self.vocabulary_size, self.num_sampled
-        if self.sampler == "uniform":
+        if self.candidate_sampler == "uniform":
             noise = keras.random.uniform((size,), seed=self.seed_generator)
             _, candidates = ops.top_k(noise, count)
             expected = ops.full((count,), count / size, dtype="float32")
@@ -175,9 +177,15 @@ class SampledSoftmax(keras.layers.Layer):
         config.update({
             "vocabulary_size": self.vocabulary_size,
             "num_sampled": self.num_sampled,
-            "sampler": self.sampler,
+            "candidate_sampler": self.candidate_sampler,
             "kernel_initializer": keras.initializers.serialize(
                 self.kernel_initializer),
             "seed": self.seed,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Saved before `sampler` was renamed.
+        return cls(**renamed_arguments(config,
+                                       {"sampler": "candidate_sampler"}))

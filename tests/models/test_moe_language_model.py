@@ -249,7 +249,7 @@ def test_keras_file_reloads_in_a_fresh_process(tmp_path):
     model = MoELanguageModel.from_preset(
         "tiny_moe_h", layer_types=("lstm", "moe", "feed_forward", "lstm"),
         lstm_units=20, feed_forward={"hidden_dim": 32, "num_hidden_layers": 2},
-        sampler="uniform", num_sampled=8, padding_id=0)
+        candidate_sampler="uniform", num_sampled=8, padding_id=0)
     model.build(ids.shape)
     randomize(model)
     model.compile(optimizer="adam", metrics=[Perplexity(padding_id=0)])

@@ -67,7 +67,7 @@ def test_all_words_sampled_once_gives_exact_loss_and_gradient():
     """Uniform without replacement, S = V: every word is a candidate with
     expected count 1, the target's own candidate is removed as an
     accidental hit, and the loss is the exact cross-entropy."""
-    layer = built_layer(num_sampled=VOCABULARY, sampler="uniform")
+    layer = built_layer(num_sampled=VOCABULARY, candidate_sampler="uniform")
     hidden, targets = hidden_and_targets()
     candidates = layer.sample_candidates()
     ids = ops.convert_to_numpy(candidates[0])
@@ -130,12 +130,28 @@ def test_log_uniform_sampler_draws_zipfian_ids():
 
 
 def test_arguments_and_config():
-    with pytest.raises(ValueError, match="sampler"):
-        SampledSoftmax(10, num_sampled=5, sampler="zipf")
+    with pytest.raises(ValueError, match="candidate_sampler"):
+        SampledSoftmax(10, num_sampled=5, candidate_sampler="zipf")
     with pytest.raises(ValueError, match="at most vocabulary_size"):
-        SampledSoftmax(10, num_sampled=11, sampler="uniform")
+        SampledSoftmax(10, num_sampled=11, candidate_sampler="uniform")
     with pytest.raises(ValueError, match="num_sampled=None"):
         built_layer().sample_candidates()
-    layer = SampledSoftmax(10, num_sampled=5, sampler="uniform", seed=1)
+    layer = SampledSoftmax(10, num_sampled=5, candidate_sampler="uniform",
+                           seed=1)
     assert SampledSoftmax.from_config(layer.get_config()).get_config() == (
         layer.get_config())
+
+
+def test_configs_saved_with_the_former_name_sampler_load():
+    config = SampledSoftmax(10, num_sampled=5,
+                            candidate_sampler="uniform").get_config()
+    config["sampler"] = config.pop("candidate_sampler")
+    assert SampledSoftmax.from_config(config).candidate_sampler == "uniform"
+    from sgmoe.models import MoELanguageModel
+
+    config = MoELanguageModel.from_preset(
+        "tiny_moe", candidate_sampler="uniform", num_sampled=8).get_config()
+    config["sampler"] = config.pop("candidate_sampler")
+    model = MoELanguageModel.from_config(config)
+    assert model.candidate_sampler == model.softmax.candidate_sampler
+    assert model.candidate_sampler == "uniform"
