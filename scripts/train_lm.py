@@ -187,27 +187,15 @@ def main(argv):
     training_flags.claim_model_dir(fail)
     import keras
 
-    from sgmoe import data
     from sgmoe import evaluation
-    from sgmoe import layers
-    from sgmoe import training
 
     vocabulary, tokens_per_step, train_data, eval_data = load_data()
-    data_setup = dict(training_flags.text_input_setup(),
-                      max_length=FLAGS.max_length)
-    if FLAGS.split_sentences:  # other examples: a resume must split too
-        data_setup["split_sentences"] = True
-    setup = training_flags.run_setup(
-        train_files=data.expand_file_patterns(FLAGS.train_files),
-        vocabulary=vocabulary, data=data_setup,
-        model=training_flags.model_setup(
-            dict(model_overrides(), padding_id=0, seed=FLAGS.seed)))
+    setup = run_setup(vocabulary)
     with scope:
         model = build_model(len(vocabulary))
     eval_callbacks = training_flags.evaluation_callbacks()
     print(f"{FLAGS.preset}: vocabulary {len(vocabulary)} words, backend "
           f"{keras.backend.backend()}, {model.count_params():,} parameters")
-
     run = training_flags.training_run(fail, model, tokens_per_step, setup,
                                       eval_data)
     untrained = None
@@ -223,14 +211,40 @@ def main(argv):
                                                  eval_callbacks))
     training_flags.print_training_time(run, seconds, tokens_per_step,
                                        "words")
-    for name, layer in layers.find_moe_layers(model).items():
-        load = training.moe_statistics(layer)["max_over_mean_load"]
-        print(f"{name}: load max/mean {load:.2f} on the last evaluation "
-              "batch")
-    training_flags.save_model(fail, model)
+    print_expert_balance(model)
+    training_flags.save_model(fail, model, vocabulary, setup,
+                              {"validation_perplexity": perplexity})
     run.write_scalars({"perplexity": perplexity})  # next to the curves
     baseline = "" if untrained is None else f" (untrained: {untrained:.1f})"
     print(f"validation perplexity: {perplexity:.1f}{baseline}")
+
+
+def run_setup(vocabulary):
+    """What a resume of --model_dir must keep (`training_flags.run_setup`).
+    """
+    from sgmoe import data
+
+    data_setup = dict(training_flags.text_input_setup(),
+                      max_length=FLAGS.max_length)
+    if FLAGS.split_sentences:  # other examples: a resume must split too
+        data_setup["split_sentences"] = True
+    return training_flags.run_setup(
+        train_files=data.expand_file_patterns(FLAGS.train_files),
+        vocabulary=vocabulary, data=data_setup,
+        model=training_flags.model_setup(
+            dict(model_overrides(), padding_id=0, seed=FLAGS.seed)))
+
+
+def print_expert_balance(model):
+    """Max / mean of the tokens each expert computed, per MoE layer, in
+    the last call (the last evaluation batch)."""
+    from sgmoe import layers
+    from sgmoe import training
+
+    for name, layer in layers.find_moe_layers(model).items():
+        balance = training.moe_statistics(layer)["max_over_mean_dispatched"]
+        print(f"{name}: tokens per expert max/mean {balance:.2f} on the "
+              "last evaluation batch")
 
 
 def run():

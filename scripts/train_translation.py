@@ -221,7 +221,7 @@ def main(argv):
     seconds = training_flags.fit(fail, run, train_data.skip)
     training_flags.print_training_time(run, seconds, tokens_per_step,
                                        "target pieces")
-    training_flags.save_model(fail, model)
+    training_flags.save_model(fail, model, vocabulary, setup)
     score = validation_bleu(model, vocabulary, pairs)
     run.write_scalars({"bleu": score.score})  # next to the training curves
     print(f"validation BLEU: {score.score:.2f}")

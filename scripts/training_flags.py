@@ -465,15 +465,20 @@ def fit(fail, run, make_dataset):
              "the last complete checkpoint is kept")
 
 
-def save_model(fail, model):
-    """Writes the final model to --model_dir/model (atomically)."""
+def save_model(fail, model, vocabulary, setup, results=None):
+    """Writes the final model to --model_dir/model (atomically): a preset
+    with its tokenizer and, in metadata.json, the run's `setup` (data,
+    model and training settings), --train_steps and `results`."""
     if not FLAGS.model_dir:
         return
     from sgmoe import training
 
+    metadata = dict(setup or {}, train_steps=FLAGS.train_steps,
+                    results=results or {})
     try:
-        training.save_model_preset(model,
-                                   os.path.join(FLAGS.model_dir, "model"))
+        training.save_model_preset(
+            model, os.path.join(FLAGS.model_dir, "model"),
+            vocabulary=vocabulary, metadata=metadata)
     except OSError as error:
         fail(f"writing {FLAGS.model_dir}/model failed: {error}; the last "
              "checkpoint is kept (run again to write it)")

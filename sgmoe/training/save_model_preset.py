@@ -8,7 +8,7 @@ from sgmoe import _files
 from sgmoe.distribute import processes
 
 
-def save_model_preset(model, preset_dir, extra_files=None):
+def save_model_preset(model, preset_dir, extra_files=None, **preset_args):
     """Writes `model.save_to_preset(preset_dir)` from process 0 only.
 
     The directory is written next to `preset_dir` and swapped in whole, so
@@ -25,6 +25,8 @@ def save_model_preset(model, preset_dir, extra_files=None):
         preset_dir: the directory to write (e.g. `<model_dir>/model`).
         extra_files: {file name: text} written into the directory with
             the model (and swapped in with it), or None.
+        **preset_args: arguments of `save_to_preset` (`vocabulary`,
+            `metadata`).
 
     Example:
 
@@ -33,7 +35,7 @@ def save_model_preset(model, preset_dir, extra_files=None):
     """
     if processes.is_primary_process():
         def write(directory):
-            model.save_to_preset(directory)
+            model.save_to_preset(directory, **preset_args)
             for name, text in (extra_files or {}).items():
                 with open(os.path.join(directory, name), "w") as file:
                     file.write(text)
@@ -42,6 +44,6 @@ def save_model_preset(model, preset_dir, extra_files=None):
         return
     scratch = tempfile.mkdtemp(prefix="sgmoe-save-")
     try:
-        model.save_to_preset(os.path.join(scratch, "model"))
+        model.save_to_preset(os.path.join(scratch, "model"), **preset_args)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
