@@ -14,6 +14,7 @@ from sgmoe.models.moe_translation_model import MoETranslationModel
 from sgmoe.models.perplexity import Perplexity
 from sgmoe.models.projected_lstm_cell import ProjectedLSTMCell
 from sgmoe.models.sampled_softmax import SampledSoftmax
+from sgmoe.models.serving_export import export_for_serving
 from sgmoe.models.student_distillation import StudentDistillation
 from sgmoe.models.tanh_product_attention import TanhProductAttention
 from sgmoe.models.translation_model_size import count_translation_parameters

@@ -264,7 +264,7 @@ class LanguageModelGeneration:
         Returns:
             (token_ids [B, L], log_probs [B, L], lengths [B]).
         """
-        batch_size = token_ids.shape[0]
+        batch_size = ops.shape(token_ids)[0]
         is_padding = ops.equal(
             ops.arange(self.vocabulary_size, dtype="int32"), padding_id)
         no_log_probs = ops.zeros((batch_size,), "float32")
@@ -310,7 +310,7 @@ class LanguageModelGeneration:
         loop_vars = (
             ops.convert_to_tensor(0, "int32"),
             token_ids,
-            ops.zeros(token_ids.shape, "float32"),
+            ops.zeros(ops.shape(token_ids), "float32"),
             ops.minimum(prompt_lengths, max_length),
             finished,
             *self.initial_generation_state(batch_size),
@@ -322,7 +322,7 @@ class LanguageModelGeneration:
 
 def _write_column(buffer, step, values):
     """buffer[:, step] = values [B], as a select (static shapes)."""
-    column = ops.equal(ops.arange(buffer.shape[1], dtype="int32"), step)
+    column = ops.equal(ops.arange(ops.shape(buffer)[1], dtype="int32"), step)
     return ops.where(column, ops.expand_dims(values, -1), buffer)
 
 
