@@ -35,7 +35,8 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "LICENSES",
            "sgmoe", "scripts", "data")
 CONSOLE_SCRIPTS = {"sgmoe-train-lm": "train_lm",
                    "sgmoe-train-translation": "train_translation",
-                   "sgmoe-evaluate": "evaluate"}
+                   "sgmoe-evaluate": "evaluate",
+                   "sgmoe-export": "export"}
 CORPORA = sorted(os.path.basename(path)
                  for path in glob.glob(os.path.join(ROOT, "data", "*.gz")))
 
