@@ -19,7 +19,10 @@ before JAX starts); prints one JSON line with what the test checks:
   of 4 raises;
 - "inference": the sharded tiny LM (capacity factor 0.5, so training
   drops) evaluated on the mesh against the same weights on one device:
-  the largest logit difference and each MoE's dropped fraction.
+  the largest logit difference and each MoE's dropped fraction, whether
+  generation (greedy and seeded top-k) gives the same tokens, and whether
+  a tiny translation model with sharded experts decodes the same (greedy
+  and beam search).
 """
 
 import json
@@ -232,20 +235,62 @@ def forward_collectives(num_experts, num_tokens=512, model_dim=24, k=2,
 
 
 def inference_without_drops(sharded, distribution, ids):
-    """Logits of the mesh model and of one device with its weights."""
+    """Logits, generated tokens and translations of the mesh models and of
+    one device with the same weights."""
     training_dropped = float(np.array(moe_layer(sharded).dropped_fraction))
     with distribution.scope():
         sharded_logits = np.array(sharded(ids, training=False))
     single = language_model(None)
     single.set_weights([np.array(w.value) for w in sharded.weights])
     single_logits = np.array(single(ids, training=False))
+    prompts = [[1, 7, 3], [1, 9], [1, 4, 4, 8], [1]]
+    generated = {}
+    for name, sampler in (("greedy", "greedy"), ("top_k", "top_k")):
+        with distribution.scope():
+            on_mesh = sharded.generate(prompts, max_length=10,
+                                       sampler=sampler, seed=3)
+        generated[name] = bool(np.array_equal(on_mesh, single.generate(
+            prompts, max_length=10, sampler=sampler, seed=3)))
     return {
+        "generated_equal": generated,
+        "translations_equal": translation_on_the_mesh(distribution),
         "training_dropped": training_dropped,
         "dropped": float(np.array(moe_layer(sharded).dropped_fraction)),
         "single_dropped": float(np.array(moe_layer(single).dropped_fraction)),
         "max_difference": float(np.abs(sharded_logits - single_logits).max()),
         "logit_scale": float(np.abs(single_logits).max()),
     }
+
+
+def translation_on_the_mesh(distribution):
+    """Whether greedy and beam decoding of a tiny translation model with
+    sharded experts equal one device's with the same weights."""
+    from sgmoe.models import MoETranslationModel
+
+    def build(distribution):
+        keras.utils.set_random_seed(1)
+        with scope(distribution):
+            model = MoETranslationModel.from_preset(
+                "tiny", vocabulary_size=VOCAB, seed=1, **{
+                    name: {"num_experts": 8, "k": 2, "expert_hidden_dim": 16}
+                    for name in ("encoder_moe", "decoder_moe")})
+            model.build()
+        return model
+
+    sharded, single = build(distribution), build(None)
+    equal = {"expert_specs": sorted({
+        str(spec(layer.experts.kernel_in)) for layer in sharded.moe_layers()})}
+    single.set_weights([np.array(w.value) for w in sharded.weights])
+    source = np.random.RandomState(2).randint(4, VOCAB, (4, 6)).astype(
+        "int32")
+    for kind, decode in (("greedy", lambda m: m.greedy_decode(source, 8)),
+                         ("beam", lambda m: m.beam_search(
+                             source, beam_width=3, max_length=8))):
+        with distribution.scope():
+            on_mesh = decode(sharded)["token_ids"]
+        equal[kind] = bool(np.array_equal(on_mesh,
+                                          decode(single)["token_ids"]))
+    return equal
 
 
 def indivisible_experts_error():

@@ -247,3 +247,13 @@ def test_inference_on_the_mesh_drops_nothing(mesh):
     assert report["training_dropped"] > 0.0
     assert report["dropped"] == 0.0 and report["single_dropped"] == 0.0
     assert report["max_difference"] <= 1e-5 * max(1.0, report["logit_scale"])
+
+
+def test_generation_and_translation_on_the_mesh_equal_one_device(mesh):
+    # Expert-parallel inference: experts sharded over "model", the rest
+    # replicated; the tokens are those of one device with the same weights.
+    report = mesh["inference"]
+    assert report["generated_equal"] == {"greedy": True, "top_k": True}
+    assert report["translations_equal"] == {
+        "greedy": True, "beam": True,
+        "expert_specs": ["['model', None, None]"]}
