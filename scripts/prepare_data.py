@@ -21,6 +21,15 @@ deduplicated. Its split is by a hash of the source sentence (German for Ding,
 English for LibreOffice), so pairs with the same source never straddle
 splits: test = SHA-256(source) mod 20 == 0, valid = 1, train = the rest.
 
+The English manuals (`manuals.{train,valid,test}.txt.gz`) are the prose of
+the HTML manuals in Debian documentation packages (`MANUALS_PACKAGES`): the
+<p> paragraphs of each page, split into sentences, tokenized like the 1B
+Word benchmark and kept when they read as English prose (see
+`prose_paragraphs`, `tokenize_sentence`, `is_prose`). Each page is a
+document; its split is by a hash of its name (`split_documents`), and a
+sentence already seen is dropped, so neither a document nor a sentence is
+shared between splits.
+
 Every output file is first written to a hidden staging directory inside
 --output_dir (`.prepare_data-*`, the same file system) and moved into
 --output_dir with `os.replace` only once every requested corpus has been
@@ -38,6 +47,8 @@ Usage:
     python scripts/prepare_data.py --corpora=ding,libreoffice \\
         --ding_deb=trans-de-en_1.9-6_all.deb \\
         --libreoffice_help_debs=libreoffice-help-en-us_...deb,...-de_...deb,...
+    python scripts/prepare_data.py --corpora=manuals \\
+        --manuals_debs=linux-doc-6.1_6.1.170-3_all.deb,...
 """
 
 import bz2
@@ -73,7 +84,7 @@ LIBREOFFICE_PACKAGES = {
     "libreoffice-help-de": ("de", "de"),
     "libreoffice-help-fr": ("fr", "fr"),
 }
-CORPORA = ("brown", "ding", "libreoffice")
+CORPORA = ("brown", "ding", "libreoffice", "manuals")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -91,6 +102,11 @@ flags.DEFINE_string(
     "ding_deb", None,
     f"Path to {DING_PACKAGE}_{DING_VERSION}_all.deb. If unset, it is fetched "
     f"with `apt-get download {DING_PACKAGE}={DING_VERSION}`.")
+flags.DEFINE_list(
+    "manuals_debs", None,
+    "Paths to the .deb files of the manuals corpus (any order; see "
+    "MANUALS_PACKAGES). If unset, they are fetched with `apt-get download` "
+    "at their pinned versions.")
 flags.DEFINE_list(
     "libreoffice_help_debs", None,
     "Paths to the .deb files of " + ", ".join(LIBREOFFICE_PACKAGES) +
@@ -628,6 +644,376 @@ def build_libreoffice(debs, output_dir):
     return by_language["en"][0], counts
 
 
+# --- English manuals -------------------------------------------------------
+
+# Debian package -> (version, directory of its HTML pages, parts of a page's
+# path below that directory that leave the page out). The packages are read
+# in this order, which decides which copy of a repeated sentence is kept.
+MANUALS_PACKAGES = {
+    # Translations are not English; the media uAPI pages are GFDL-only.
+    "linux-doc-6.1": ("6.1.170-3", "usr/share/doc/linux-doc-6.1/html/",
+                      ("translations/", "userspace-api/media/")),
+    "python3.11-doc": ("3.11.2-6+deb12u9",
+                       "usr/share/doc/python3.11/html/", ()),
+    "postgresql-doc-15": ("15.20-0+deb12u1",
+                          "usr/share/doc/postgresql-doc-15/html/", ()),
+    "sqlite3-doc": ("3.40.1-2+deb12u2", "usr/share/doc/sqlite3/", ()),
+    "rust-doc": ("1.63.0+dfsg1-2", "usr/share/doc/rust-doc/html/", ()),
+    "erlang-doc": ("1:25.2.3+dfsg-1+deb12u4", "usr/share/doc/erlang-doc/",
+                   ()),
+    "qtbase5-doc-html": ("5.15.8+dfsg-11+deb12u3", "usr/share/qt5/doc/", ()),
+    "ghc-doc": ("9.0.2-4", "usr/share/doc/ghc-doc/html/", ()),
+    "apache2-doc": ("2.4.71-1~deb12u1",
+                    "usr/share/doc/apache2-doc/manual/en/", ()),
+    "git-doc": ("1:2.39.5-0+deb12u3", "usr/share/doc/git-doc/", ()),
+    # all.html repeats every other page.
+    "nodejs-doc": ("18.20.4+dfsg-1~deb12u3", "usr/share/doc/nodejs/api/",
+                   ("all.html",)),
+    # _modules/ holds the source code as HTML.
+    "python-django-doc": ("3:3.2.25-0+deb12u7",
+                          "usr/share/doc/python-django-doc/html/",
+                          ("_modules/",)),
+    "python-scipy-doc": ("1.10.1-2", "usr/share/doc/python-scipy-doc/html/",
+                         ("_modules/",)),
+    "python-pandas-doc": ("1.5.3+dfsg-2",
+                          "usr/share/doc/python-pandas-doc/html/",
+                          ("_modules/",)),
+    "python-sklearn-doc": ("1.2.1+dfsg-1",
+                           "usr/share/doc/python-sklearn-doc/html/",
+                           ("_modules/",)),
+    "libboost1.81-doc": ("1.81.0-5+deb12u1",
+                         "usr/share/doc/libboost1.81-doc/", ()),
+}
+MANUALS_MAX_TOKENS = 250
+
+# Elements whose text is never prose: code, tables, page furniture.
+_SKIPPED_ELEMENTS = frozenset(("head", "script", "style", "pre", "table",
+                               "nav", "header", "footer", "textarea",
+                               "select", "button", "svg", "math"))
+# Class words of navigation bars, side bars and footers.
+_SKIPPED_CLASSES = frozenset((
+    "sphinxsidebar", "sphinxsidebarwrapper", "related", "footer",
+    "navigation", "navheader", "navfooter", "breadcrumbs", "toc", "sidebar",
+    "wy-nav-side", "rst-footer-buttons", "copyright", "highlight"))
+# Block elements that end an open <p> (HTML closes <p> before them).
+_PARAGRAPH_ENDERS = frozenset((
+    "p", "div", "ul", "ol", "dl", "dt", "dd", "li", "table", "pre",
+    "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "section", "hr",
+    "form", "figure"))
+
+
+class _ProseParser(html.parser.HTMLParser):
+    """Collects the text of the <p> elements of a page, in order."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.paragraphs = []
+        self._skipped = []  # [tag, open elements of that tag] per zone
+        self._text = None  # the open paragraph's pieces, or None
+
+    def _close_paragraph(self):
+        if self._text is not None:
+            text = " ".join("".join(self._text).split())
+            if text:
+                self.paragraphs.append(text)
+            self._text = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = set((attrs.get("class") or "").split())
+        if tag in _SKIPPED_ELEMENTS or classes & _SKIPPED_CLASSES or \
+                attrs.get("role") == "navigation":
+            if tag not in _VOID_ELEMENTS:
+                self._close_paragraph()
+                self._skipped.append([tag, 1])
+            return
+        if self._skipped:
+            if tag == self._skipped[-1][0]:
+                self._skipped[-1][1] += 1
+            return
+        if tag in _PARAGRAPH_ENDERS:
+            self._close_paragraph()
+        if tag == "p":
+            self._text = []
+        elif tag == "br" and self._text is not None:
+            self._text.append(" ")
+
+    def handle_startendtag(self, tag, attrs):
+        if tag == "br" and self._text is not None:
+            self._text.append(" ")
+
+    def handle_endtag(self, tag):
+        if self._skipped:
+            if tag == self._skipped[-1][0]:
+                self._skipped[-1][1] -= 1
+                if not self._skipped[-1][1]:
+                    self._skipped.pop()
+            return
+        if tag in _PARAGRAPH_ENDERS:
+            self._close_paragraph()
+
+    def handle_data(self, data):
+        if self._text is not None and not self._skipped:
+            self._text.append(data)
+
+    def close(self):
+        super().close()
+        self._close_paragraph()
+
+
+def prose_paragraphs(page):
+    """The paragraphs (<p> elements) of an HTML page, whitespace collapsed.
+
+    Text inside code blocks, tables, scripts and the page's furniture
+    (<head>, <nav>, <header>, <footer>, side bars, navigation bars) is not
+    prose and is left out; a <br> reads as a space.
+
+    >>> prose_paragraphs('<nav><p>Home</p></nav><p>One  <b>two</b>.</p>'
+    ...                  '<pre>code</pre><p>Three.<br>Four.')
+    ['One two.', 'Three. Four.']
+    """
+    parser = _ProseParser()
+    parser.feed(page)
+    parser.close()
+    return parser.paragraphs
+
+
+# Typographic quotes, dashes and invisible characters, as the 1B Word
+# benchmark's punctuation normalization writes them.
+_PUNCTUATION = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"',
+    "\u00ab": '"', "\u00bb": '"', "\u2013": " - ", "\u2014": " -- ",
+    "\u2026": "...", "\u00a0": " ", "\u200b": "", "\u00ad": "",
+    "\ufeff": "", "\u2009": " ", "\u202f": " "})
+# Every character but letters, digits, '_', '.', ',', "'" and '-' is a
+# token of its own.
+_SYMBOL = re.compile(r"([^\w\s.,'\-])")
+# A comma between two digits (1,000) stays in its number.
+_COMMA = re.compile(r",(?!\d)|(?<!\d),")
+# Abbreviations whose period does not end the word (before another word).
+_NONBREAKING = frozenset((
+    "Mr", "Mrs", "Ms", "Dr", "Prof", "Sr", "Jr", "St", "vs", "etc", "No",
+    "Nos", "Vol", "Fig", "Figs", "Jan", "Feb", "Mar", "Apr", "Jun", "Jul",
+    "Aug", "Sep", "Sept", "Oct", "Nov", "Dec", "approx", "cf", "Inc",
+    "Ltd", "Co", "Corp", "ca", "pp", "Ch", "Sec", "Eq", "Ref"))
+
+
+def _split_apostrophes(word):
+    # "don't" -> "don 't", "it's" -> "it 's"; other quotes stand alone.
+    pieces = []
+    for index, character in enumerate(word):
+        if character != "'":
+            pieces.append(character)
+            continue
+        before = word[index - 1] if index else ""
+        after = word[index + 1] if index + 1 < len(word) else ""
+        if before.isalnum() and after.isalpha():
+            pieces.append(" '")
+        else:
+            pieces.append(" ' ")
+    return "".join(pieces).split()
+
+
+def _split_period(word, is_last):
+    """The word with a sentence-ending or stray final period split off."""
+    if not word.endswith(".") or set(word) == {"."}:
+        return [word]
+    if word.endswith("..."):
+        return [*_split_period(word[:-3], False), "..."]
+    body = word[:-1]
+    # U.S., e.g., i.e., a.m.: an abbreviation keeps its period, even at
+    # the end of a sentence; so do Mr., Dr., etc. and initials before
+    # another word.
+    if "." in body and any(c.isalpha() for c in body):
+        return [word]
+    if not is_last and (body in _NONBREAKING or
+                        (len(body) == 1 and body.isupper())):
+        return [word]
+    return [body, "."] if body else ["."]
+
+
+def tokenize_sentence(sentence):
+    """Tokens of one English sentence, punctuation split off as tokens.
+
+    Like the tokenizer of the 1B Word benchmark (Moses' `tokenizer.perl`
+    after its punctuation normalization): typographic quotes and dashes
+    become ASCII; every symbol but '.', ',', "'" and '-' is a token; a
+    comma is one unless between digits (1,000); a word's final period is
+    one unless the word is an abbreviation (U.S., e.g., Mr. or an initial
+    before another word); "..." is one token; clitics split as "don 't",
+    "it 's"; hyphens, '_' and inner periods stay in their word (well-known,
+    snake_case, os.path, 3.5).
+
+    >>> tokenize_sentence('Mr. Smith doesn\u2019t use os.path (see '
+    ...                   '\u201cFiles\u201d), e.g. 1,000 times.')
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ['Mr.', 'Smith', 'doesn', "'t", 'use', 'os.path', '(', 'see', '"',
+     'Files', '"', ')', ',', 'e.g.', '1,000', 'times', '.']
+    """
+    text = _SYMBOL.sub(r" \1 ", sentence.translate(_PUNCTUATION))
+    text = _COMMA.sub(" , ", text)
+    words = []
+    for word in text.split():
+        words.extend(_split_apostrophes(word) if "'" in word else [word])
+    tokens = []
+    for index, word in enumerate(words):
+        tokens.extend(_split_period(word, index == len(words) - 1))
+    return tokens
+
+
+# Frequent English words: a sentence holding none is taken for code, a
+# list of names or another language. ('in', 'an', 'was' are German too.)
+_ENGLISH_WORDS = frozenset((
+    "the", "is", "are", "of", "to", "and", "for", "this", "that", "it",
+    "with", "be", "you", "can", "not", "by", "on", "or", "if", "as", "from",
+    "at", "which", "have", "has", "we", "your", "its", "when", "these",
+    "there", "should", "must", "may", "does", "do", "will", "all", "but"))
+_SENTENCE_ENDS = frozenset((".", "!", "?"))
+
+
+def is_prose(tokens):
+    """Whether a tokenized sentence reads as an English prose sentence.
+
+    True when it has 4 to MANUALS_MAX_TOKENS tokens, ends with '.', '!'
+    or '?' (before closing quotes or brackets), at least 60% of its
+    tokens hold a letter, at least 95% of its letters are ASCII, it
+    holds a frequent English word ('the', 'is', 'of', ...) and no U+FFFD
+    (a byte that was not UTF-8). Headings, labels, signatures, code and
+    other languages are left out.
+
+    >>> is_prose('The value is 3 .'.split())
+    True
+    >>> is_prose('Default : 0 .'.split())
+    False
+    """
+    if not 4 <= len(tokens) <= MANUALS_MAX_TOKENS or \
+            any("\ufffd" in token for token in tokens):
+        return False
+    end = len(tokens) - 1
+    while end > 0 and tokens[end] in ('"', "'", ")", "]"):
+        end -= 1
+    if tokens[end] not in _SENTENCE_ENDS:
+        return False
+    if sum(any(c.isalpha() for c in token) for token in tokens) < \
+            0.6 * len(tokens):
+        return False
+    letters = [c for token in tokens for c in token if c.isalpha()]
+    if sum(c.isascii() for c in letters) < 0.95 * len(letters):
+        return False
+    return any(token.lower() in _ENGLISH_WORDS for token in tokens)
+
+
+def prose_sentences(paragraphs):
+    """Tokenized prose sentences of paragraphs, one string each.
+
+    Each paragraph is split into sentences by `sentencex` (English rules,
+    the segmenter of `sgmoe.data.split_into_sentences`), each sentence
+    tokenized by `tokenize_sentence` and kept when `is_prose`. Returns
+    a list of strings, tokens separated by one space.
+
+    >>> prose_sentences(['It works well. See Fig. 2 for the details!',
+    ...                  'Index'])
+    ['It works well .', 'See Fig. 2 for the details !']
+    """
+    try:
+        import sentencex
+    except ImportError:
+        raise ValueError("the manuals corpus needs the sentencex package "
+                         "(pip install 'sentencex>=1.0.32,<2')") from None
+    sentences = []
+    for paragraph in paragraphs:
+        for sentence in sentencex.segment("en", paragraph):
+            tokens = tokenize_sentence(sentence)
+            if is_prose(tokens):
+                sentences.append(" ".join(tokens))
+    return sentences
+
+
+def manual_documents(deb):
+    """(package, version, [(document, [paragraph, ...])]) of a .deb.
+
+    Each HTML page of the package (`.html`/`.htm` under its directory in
+    MANUALS_PACKAGES, not under a left-out path) is one document, named
+    'package/path', in path order.
+    """
+    package, version, files = read_deb(deb)
+    if package not in MANUALS_PACKAGES:
+        raise ValueError(f"{deb} is package {package}, expected one of "
+                         f"{', '.join(MANUALS_PACKAGES)}")
+    expected, directory, left_out = MANUALS_PACKAGES[package]
+    _check_version(package, version, expected)
+    documents = []
+    for path in sorted(files):
+        if not path.startswith(directory) or \
+                not path.endswith((".html", ".htm")):
+            continue
+        page = path[len(directory):]
+        if any(part in page for part in left_out):
+            continue
+        text = files[path].decode("utf-8", "replace")
+        documents.append((f"{package}/{page}", prose_paragraphs(text)))
+    if not documents:
+        raise ValueError(f"{deb} holds no HTML pages under {directory}")
+    return package, version, documents
+
+
+def split_documents(documents):
+    """Deduplicated sentences of documents, split by document.
+
+    Args:
+      documents: iterable of (name, [sentence, ...]).
+    Returns {split: (documents, [sentence, ...])}: a document goes to the
+    split of `split_of_sentence(name)` (SHA-256 of its name mod 20: 0 test,
+    1 valid, else train), so no document is shared between splits; a
+    sentence seen before (in any document) is dropped, so no sentence is
+    either. Documents left without a sentence are not counted.
+    """
+    splits = {split: [0, []] for split in SPLITS}
+    seen = set()
+    for name, sentences in documents:
+        kept = []
+        for sentence in sentences:
+            if sentence not in seen:
+                seen.add(sentence)
+                kept.append(sentence)
+        if kept:
+            split = splits[split_of_sentence(name)]
+            split[0] += 1
+            split[1].extend(kept)
+    return {split: tuple(value) for split, value in splits.items()}
+
+
+def build_manuals(debs, output_dir):
+    """Writes manuals.{train,valid,test}.txt.gz from the packages' .debs.
+
+    Returns ({package: version}, {split: (documents, sentences, tokens)}).
+    """
+    by_package = {}
+    for deb in debs:
+        package, version, documents = manual_documents(deb)
+        by_package[package] = (version, documents)
+    missing = [package for package in MANUALS_PACKAGES
+               if package not in by_package]
+    if missing:
+        raise ValueError(f"missing manual packages: {', '.join(missing)}")
+
+    def sentences_of_documents():
+        for package in MANUALS_PACKAGES:
+            for name, paragraphs in by_package[package][1]:
+                yield name, prose_sentences(paragraphs)
+
+    splits = split_documents(sentences_of_documents())
+    os.makedirs(output_dir, exist_ok=True)
+    counts = {}
+    for split, (documents, sentences) in splits.items():
+        write_lines(os.path.join(output_dir, f"manuals.{split}.txt.gz"),
+                    sentences)
+        counts[split] = (documents, len(sentences),
+                         sum(len(s.split()) for s in sentences))
+    return {p: v for p, (v, _) in by_package.items()}, counts
+
+
 # --- Command line ----------------------------------------------------------
 
 def _print_parallel(name, version, counts):
@@ -662,6 +1048,21 @@ def _prepare_brown(tmp, output_dir):
           f"{total_tokens} tokens")
     for name, (sentences, tokens) in counts.items():
         print(f"  {name:5s} {sentences:6d} sentences {tokens:8d} tokens")
+
+
+def _prepare_manuals(tmp, output_dir):
+    debs = FLAGS.manuals_debs or apt_download(
+        [f"{package}={version}"
+         for package, (version, _, _) in MANUALS_PACKAGES.items()],
+        tempfile.mkdtemp(dir=tmp))
+    _, counts = build_manuals(debs, output_dir)
+    print(f"manuals: {len(MANUALS_PACKAGES)} packages, "
+          f"{sum(c[0] for c in counts.values())} documents, "
+          f"{sum(c[1] for c in counts.values())} sentences, "
+          f"{sum(c[2] for c in counts.values())} tokens")
+    for split, (documents, sentences, tokens) in counts.items():
+        print(f"  {split:5s} {documents:6d} documents {sentences:8d} "
+              f"sentences {tokens:9d} tokens")
 
 
 def main(argv):
@@ -699,6 +1100,8 @@ def _prepare(tmp, output_dir):
         version, counts = build_libreoffice(debs, output_dir)
         for pair, pair_counts in counts.items():
             _print_parallel(f"libreoffice.{pair}", version, pair_counts)
+    if "manuals" in FLAGS.corpora:
+        _prepare_manuals(tmp, output_dir)
 
 
 if __name__ == "__main__":
