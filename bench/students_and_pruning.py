@@ -245,6 +245,25 @@ def summarize(rows, keys):
     return summary
 
 
+def paired_differences(rows, keys, first, second):
+    """Per seed, test perplexity of `first` minus `second` (key tuples):
+    a line with the differences, their mean and spread, or None."""
+    by_seed = {}
+    for row in rows:
+        by_seed.setdefault(row["seed"], {})[
+            tuple(row[key] for key in keys)] = row["test perplexity"]
+    differences = [values[first] - values[second]
+                   for _, values in sorted(by_seed.items())
+                   if first in values and second in values]
+    if not differences:
+        return None
+    first, second = (" ".join(map(str, key)) for key in (first, second))
+    return (f"{first} minus {second}, per seed: "
+            + " ".join(f"{d:+.2f}" for d in differences)
+            + f" (mean {np.mean(differences):+.2f}, spread "
+            f"{np.max(differences) - np.min(differences):.2f})")
+
+
 def markdown(summary, keys):
     columns = list(keys) + ["parameters", "test perplexity (mean)",
                             "spread (max - min)", "per seed"]
@@ -275,6 +294,13 @@ def main(argv=None):
     keys = ["model"] if args.experiment == "students" else ["model",
                                                             "experts"]
     table = markdown(summarize(rows, keys), keys)
+    if args.experiment == "students":
+        pairs = [(("student, KD",), ("student, labels only",)),
+                 (("student, KD",), ("teacher",))]
+    else:
+        pairs = [(("pruned", keep), ("trained", keep)) for keep in args.keep]
+    lines = [paired_differences(rows, keys, *pair) for pair in pairs]
+    table += "".join(f"\n\n{line}" for line in lines if line)
     command = " ".join(["python bench/students_and_pruning.py"] + argv)
     header = (
         f"`{command}` ({datetime.date.today()}, {(time.time() - start) / 60:.1f}"
