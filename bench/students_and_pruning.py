@@ -109,6 +109,7 @@ class Run:
         from sgmoe import models
 
         args = self.args
+        keras.utils.set_random_seed(seed)  # the initial weights too
         return models.MoELanguageModel(
             vocabulary_size=len(self.vocabulary), model_dim=args.model_dim,
             layer_types=layer_types, padding_id=0, seed=seed,
