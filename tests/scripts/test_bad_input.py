@@ -1,38 +1,36 @@
 """Bad input to the scripts, as a new user gives it: every case exits
 non-zero with one readable line on stderr, no traceback, and the model
 directory exactly as it was (its `.lock` aside, which records the last
-process that held it)."""
+process that held it).
+
+The cases run in this process (`script_runs.run_script`: the script's
+`main` with its flags parsed from the case's list), on the backend the
+tests run on; `test_a_process_exits_with_one_line_and_no_native_logs`
+runs three of them as real processes.
+"""
 
 import hashlib
 import os
-import subprocess
-import sys
 
+import keras
 import pytest
 
 from tests.helpers import hold_model_dir_lock
+from tests.scripts.script_runs import SCRIPTS
+from tests.scripts.script_runs import SHORT_RUN_JIT
+from tests.scripts.script_runs import run_process
+from tests.scripts.script_runs import run_script
 
-pytestmark = pytest.mark.subprocess
-
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SCRIPTS = os.path.join(ROOT, "scripts")
 TINY_LM = ("--preset=tiny_moe", "--vocabulary_size=60", "--train_steps=2",
-           "--nojit_compile")
+           SHORT_RUN_JIT)
 TINY_TRANSLATION = ("--preset=tiny", "--vocabulary_size=290",
-                    "--train_steps=2", "--nojit_compile")
+                    "--train_steps=2", SHORT_RUN_JIT)
 SENTENCES = [f"the {word} saw a {other} ." for word in (
     "cat", "dog", "man", "bird", "child") for other in (
     "tree", "house", "river", "car")]
 GERMAN = [f"die {word} sah ein {other} ." for word in (
     "katze", "hund", "frau", "maus", "kind") for other in (
     "baum", "haus", "boot", "auto")]
-
-
-def run(script, *flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, script), *flags], cwd=ROOT,
-        env=env, capture_output=True, text=True, timeout=600)
 
 
 def tree_digest(path):
@@ -101,7 +99,8 @@ MANIFEST = ('{"format": "sgmoe-run", "version": 1, "cadence": {}, '
 LANGUAGES = ('{"format": "sgmoe-run", "version": 1, "cadence": {}, '
              '"setup": {"data": {"languages": ["de", "en"]}}}')
 
-# (id, script, flags (str.format'ed with the Files), prepare, message start)
+# (id, script, flags (str.format'ed with the Files), prepare, message start
+# or {backend: message start})
 CASES = [
     # Flags, checked before anything loads.
     ("lm_steps", "train_lm.py", ["--train_steps=0"], None,
@@ -129,7 +128,9 @@ CASES = [
     ("lm_experts", "train_lm.py", ["--num_experts=0", "--model_dir={dir}"],
      None, "train_lm: "),
     ("lm_mesh", "train_lm.py", ["--mesh=model:2"], None,
-     "train_lm: `mesh`='model:2' asks for expert sharding"),
+     {"tensorflow": "train_lm: `mesh`='model:2' asks for expert sharding",
+      "jax": "train_lm: `mesh` batch:1,model:2 has 2 devices, but there "
+             "are "}),
     ("lm_hparams_key", "train_lm.py", ["--hparams=moe.capacity=2",
                                        "--model_dir={dir}"], "manifest",
      "train_lm: --hparams: Unknown override 'moe.capacity': not an "
@@ -273,13 +274,21 @@ def prepare(files, kind):
     return None
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
-def test_bad_input_exits_with_one_line_and_keeps_the_model_dir(
-        tmp_path, case):
+def case_names(files, tmp_path):
+    """What the cases' flags and messages name, for `str.format`."""
+    return {"tmp": str(tmp_path), "dir": files.model_dir,
+            "train": files.train, "long": files.long, "pairs": files.pairs}
+
+
+def run_case(tmp_path, case, run):
+    """Runs `case` with `run` (in this process or in a new one); returns
+    the result, the message start expected, and the digests of the model
+    directory before and after."""
     _, script, flags, kind, message = case
+    if isinstance(message, dict):
+        message = message[keras.backend.backend()]
     files = Files(tmp_path)
-    names = {"tmp": str(tmp_path), "dir": files.model_dir,
-             "train": files.train, "long": files.long, "pairs": files.pairs}
+    names = case_names(files, tmp_path)
     holder = prepare(files, kind)
     before = tree_digest(files.model_dir)
     try:
@@ -288,27 +297,78 @@ def test_bad_input_exits_with_one_line_and_keeps_the_model_dir(
         if holder is not None:
             holder.kill()
             holder.wait()
+    return (result, message.format(**names), before,
+            tree_digest(files.model_dir))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_bad_input_exits_with_one_line_and_keeps_the_model_dir(
+        tmp_path, case):
+    result, message, before, after = run_case(tmp_path, case, run_script)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0, result.stdout[-2000:]
+    assert result.returncode == 1, result.stdout[-2000:]
     assert len(lines) == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert lines[0].startswith(message.format(**names)), lines[0]
-    assert tree_digest(files.model_dir) == before
+    assert lines[0].startswith(message), lines[0]
+    assert after == before
 
 
-def test_overwrite_deletes_the_old_run_and_starts_afresh(tmp_path):
-    files = Files(tmp_path)
-    files.run_dir(MANIFEST, checkpoint="checkpoint.json")
-    notes = files.write("model_dir/notes.txt", ["the user's own file"])
-    result = run("train_lm.py", *TINY_LM, f"--train_files={files.train}",
-                 f"--eval_files={files.train}",
-                 f"--model_dir={files.model_dir}", "--overwrite")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (f"--overwrite: deleted checkpoints, vocabulary.txt, run.json in "
-            f"{files.model_dir}") in result.stdout
-    with open(os.path.join(files.model_dir, "run.json")) as file:
-        assert '"max_length": 48' in file.read()
-    assert sorted(os.listdir(os.path.join(files.model_dir, "checkpoints"))
-                  ) == ["latest", "step-2"]
-    with open(notes) as file:
-        assert file.read() == "the user's own file\n"
+# A flag error in train_lm.py (absl's parser, before TensorFlow loads), and
+# errors after TensorFlow, Keras and sgmoe load in train_translation.py and
+# evaluate.py.
+PROCESS_CASES = ("lm_unknown_flag", "mt_preset", "ev_no_model")
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("case_id", PROCESS_CASES)
+def test_a_process_exits_with_one_line_and_no_native_logs(tmp_path,
+                                                           case_id):
+    """The process boundary: exit status 1, and on stderr only the
+    script's line, in an environment that does not quiet TensorFlow
+    (TF_CPP_MIN_LOG_LEVEL unset: the scripts set it themselves)."""
+    [case] = [case for case in CASES if case[0] == case_id]
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    result, message, before, after = run_case(
+        tmp_path, case,
+        lambda script, *flags: run_process(script, *flags, env=env))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith(message), lines[0]
+    assert result.stdout == ""
+    assert after == before
+
+
+def test_a_traceback_is_not_taken_for_a_clean_exit(monkeypatch):
+    """`run_script` lets an exception other than SystemExit through, so a
+    case fails when a script loses its one line to a traceback."""
+    monkeypatch.syspath_prepend(SCRIPTS)
+    import training_flags
+
+    def check_training_flags(fail, positive=()):
+        raise RuntimeError("not a clean exit")
+
+    monkeypatch.setattr(training_flags, "check_training_flags",
+                        check_training_flags)
+    with pytest.raises(RuntimeError, match="not a clean exit"):
+        run_script("train_lm.py", "--train_steps=0")
+
+
+def test_flags_of_one_run_do_not_reach_the_next():
+    """Each run parses its own flags from the defaults, whichever script
+    ran before: the checks run in the order train_steps, batch_size,
+    learning_rate, so a leaked --batch_size=-1 would be reported first."""
+    for script, flag, message in (
+            ("train_lm.py", "--batch_size=-1",
+             "train_lm: --batch_size must be"),
+            ("evaluate.py", "--beam_width=0",
+             "evaluate: --beam_width must be"),
+            ("train_lm.py", "--learning_rate=0",
+             "train_lm: --learning_rate must be"),
+            ("train_translation.py", "--learning_rate=0",
+             "train_translation: --learning_rate must be")):
+        result = run_script(script, flag, "--model_dir=/nonexistent")
+        assert result.returncode == 1
+        assert result.stderr.startswith(message), result.stderr

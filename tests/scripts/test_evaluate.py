@@ -4,34 +4,26 @@ Misaligned parallel files, an unusable --output_file and an evaluation
 set that --max_length empties each end the script with one line on
 stderr; --output_file is replaced whole. The model directories hold
 untrained tiny models, written as the training scripts write them: these
-tests need a model evaluate.py can load, not a good one.
+tests need a model evaluate.py can load, not a good one. The runs are in
+this process (`script_runs.run_script`), on the backend the tests run on.
 """
 
 import gzip
 import os
-import subprocess
-import sys
 
 import pytest
 
 from tests.helpers import bundled_head
-
-pytestmark = pytest.mark.subprocess
-
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
+from tests.scripts.script_runs import ROOT
+from tests.scripts.script_runs import run_script
 
 
 def run(*flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, EVALUATE, *flags], cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_script("evaluate.py", *flags)
 
 
 def one_error_line(result):
-    """The script's one stderr line (TensorFlow's start-up log held back
-    by scripts/console.py)."""
+    """The script's one stderr line."""
     assert result.returncode == 1, (result.returncode, result.stdout)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.splitlines()
@@ -108,7 +100,6 @@ def test_an_unusable_output_file_fails_before_the_model_loads(
              f"--eval_files={prefix}", "--beam_width=1", "--nojit_compile")
     missing = tmp_path / "no" / "such" / "dir" / "out.en"
     result = run(*flags, f"--output_file={missing}")
-    # Exactly one line: the script stopped before it imported TensorFlow.
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"evaluate: --output_file={missing}: no such directory "

@@ -345,4 +345,4 @@ def test_unknown_corpus_exits_with_one_line():
     assert_fails_with(
         run_script("--corpora=brown,wiki"),
         "prepare_data: unknown corpora ['wiki']; expected some of "
-        "['brown', 'ding', 'libreoffice']")
+        "['brown', 'ding', 'libreoffice', 'manuals']")

@@ -2,18 +2,11 @@
 and --split_sentences (bad values: test_bad_input.py)."""
 
 import json
-import os
-import subprocess
-import sys
-
-import pytest
 
 from sgmoe import data
+from tests.scripts.script_runs import SCRIPTS
+from tests.scripts.script_runs import run_script
 
-pytestmark = pytest.mark.subprocess
-
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SCRIPTS = os.path.join(ROOT, "scripts")
 ANIMALS = ("cat", "dog", "man", "bird", "child")
 # A paragraph per line, each longer than --max_length=12 tokens, so only
 # its sentences are examples; "tree.The" has a boundary without a space.
@@ -36,14 +29,12 @@ def test_train_lm_splits_paragraphs_and_skips_malformed_lines(tmp_path):
     text.write_bytes("".join(line + "\n" for line in PARAGRAPHS).encode()
                      + b"the cat " * 40 + b"\n" + b"the \xff cat .\n")
     model_dir = tmp_path / "lm"
-    result = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, "train_lm.py"),
-         "--preset=tiny_moe", "--vocabulary_size=60", "--train_steps=2",
-         "--nojit_compile", f"--train_files={text}", f"--eval_files={text}",
-         "--max_length=12", "--split_sentences", "--on_malformed=skip",
-         "--max_line_length=200", f"--model_dir={model_dir}"],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        capture_output=True, text=True, timeout=600)
+    result = run_script(
+        "train_lm.py", "--preset=tiny_moe", "--vocabulary_size=60",
+        "--train_steps=2", "--nojit_compile", f"--train_files={text}",
+        f"--eval_files={text}", "--max_length=12", "--split_sentences",
+        "--on_malformed=skip", "--max_line_length=200",
+        f"--model_dir={model_dir}")
     assert result.returncode == 0, result.stderr[-2000:]
     # Checked by the training and the evaluation pipeline, reported once.
     notice = (f"{text}: skipped 2 of 22 lines (1 not UTF-8, 1 longer than "

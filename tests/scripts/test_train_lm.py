@@ -1,28 +1,25 @@
-"""The demo training script: a short real run that resumes and reloads
-(bad input: test_bad_input.py)."""
+"""The demo training script: a short real run that resumes and reloads,
+--overwrite, and a two-step run that evaluate.py reproduces (bad input:
+test_bad_input.py). The runs are in this process
+(`script_runs.run_script`), on the backend the tests run on."""
 
 import json
 import os
 import re
-import subprocess
-import sys
 
-import pytest
+import keras
 
 from tests.helpers import bundled_head
+from tests.scripts.script_runs import SHORT_RUN_JIT
+from tests.scripts.script_runs import run_script
+from tests.scripts.test_bad_input import MANIFEST
+from tests.scripts.test_bad_input import TINY_LM
+from tests.scripts.test_bad_input import Files
 from tests.training.test_moe_tensorboard import read_events
 
-pytestmark = pytest.mark.subprocess
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-SCRIPT = os.path.join(ROOT, "scripts", "train_lm.py")
-EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
-
-
-def run(*flags, script=SCRIPT):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, script, *flags], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run(*flags, script="train_lm.py"):
+    return run_script(script, *flags)
 
 
 # Without XLA: compiling the train step was 30 of a run's 50 s. The
@@ -57,8 +54,8 @@ def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     events = read_events(os.path.join(model_dir, "logs", "validation"))
     assert sorted(events["val/loss"][1]) == [20, 40]
     assert list(events["perplexity"][1]) == [40]  # the final evaluation
-    match = re.search(r"validation perplexity: ([\d.]+) \(untrained: ([\d.]+)\)",
-                      result.stdout)
+    match = re.search(r"validation perplexity: ([\d.]+) \(untrained: "
+                      r"([\d.]+)\)", result.stdout)
     assert match, result.stdout
     trained, untrained = map(float, match.groups())
     # Untrained is about the vocabulary size; 40 steps learn word frequencies.
@@ -81,13 +78,62 @@ def test_short_run_learns_the_bundled_corpus_and_resumes(tmp_path):
     # evaluate.py reloads the final model and its vocabulary: the same
     # perplexity on the validation text, and the bundled test split.
     result = run(f"--model_dir={model_dir}", "--nojit_compile",
-                 script=EVALUATE)
+                 script="evaluate.py")
     assert result.returncode == 0, result.stderr[-2000:]
     test = float(re.search(r"test perplexity: ([\d.]+)",
                            result.stdout).group(1))
     assert test < 0.5 * untrained
     result = run(f"--model_dir={model_dir}", "--max_length=48",
-                 f"--eval_files={valid}", "--nojit_compile", script=EVALUATE)
+                 f"--eval_files={valid}", "--nojit_compile",
+                 script="evaluate.py")
     evaluated = float(re.search(r"test perplexity: ([\d.]+)",
                                 result.stdout).group(1))
     assert abs(evaluated - resumed) < 0.051, (evaluated, resumed)
+
+
+def test_overwrite_deletes_the_old_run_and_starts_afresh(tmp_path):
+    files = Files(tmp_path)
+    files.run_dir(MANIFEST, checkpoint="checkpoint.json")
+    notes = files.write("model_dir/notes.txt", ["the user's own file"])
+    result = run(*TINY_LM, f"--train_files={files.train}",
+                 f"--eval_files={files.train}",
+                 f"--model_dir={files.model_dir}", "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (f"--overwrite: deleted checkpoints, vocabulary.txt, run.json in "
+            f"{files.model_dir}") in result.stdout
+    with open(os.path.join(files.model_dir, "run.json")) as file:
+        assert '"max_length": 48' in file.read()
+    assert sorted(os.listdir(os.path.join(files.model_dir, "checkpoints"))
+                  ) == ["latest", "step-2"]
+    with open(notes) as file:
+        assert file.read() == "the user's own file\n"
+
+
+def test_evaluate_reproduces_the_perplexity_of_a_short_run(tmp_path):
+    """Two steps on the backend the tests run on (the JAX pass too):
+    train_lm.py saves the model and vocabulary, and evaluate.py reloads
+    them to the perplexity train_lm.py reported on the same text."""
+    # Every sentence is 7 tokens with <S>: all batches have one shape, so
+    # JAX compiles each step once.
+    text = Files(tmp_path).train
+    model_dir = tmp_path / "lm"
+    result = run("--preset=tiny_moe", "--vocabulary_size=60",
+                 "--train_steps=2", "--log_every=1", SHORT_RUN_JIT,
+                 f"--train_files={text}", f"--eval_files={text}",
+                 f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"backend {keras.backend.backend()}," in result.stdout
+    assert re.findall(r"^step=(\d+)/2 loss=", result.stdout, re.M) == [
+        "1", "2"]
+    match = re.search(r"validation perplexity: ([\d.]+) \(untrained: "
+                      r"([\d.]+)\)", result.stdout)
+    assert match, result.stdout
+    trained, untrained = map(float, match.groups())
+    # 13 words and 4 special tokens: untrained, about uniform over them.
+    assert 12 < untrained < 25 and trained < untrained
+    result = run(f"--model_dir={model_dir}", f"--eval_files={text}",
+                 SHORT_RUN_JIT, script="evaluate.py")
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = float(re.search(r"test perplexity: ([\d.]+)",
+                                result.stdout).group(1))
+    assert abs(evaluated - trained) < 0.051, (evaluated, trained)

@@ -1,26 +1,22 @@
 """The translation training and evaluation scripts: a short real run, BLEU
-that evaluate.py reproduces from the saved model, and bad input."""
+that evaluate.py reproduces from the saved model, and bad input. The runs
+are in this process (`script_runs.run_script`), on the backend the tests
+run on."""
 
 import gzip
 import math
 import os
 import re
-import subprocess
-import sys
 
-import pytest
+from tests.scripts.script_runs import ROOT
+from tests.scripts.script_runs import run_script
 
-pytestmark = pytest.mark.subprocess
-
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-TRAIN = os.path.join(ROOT, "scripts", "train_translation.py")
-EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
+TRAIN = "train_translation.py"
+EVALUATE = "evaluate.py"
 
 
 def run(script, *flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, script, *flags], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_script(script, *flags)
 
 
 def write_pairs(prefix, pairs):
@@ -49,8 +45,9 @@ def test_short_run_trains_saves_and_evaluate_reproduces_bleu(tmp_path):
     model_dir = tmp_path / "de_en"
     eval_prefix = tmp_path / "eval.de-en"
     train_prefix = tmp_path / "train.de-en"
-    write_pairs(eval_prefix, read_pairs("data/ding.de-en.valid", 48))
-    write_pairs(train_prefix, read_pairs("data/ding.de-en.train", 2000))
+    data = os.path.join(ROOT, "data")
+    write_pairs(eval_prefix, read_pairs(f"{data}/ding.de-en.valid", 48))
+    write_pairs(train_prefix, read_pairs(f"{data}/ding.de-en.train", 2000))
     # No XLA: compiling the recurrent model and its decoder would take
     # longer than the run.
     result = run(TRAIN, "--preset=tiny_pyramid", "--vocabulary_size=400",
