@@ -2,16 +2,15 @@
 
 import functools
 import gzip
-import io
 import os
 import re
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
 from scripts import prepare_data
+from tests.scripts.fake_debs import make_deb
 
 pytestmark = pytest.mark.subprocess
 
@@ -230,28 +229,6 @@ def test_align_paragraphs_pairs_ids_and_drops_untranslated():
 
 
 # --- Debian packages and the command line ----------------------------------
-
-def make_deb(path, package, files, version="1.0"):
-    """Writes a minimal .deb: ar archive of debian-binary and two tar.xz."""
-    def tar_xz(members):
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
-            for name, data in members.items():
-                info = tarfile.TarInfo("./" + name)
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
-
-    control = f"Package: {package}\nVersion: {version}\n".encode()
-    members = [("debian-binary", b"2.0\n"),
-               ("control.tar.xz", tar_xz({"control": control})),
-               ("data.tar.xz", tar_xz(files))]
-    with open(path, "wb") as deb:
-        deb.write(b"!<arch>\n")
-        for name, data in members:
-            deb.write(f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}"
-                      f"{len(data):<10}`\n".encode())
-            deb.write(data + b"\n" * (len(data) % 2))
 
 
 def help_deb(directory, package, language_directory, page):

@@ -2,16 +2,15 @@
 
 import gzip
 import importlib.util
-import io
 import os
 import re
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
 from scripts import prepare_data
+from tests.scripts import fake_debs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 DATA_DIR = os.path.join(ROOT, "data")
@@ -193,26 +192,8 @@ def test_documents_without_new_sentences_are_not_counted():
 # --- Building from packages ------------------------------------------------
 
 def make_deb(path, package, files, version="1.0"):
-    """Writes a minimal .deb: ar archive of debian-binary and two tar.gz."""
-    def tar_gz(members):
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            for name, data in members.items():
-                info = tarfile.TarInfo("./" + name)
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
-
-    control = f"Package: {package}\nVersion: {version}\n".encode()
-    members = [("debian-binary", b"2.0\n"),
-               ("control.tar.gz", tar_gz({"control": control})),
-               ("data.tar.gz", tar_gz(files))]
-    with open(path, "wb") as deb:
-        deb.write(b"!<arch>\n")
-        for name, data in members:
-            deb.write(f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}"
-                      f"{len(data):<10}`\n".encode())
-            deb.write(data + b"\n" * (len(data) % 2))
+    return fake_debs.make_deb(path, package, files, version,
+                              compression="gz")
 
 
 def manual_debs(directory, pages_per_package=3):
