@@ -70,7 +70,11 @@ class MoETensorBoard(keras.callbacks.Callback):
             words per second: a number (e.g. batch size x target length), a
             callable `f(logs)` returning the tokens of the steps that just
             ended, or None to not write `train/words_per_second`.
-        histograms: whether to write the per-expert load histogram.
+        histograms: whether to write the per-expert histograms.
+        write: False in every process of a multi-process run but the one
+            that writes the logs: the callback then only starts the MoE
+            statistics windows afresh at the same steps (assigning a
+            variable is collective across processes).
 
     Example:
 
@@ -80,9 +84,10 @@ class MoETensorBoard(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir, update_freq=100, tokens_per_step=None,
-                 histograms=True):
+                 histograms=True, write=True):
         super().__init__()
         self.log_dir = str(log_dir)
+        self.write = bool(write)
         if update_freq != "epoch":
             try:
                 update_freq = _validation.check_positive_int(
@@ -101,7 +106,7 @@ class MoETensorBoard(keras.callbacks.Callback):
         self._pending_logs = None
 
     def on_train_begin(self, logs=None):
-        if self._writer is None:
+        if self._writer is None and self.write:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         self._steps.step = _logs.initial_step(self.model)
         self._logged_step = self._steps.step
@@ -125,7 +130,8 @@ class MoETensorBoard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._write_training()
         logs = logs or {}
-        if not any(name.startswith("val_") for name in logs):
+        if self._writer is None or not any(name.startswith("val_")
+                                           for name in logs):
             return
         with self._writer.as_default(step=self._steps.step):
             _write_logs("val/", logs, prefix="val_")
@@ -139,11 +145,16 @@ class MoETensorBoard(keras.callbacks.Callback):
 
     def _write_training(self):
         """Writes the pending step's logs and MoE statistics, if any."""
-        if self._pending_logs is None or self._writer is None:
+        if self._pending_logs is None:
             return
         logs, self._pending_logs = self._pending_logs, None
         model = self.model  # On JAX, this syncs the variables' values.
         step = self._steps.step
+        if not self.write:  # another process writes; the windows restart
+            for layer in find_moe_layers(model).values():
+                layer.reset_window()
+            self._logged_step = step
+            return
         with self._writer.as_default(step=step):
             _write_logs("train/", logs)
             words_per_second = self._throughput.tokens_per_second()

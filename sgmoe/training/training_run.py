@@ -110,10 +110,12 @@ class TrainingRun:
                     "train_steps": train_steps, "log_every": log_every,
                     "checkpoint_every": checkpoint_every})
             self.callbacks.append(checkpointer)
-            if processes.is_primary_process():  # one writer of the logs
-                self.callbacks.append(MoETensorBoard(
-                    os.path.join(model_dir, "logs"), update_freq=log_every,
-                    tokens_per_step=tokens_per_step))
+            # One process writes the logs; every process restarts the MoE
+            # statistics windows at the same steps.
+            self.callbacks.append(MoETensorBoard(
+                os.path.join(model_dir, "logs"), update_freq=log_every,
+                tokens_per_step=tokens_per_step,
+                write=processes.is_primary_process()))
         self.periodic_evaluation = None
         if eval_every is not None:
             # After the logger and TensorBoard: they report the training

@@ -29,9 +29,11 @@ def table(path):
             for line in lines[start + 2:] if line.startswith("|")]
 
 
+# The pruning experiment's --quick runs the same code paths (training,
+# evaluation, resume) with prune_experts, which tests/models tests; one
+# experiment keeps the suite's time down.
 @pytest.mark.parametrize("experiment, labels", [
     ("students", [["teacher"], ["student, labels only"], ["student, KD"]]),
-    ("pruning", [["trained", "8"], ["pruned", "4"], ["trained", "4"]]),
 ])
 def test_quick_run_writes_table_and_resumes(tmp_path, experiment, labels):
     script = load_script()

@@ -79,7 +79,7 @@ def test_moe_means_every_moe_layer_of_the_translation_model():
 @pytest.mark.parametrize("model_class, config, text, message", [
     (models.MoELanguageModel, LM, "dropuot=0.1",
      "Unknown override 'dropuot': not an argument of MoELanguageModel; "
-     "valid keys: dropout, feed_forward, layer_types"),
+     "valid keys: candidate_sampler, dropout, feed_forward"),
     (models.MoELanguageModel, LM, "moe.capacity=2",
      "Unknown override 'moe.capacity': not an argument of MixtureOfExperts;"
      " valid keys: block_size, capacity_factor"),

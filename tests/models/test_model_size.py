@@ -175,10 +175,13 @@ def test_counter_equals_count_params_of_an_allocated_model(config):
     trainable = sizes(model.trainable_weights)
     assert count_parameters(model, include_embedding_and_softmax=True) == (
         trainable)
-    # count_params() also counts the MoE statistics (non-trainable):
-    # importance [E], load [E], dropped fraction, one value per loss.
-    statistics = sum(2 * layer.num_experts + 1 + len(layer.auxiliary_losses)
-                     for layer in model.moe_layers())
+    # count_params() also counts the MoE statistics (non-trainable): of
+    # the last call importance, load, dispatched and dropped [E] each, the
+    # dropped fraction and one value per loss; the same again as window
+    # sums, and the window's step count.
+    statistics = sum(
+        2 * (4 * layer.num_experts + 1 + len(layer.auxiliary_losses)) + 1
+        for layer in model.moe_layers())
     assert model.count_params() == trainable + statistics
 
 

@@ -141,13 +141,21 @@ def _load_script(script):
 
 def _forget_script_flags():
     """Deletes the flags of the training scripts and evaluate.py from
-    absl's global `FLAGS`, and marks the rest unparsed (each at its
-    default)."""
+    absl's global `FLAGS`, and those of benchmarks a test imported
+    in-process (bench/constant_compute.py imports bench/moe_layer.py,
+    whose flags share names with the scripts': the benchmark module is
+    dropped from `sys.modules` too, so its next import defines them
+    again), and marks the rest unparsed (each at its default)."""
     registry = flags.FLAGS
-    doomed = {id(flag)
-              for module, module_flags in registry.flags_by_module_dict(
-              ).items() if module in _FLAG_MODULES
-              for flag in module_flags}
+    bench = os.path.join(ROOT, "bench") + os.sep
+    doomed = set()
+    for module, module_flags in registry.flags_by_module_dict().items():
+        source = getattr(sys.modules.get(module), "__file__", None) or ""
+        from_bench = os.path.abspath(source).startswith(bench)
+        if module in _FLAG_MODULES or from_bench:
+            doomed |= {id(flag) for flag in module_flags}
+        if from_bench:
+            sys.modules.pop(module, None)
     for name in [name for name in registry if id(registry[name]) in doomed]:
         delattr(registry, name)
     registry.unparse_flags()

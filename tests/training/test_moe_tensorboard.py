@@ -231,3 +231,17 @@ def test_layers_with_the_same_path_get_distinct_names():
 def test_rejects_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         MoETensorBoard(tmp_path, **kwargs)
+
+
+def test_a_process_that_does_not_write_restarts_the_windows(tmp_path):
+    # In a multi-process run only one process writes; the others must
+    # restart the statistics windows at the same steps (assignments are
+    # collective), and write no file.
+    model, moe_layers = build_model()
+    x, y = data(4 * BATCH, seed=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[
+        MoETensorBoard(tmp_path / "logs", update_freq=3, write=False)])
+    assert not (tmp_path / "logs").exists()
+    # Reset after step 3 and at the end (step 4): the window is empty.
+    for layer in moe_layers:
+        assert float(keras.ops.convert_to_numpy(layer.window_steps)) == 0.0
