@@ -10,7 +10,7 @@ from sgmoe import _validation
 from sgmoe.training import _logs
 from sgmoe.layers.moe_layer import find_moe_layers
 from sgmoe.training.routing_statistics import moe_statistic_values
-from sgmoe.training.routing_statistics import moe_statistics
+from sgmoe.training.routing_statistics import summarize_statistics
 
 
 class MoETensorBoard(keras.callbacks.Callback):
@@ -171,7 +171,7 @@ class MoETensorBoard(keras.callbacks.Callback):
 
     def _write_layer(self, name, layer):
         values = moe_statistic_values(layer, window=True)
-        for statistic, value in moe_statistics(layer, window=True).items():
+        for statistic, value in summarize_statistics(values).items():
             _logs.write_scalar(f"moe/{name}/{statistic}", value)
         layer.reset_window()
         if not self.histograms:

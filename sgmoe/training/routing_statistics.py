@@ -64,7 +64,12 @@ def moe_statistics(layer, window=False):
     >>> sorted(moe_statistics(moe))[:3]
     ['cv_dispatched', 'cv_importance', 'cv_load']
     """
-    values = moe_statistic_values(layer, window)
+    return summarize_statistics(moe_statistic_values(layer, window))
+
+
+def summarize_statistics(values):
+    """`moe_statistics` of values from `moe_statistic_values`."""
+    values = dict(values)
     statistics = {
         "cv_importance": coefficient_of_variation(
             values.pop("expert_importance")),
