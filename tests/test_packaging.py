@@ -36,7 +36,8 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "LICENSES",
 CONSOLE_SCRIPTS = {"sgmoe-train-lm": "train_lm",
                    "sgmoe-train-translation": "train_translation",
                    "sgmoe-evaluate": "evaluate",
-                   "sgmoe-export": "export"}
+                   "sgmoe-export": "export",
+                   "sgmoe-inspect-experts": "inspect_experts"}
 CORPORA = sorted(os.path.basename(path)
                  for path in glob.glob(os.path.join(ROOT, "data", "*.gz")))
 

@@ -10,6 +10,7 @@ from sgmoe import _validation
 from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import balancing
 from sgmoe.layers import dispatch
+from sgmoe.layers import token_routing
 from sgmoe.layers._grouped_matmul import grouped_matmul
 from sgmoe.layers.moe_layer import MoELayer
 from sgmoe.layers.routers.noisy_top_k_router import NoisyTopKRouter
@@ -209,6 +210,25 @@ class HierarchicalMixtureOfExperts(MoELayer):
         self.record_statistics(importance, load, dropped_fraction,
                                auxiliary_losses, secondary_plan, training)
         return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
+
+    def route_flat(self, tokens):
+        # Both levels without noise, as `call` routes in inference. The
+        # second level's logits are computed for every group: [N, G, E_g].
+        x = ops.cast(tokens, "float32")
+        primary = noisy_top_k(ops.matmul(x, self.primary_w_gate),
+                              self.k_primary)
+        logits = ops.einsum("nd,gde->nge", x, self.secondary_w_gate)
+        logits = ops.take_along_axis(
+            logits, ops.expand_dims(primary.expert_indices, -1), axis=1)
+        secondary = noisy_top_k(logits, self.k_secondary)  # [N, k1, k2]
+        indices = (ops.expand_dims(primary.expert_indices, -1)
+                   * self.experts_per_group + secondary.expert_indices)
+        weights = (ops.expand_dims(primary.expert_weights, -1)
+                   * secondary.expert_weights)
+        width = self.k_primary * self.k_secondary
+        return token_routing.from_top_k(ops.reshape(indices, (-1, width)),
+                                        ops.reshape(weights, (-1, width)),
+                                        self.num_experts)
 
     def _plan(self, indices, weights, num_experts, tokens, capacity_factor,
               max_capacity=None):

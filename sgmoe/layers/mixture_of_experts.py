@@ -6,8 +6,10 @@ from keras import ops
 from sgmoe import _validation
 from sgmoe.layers import dispatch
 from sgmoe.layers import routers
+from sgmoe.layers import token_routing
 from sgmoe.layers.moe_layer import MoELayer
 from sgmoe.layers.moe_layer import batch_shards
+from sgmoe.layers.routers.routing_result import ExpertSlots
 
 # Arguments of the noisy top-k router that MixtureOfExperts took itself
 # before routers owned their arguments; `from_config` moves them.
@@ -266,6 +268,16 @@ class MixtureOfExperts(MoELayer):
                                plan.dropped_fraction,
                                routing.auxiliary_losses, plan, training)
         return ops.reshape(outputs, leading_shape + (outputs.shape[-1],))
+
+    def route_flat(self, tokens):
+        routing = self.router(tokens, training=False)
+        if isinstance(routing, ExpertSlots):
+            return token_routing.from_expert_slots(
+                routing.slot_token, routing.slot_weight,
+                ops.shape(tokens)[0], self.num_experts)
+        return token_routing.from_top_k(routing.expert_indices,
+                                        routing.expert_weights,
+                                        self.num_experts)
 
     def _token_groups(self, num_tokens):
         """G of this call: set, the router's, or the batch shards."""

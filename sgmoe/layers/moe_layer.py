@@ -6,6 +6,7 @@ from keras import ops
 from sgmoe import _validation
 from sgmoe.layers import dispatch
 from sgmoe.layers.feed_forward_experts import FeedForwardExperts
+from sgmoe.layers.token_routing import TokenRouting
 
 # Names a distribution's layout map uses to find a MoE layer's parts
 # (`sgmoe.distribute.expert_layout_map` builds its rules from them): the
@@ -31,7 +32,8 @@ class MoELayer(keras.layers.Layer):
     input is one macro-batch). A subclass decides which expert serves
     which token: it builds its gates in `build` (after `super().build`)
     and calls `add_statistics` with its loss names; in `call` it routes,
-    runs the experts with `run_experts` and calls `record_statistics`.
+    runs the experts with `run_experts` and calls `record_statistics`;
+    `route_flat` gives its inference routing per token (for `route`).
 
     Statistics of the last call, kept in non-trainable float32 variables
     for monitoring (the contract `sgmoe.training.MoETensorBoard` reads):
@@ -161,6 +163,35 @@ class MoELayer(keras.layers.Layer):
                 f"inputs of shape {tuple(inputs.shape)}.")
         return (ops.reshape(inputs, (-1, self.input_dim)),
                 tuple(ops.shape(inputs)[:-1]))
+
+    def route(self, inputs):
+        """The experts each token goes to in inference, and their gates.
+
+        The routing `call` uses with `training=False` (no gating noise),
+        without running the experts: what the router chose, before any
+        `eval_capacity_factor` drops.
+
+        Args:
+            inputs: float tensor [..., d].
+
+        Returns:
+            A `TokenRouting` of int32 / float32 tensors [..., m].
+        """
+        inputs = ops.convert_to_tensor(inputs)
+        if not self.built:
+            self.build(tuple(inputs.shape))
+        tokens, leading_shape = self.flatten_tokens(inputs)
+        indices, weights = self.route_flat(tokens)
+        width = (indices.shape[-1],)
+        return TokenRouting(ops.reshape(indices, leading_shape + width),
+                            ops.reshape(weights, leading_shape + width))
+
+    def route_flat(self, tokens):
+        """(expert indices int32 [N, m], gate values float32 [N, m]) of
+        tokens [N, d], as `TokenRouting` describes them; implemented by
+        every subclass."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement route_flat.")
 
     def place(self, layer, name, tensor):
         """`tensor` placed by the active distribution's layout for
@@ -343,6 +374,51 @@ def batch_shards():
 def is_moe_layer(layer):
     """Whether `layer` is a Mixture-of-Experts layer (a `MoELayer`)."""
     return isinstance(layer, MoELayer)
+
+
+def route_tokens(model, inputs, **call_arguments):
+    """The inference routing of every MoE layer of a model, per token.
+
+    Runs `model(inputs, training=False, **call_arguments)` eagerly once
+    and records what each MoE layer's `route` gives for the input it
+    receives in that call (for a layer called more than once, the last
+    call).
+
+    Args:
+        model: a `keras.Model` or layer with MoE layers.
+        inputs: the model's inputs.
+
+    Returns:
+        {name (as `find_moe_layers` names them): `TokenRouting`}, for the
+        MoE layers the call reached.
+
+    Example:
+
+    >>> inputs = keras.Input((5, 16))
+    >>> outputs = MixtureOfExperts(4, 8, k=2, name="moe")(inputs)
+    >>> model = keras.Model(inputs, outputs)
+    >>> routing = route_tokens(model, np.ones((3, 5, 16), "float32"))
+    >>> tuple(routing["moe"].expert_indices.shape)
+    (3, 5, 2)
+    """
+    layers = find_moe_layers(model)
+    recorded = {}
+
+    def recording(name, layer, call):
+        def call_and_record(inputs, *args, **kwargs):
+            recorded[name] = layer.route(inputs)
+            return call(inputs, *args, **kwargs)
+        return call_and_record
+
+    for name, layer in layers.items():
+        # An instance attribute, removed below, shadows the class's `call`.
+        layer.call = recording(name, layer, layer.call)
+    try:
+        model(inputs, training=False, **call_arguments)
+    finally:
+        for layer in layers.values():
+            del layer.call
+    return {name: recorded[name] for name in layers if name in recorded}
 
 
 def find_moe_layers(model):

@@ -34,7 +34,7 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 # scripts can have its flags defined at a time; by the names absl records,
 # loaded from SCRIPTS or imported from the `scripts` package.
 _SHARING_MODULES = ("train_lm", "train_translation", "evaluate",
-                    "training_flags")
+                    "inspect_experts", "training_flags")
 _FLAG_MODULES = frozenset(_SHARING_MODULES) | frozenset(
     f"scripts.{name}" for name in _SHARING_MODULES)
 

@@ -6,6 +6,7 @@ import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.util import tensor_util
 
+from sgmoe.evaluation import expert_load_history
 from sgmoe.layers import MixtureOfExperts, SwitchRouter
 from sgmoe.layers import find_moe_layers
 from sgmoe.training import MoETensorBoard
@@ -158,6 +159,19 @@ def test_writes_moe_statistics_and_training_curves(tmp_path, fake_clock):
                                    0.01 * step, rtol=1e-6)
         np.testing.assert_allclose(events["train/words_per_second"][1][step],
                                    TOKENS_PER_STEP / STEP_SECONDS, rtol=1e-6)
+
+    # What `sgmoe.evaluation.expert_load_history` reads back for the load
+    # heatmap of scripts/inspect_experts.py: each window's shares.
+    for layer_name in ("moe_a", "moe_b"):
+        steps, shares = expert_load_history(str(tmp_path), layer_name)
+        np.testing.assert_array_equal(steps, logged_steps)
+        expected = np.array([np.mean(
+            [recorder.steps[s]["layers"][layer_name]["dispatched"]
+             for s in windows[step]], axis=0) for step in logged_steps])
+        np.testing.assert_allclose(
+            shares, expected / expected.sum(axis=1, keepdims=True),
+            rtol=1e-5)
+    assert expert_load_history(str(tmp_path), "no_such_layer") is None
 
     # Validation ran after step 10 (it changed the last-call statistics)
     # but left the window alone: the window logged at 10 is step 10's.
