@@ -1,4 +1,4 @@
-"""The paper's language-model results in miniature, on the bundled Brown text.
+"""The paper's language-model results in miniature, on any corpus.
 
 Shazeer et al. 2017 (arXiv:1701.06538):
 
@@ -6,9 +6,10 @@ Shazeer et al. 2017 (arXiv:1701.06538):
   matched dense baselines (4xLSTM, MoE-1-Wide, MoE-1-Deep) against flat
   MoE-4, MoE-32, MoE-256 and hierarchical MoE-256-h, all at the same small
   width, trained with the same steps, batches and learning rate. Reports
-  test perplexity, ops/timestep, parameters without embedding and softmax,
-  and training words/s. The paper: the baselines and MoE-4 about equal,
-  MoE-32 better, MoE-256 better still, hierarchical close to flat.
+  test perplexity (mean, spread and per seed over `--seeds`),
+  ops/timestep, parameters without embedding and softmax, and training
+  words/s. The paper: the baselines and MoE-4 about equal, MoE-32 better,
+  MoE-256 better still, hierarchical close to flat.
 - `--experiment=balancing` (Table 6): MoE-256 trained with
   w_importance / w_load in {0/0, 0.2/0, 0/0.2, 0.1/0.1, 0.01/0.01, 1/1}.
   Reports test perplexity, CV(Importance), CV(Load) and max/mean Load. The
@@ -17,8 +18,9 @@ Shazeer et al. 2017 (arXiv:1701.06538):
 
 Widths are the paper's scaled by model_dim / 512 (experts 512 -> 1024 ->
 512 become d -> 2d -> d; MoE-1-Wide's single expert 8d wide), so the
-ops/timestep of all models stay matched; the softmax is the full one over a
-word vocabulary of the training text. As in the paper, CV(Importance),
+ops/timestep of all models stay matched; the softmax is over a word
+vocabulary of the training text (sampled in training with
+`--num_sampled`, exact in evaluation). As in the paper, CV(Importance),
 CV(Load) and max/mean Load are those of the gating network in training
 mode (noise on; Load is the paper's smooth estimator), here summed over
 `--statistics_batches` test batches run without a weight update. The
@@ -27,15 +29,28 @@ number of tokens per expert over the whole test set, and the mean fraction
 of assignments dropped (0 unless an evaluation capacity is set: the MoE
 layers drop nothing at inference by default).
 
+Each (model, seed) trains with `sgmoe.training.TrainingRun` in
+`<work_dir>/<experiment>/<model>-seed<seed>` (checkpoints every
+`--checkpoint_every` steps, TensorBoard logs, and at the end the model as
+a preset with its vocabulary, which scripts/inspect_experts.py reads);
+its finished row is kept in `<out_dir>/lm_<experiment>_rows/`. The same
+command started again skips the finished rows and resumes the others from
+their last checkpoint, so a stopped run loses at most
+`--checkpoint_every` steps (words/s is that of the steps the finishing
+invocation trained, compilation included).
+
     python bench/paper_lm.py --experiment=capacity   # writes docs/lm_capacity.{md,png}
     python bench/paper_lm.py --experiment=balancing  # writes docs/lm_balancing.md
-    python bench/paper_lm.py --quick --out_dir=/tmp/smoke
+    python bench/paper_lm.py --experiment=capacity \\
+        --train_files=data/manuals.train.txt.gz \\
+        --eval_files=data/manuals.valid.txt.gz \\
+        --test_files=data/manuals.test.txt.gz
+    python bench/paper_lm.py --quick --out_dir=/tmp/smoke --work_dir=/tmp/smoke
 """
 
 import argparse
-import datetime
 import os
-import platform
+import re
 import sys
 import time
 
@@ -46,6 +61,14 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DATA_DIR = os.path.join(ROOT, "data")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import cached  # noqa: E402
+from _report import header  # noqa: E402
+from _report import markdown  # noqa: E402
+from _report import paired_differences  # noqa: E402
+from _report import summarize  # noqa: E402
+from _report import write_table  # noqa: E402
 
 # (label, preset, overrides as multiples of model_dim where they are widths)
 CAPACITY_MODELS = [
@@ -59,6 +82,8 @@ CAPACITY_MODELS = [
 ]
 BALANCING_WEIGHTS = [(0.0, 0.0), (0.2, 0.0), (0.0, 0.2), (0.1, 0.1),
                      (0.01, 0.01), (1.0, 1.0)]
+BALANCING_COLUMNS = ["CV(Importance)", "CV(Load)", "max/mean Load",
+                     "eval max/mean tokens", "eval dropped"]
 
 
 def parse_args(argv):
@@ -67,19 +92,33 @@ def parse_args(argv):
                         default="capacity")
     parser.add_argument("--quick", action="store_true",
                         help="A smoke run: 2 models, a few steps, tiny width.")
-    parser.add_argument("--out_dir", default=os.path.join(ROOT, "docs"))
+    parser.add_argument("--out_dir", default=os.path.join(ROOT, "docs"),
+                        help="Where the table, plot and rows go.")
+    parser.add_argument("--work_dir", default=os.path.join(ROOT, "runs",
+                                                           "paper_lm"),
+                        help="Checkpoints, logs and models of each run.")
+    parser.add_argument("--train_files",
+                        default=os.path.join(DATA_DIR, "brown.train.txt.gz"))
+    parser.add_argument("--eval_files",
+                        default=os.path.join(DATA_DIR, "brown.valid.txt.gz"))
+    parser.add_argument("--test_files",
+                        default=os.path.join(DATA_DIR, "brown.test.txt.gz"))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--models", default="",
+                        help="Comma-separated model labels to run (capacity "
+                        "experiment); default: all.")
     parser.add_argument("--train_steps", type=int, default=1500)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--model_dim", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--vocabulary_size", type=int, default=8000)
     parser.add_argument("--max_length", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--num_sampled", type=int, default=0,
+                        help="Sampled softmax in training with this many "
+                        "candidates; 0: the exact softmax.")
+    parser.add_argument("--checkpoint_every", type=int, default=250)
     parser.add_argument("--jit_compile", type=int, default=1,
                         help="1: compile the steps with XLA (0 in --quick).")
-    parser.add_argument("--models", default="",
-                        help="Comma-separated model labels to run (capacity "
-                        "experiment); default: all.")
     parser.add_argument("--statistics_batches", type=int, default=20,
                         help="Test batches run in training mode for the "
                         "Importance / Load statistics.")
@@ -89,11 +128,16 @@ def parse_args(argv):
     if args.quick:
         args.train_steps, args.model_dim, args.vocabulary_size = 4, 8, 300
         args.eval_batches, args.jit_compile = 3, False
-        args.statistics_batches = 2
+        args.statistics_batches, args.checkpoint_every = 2, 2
     for name in ("train_steps", "batch_size", "model_dim", "vocabulary_size",
-                 "max_length"):
+                 "max_length", "checkpoint_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive")
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, received "
+                     f"{args.seeds!r}")
     return args
 
 
@@ -128,6 +172,10 @@ def models_to_train(args):
                       "router_args": {"importance_weight": w_importance,
                                       "load_weight": w_load}}})
             for w_importance, w_load in weights]
+
+
+def slug(label):
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
 
 
 def cv(values):
@@ -167,132 +215,177 @@ def training_mode_statistics(model, moe_layers, batches):
     return importance, load
 
 
-def train_and_evaluate(args, label, preset, overrides, vocabulary, data,
-                       models, training):
-    keras.utils.set_random_seed(args.seed)
-    from sgmoe.models.language_model_presets import PRESETS
-    from sgmoe.models.config_overrides import merge
+class Experiment:
+    """The data, vocabulary and recipe shared by every (model, seed)."""
 
-    model = models.MoELanguageModel(**merge(PRESETS[preset], dict(
-        overrides, vocabulary_size=len(vocabulary), model_dim=args.model_dim,
-        num_sampled=None, padding_id=0, seed=args.seed)))
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                  metrics=[models.Perplexity(padding_id=0)],
-                  jit_compile=bool(args.jit_compile))
-    train = data.language_model_dataset(
-        os.path.join(DATA_DIR, "brown.train.txt.gz"), vocabulary,
-        args.batch_size, args.max_length, shuffle=True, seed=args.seed,
-        repeat=True)
-    test = data.language_model_dataset(
-        os.path.join(DATA_DIR, "brown.test.txt.gz"), vocabulary,
-        args.batch_size, args.max_length)
-    if args.eval_batches:
-        test = test.take(args.eval_batches)
-    # The first steps compile the model: time only the steps after them.
-    warmup = min(20, args.train_steps // 2)
-    model.fit(train.take(warmup), epochs=1, verbose=0, shuffle=False)
-    timed = train.skip(warmup).take(args.train_steps - warmup)
-    start = time.time()
-    if args.train_steps > warmup:
-        model.fit(timed, epochs=1, verbose=0, shuffle=False)
-    seconds = time.time() - start
-    words = sum(int(np.count_nonzero(targets)) for _, targets in timed)
-    from sgmoe.layers import find_moe_layers
+    def __init__(self, args):
+        from sgmoe import data
 
-    moe_layers = find_moe_layers(model)
-    totals = RoutingTotals(moe_layers)
-    perplexity = model.evaluate(test, verbose=0, return_dict=True,
-                                callbacks=[totals])["perplexity"]
-    row = {
-        "model": label,
-        "test perplexity": perplexity,
-        "ops/timestep": models.ops_per_timestep(model.get_config()),
-        "parameters": models.count_parameters(model.get_config()),
-        "words/s": words / seconds if words else float("nan"),
-    }
-    if moe_layers:
-        importance, load = training_mode_statistics(
-            model, moe_layers, test.take(args.statistics_batches))
-    for name in moe_layers:  # the one MoE layer of these models
-        row["CV(Importance)"] = cv(importance[name])
-        row["CV(Load)"] = cv(load[name])
-        row["max/mean Load"] = float(np.max(load[name])
-                                     / np.mean(load[name]))
-        tokens = totals.load[name]
-        row["eval max/mean tokens"] = float(np.max(tokens) / np.mean(tokens))
-        row["eval dropped"] = float(np.mean(totals.dropped[name]))
-    print(", ".join(f"{key}: {format_value(value)}"
-                    for key, value in row.items()), flush=True)
-    return row
+        self.args = args
+        self.data = data
+        self.work_dir = os.path.join(args.work_dir, args.experiment)
+        self.vocabulary = data.WordVocabulary.build(
+            args.train_files, vocabulary_size=args.vocabulary_size)
+        self.corpus = os.path.basename(
+            data.expand_file_patterns(args.train_files)[0]).split(".")[0]
+
+    def dataset(self, files, **options):
+        return self.data.language_model_dataset(
+            files, self.vocabulary, self.args.batch_size,
+            self.args.max_length, **options)
+
+    def test_batches(self):
+        test = self.dataset(self.args.test_files)
+        if self.args.eval_batches:
+            test = test.take(self.args.eval_batches)
+        return test
+
+    def build(self, preset, overrides, seed):
+        from sgmoe import models
+        from sgmoe.models.config_overrides import merge
+        from sgmoe.models.language_model_presets import PRESETS
+
+        args = self.args
+        keras.utils.set_random_seed(seed)  # the initial weights too
+        model = models.MoELanguageModel(**merge(PRESETS[preset], dict(
+            overrides, vocabulary_size=len(self.vocabulary),
+            model_dim=args.model_dim, num_sampled=args.num_sampled or None,
+            padding_id=0, seed=seed)))
+        model.build((None, None))
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+                      metrics=[models.Perplexity(padding_id=0)],
+                      jit_compile=bool(args.jit_compile))
+        return model
+
+    def train(self, label, model, seed):
+        """Trains (resuming) in the run's directory; returns words/s."""
+        from sgmoe import training
+
+        args = self.args
+        run_dir = os.path.join(self.work_dir, f"{slug(label)}-seed{seed}")
+        setup = {"model": label, "seed": seed, "config": model.get_config(),
+                 "train_files": training.file_fingerprints(
+                     self.data.expand_file_patterns(args.train_files)),
+                 "batch_size": args.batch_size,
+                 "learning_rate": args.learning_rate}
+        run = training.TrainingRun(
+            model, train_steps=args.train_steps,
+            log_every=min(100, args.train_steps), model_dir=run_dir,
+            checkpoint_every=args.checkpoint_every, setup=setup)
+        first_step = run.first_step
+
+        def stream(skip_batches):
+            return self.dataset(args.train_files, shuffle=True, seed=seed,
+                                repeat=True, skip_batches=skip_batches)
+
+        keras.utils.set_random_seed(seed)
+        seconds = run.fit(stream)
+        words = sum(int(np.count_nonzero(targets)) for _, targets in
+                    stream(first_step).take(args.train_steps - first_step))
+        self.vocabulary.save(run_dir)
+        model.save_to_preset(os.path.join(run_dir, "model"),
+                             vocabulary=self.vocabulary)
+        training.unlock_model_dir(run_dir)
+        return words / seconds if words and seconds else float("nan")
+
+    def row(self, label, preset, overrides, seed):
+        from sgmoe import models
+        from sgmoe.layers import find_moe_layers
+
+        model = self.build(preset, overrides, seed)
+        words_per_second = self.train(label, model, seed)
+        moe_layers = find_moe_layers(model)
+        totals = RoutingTotals(moe_layers)
+        test = self.test_batches()
+        row = {
+            "model": label, "seed": seed,
+            "test perplexity": model.evaluate(
+                test, verbose=0, return_dict=True,
+                callbacks=[totals])["perplexity"],
+            "validation perplexity": model.evaluate(
+                self.dataset(self.args.eval_files), verbose=0,
+                return_dict=True)["perplexity"],
+            "ops/timestep": models.ops_per_timestep(model.get_config()),
+            "parameters": models.count_parameters(model.get_config()),
+            "words/s": words_per_second,
+        }
+        if moe_layers:
+            importance, load = training_mode_statistics(
+                model, moe_layers, test.take(self.args.statistics_batches))
+        for name in moe_layers:  # the one MoE layer of these models
+            tokens = totals.load[name]
+            row.update({
+                "CV(Importance)": cv(importance[name]),
+                "CV(Load)": cv(load[name]),
+                "max/mean Load": float(np.max(load[name])
+                                       / np.mean(load[name])),
+                "eval max/mean tokens": float(np.max(tokens)
+                                              / np.mean(tokens)),
+                "eval dropped": float(np.mean(totals.dropped[name])),
+            })
+        return row
 
 
-def format_value(value):
-    if isinstance(value, str):
-        return value
-    if value != value:  # NaN: no MoE layer
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.2f}" if abs(value) < 1e3 else f"{value:,.0f}"
-
-
-def markdown_table(rows, columns):
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(format_value(row[column])
-                                        for column in columns) + " |")
-    return "\n".join(lines)
-
-
-def write_outputs(args, rows, seconds, argv):
-    os.makedirs(args.out_dir, exist_ok=True)
+def write_outputs(args, experiment, rows, seconds, argv):
+    labels = [label for label, _, _ in models_to_train(args)]
     if args.experiment == "capacity":
-        columns = ["model", "test perplexity", "ops/timestep", "parameters",
-                   "words/s"]
+        means = ["ops/timestep", "words/s"]
+        rows = [dict(row, model=row["model"]) for row in rows]
     else:
-        columns = ["model", "test perplexity", "CV(Importance)", "CV(Load)",
-                   "max/mean Load", "eval max/mean tokens", "eval dropped"]
+        means = BALANCING_COLUMNS
         rows = [dict(row, model=f"w_importance / w_load = {row['model']}")
                 for row in rows]
-    table = markdown_table(rows, columns)
-    command = " ".join(["python bench/paper_lm.py"] + list(argv))
-    header = (
-        f"`{command}` ({datetime.date.today()}, {seconds / 60:.1f} min): "
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), Keras "
-        f"{keras.__version__} on {keras.backend.backend()}; Brown corpus, "
-        f"vocabulary {args.vocabulary_size} words, model_dim "
-        f"{args.model_dim}, {args.train_steps} steps of {args.batch_size} "
-        f"sentences, Adam {args.learning_rate:g}.")
-    path = os.path.join(args.out_dir, f"lm_{args.experiment}.md")
-    with open(path, "w") as file:
-        file.write(header + "\n\n" + table + "\n")
-    print(header + "\n\n" + table)
+        labels = [f"w_importance / w_load = {label}" for label in labels]
+    for row in rows:
+        for column in means:
+            row.setdefault(column, float("nan"))
+    summary = summarize(rows, ["model"], means)
+    table = markdown(summary, ["model"], means)
+    pairs = ([(labels[i], labels[i + 1]) for i in range(len(labels) - 1)]
+             if args.experiment == "capacity" else
+             [(label, labels[0]) for label in labels[1:]])
+    lines = [paired_differences(rows, ["model"], (first,), (second,))
+             for first, second in pairs]
+    table += "".join(f"\n\n{line}" for line in lines if line)
+    setting = (
+        f"{experiment.corpus} corpus ({args.train_files}; test "
+        f"{args.test_files}), vocabulary {len(experiment.vocabulary)} words, "
+        f"model_dim {args.model_dim}, {args.train_steps} steps of "
+        f"{args.batch_size} sentences, Adam {args.learning_rate:g}, "
+        + (f"sampled softmax ({args.num_sampled}) in training, "
+           if args.num_sampled else "")
+        + f"seeds {','.join(map(str, args.seeds))}.")
+    path = write_table(
+        os.path.join(args.out_dir, f"lm_{args.experiment}.md"),
+        header("paper_lm.py", argv, seconds, setting) + "\n\n" + table)
     if args.experiment == "capacity":
-        plot_capacity(rows, os.path.join(args.out_dir, "lm_capacity.png"))
+        plot_capacity(summary, experiment.corpus,
+                      os.path.join(args.out_dir, "lm_capacity.png"))
     return path
 
 
-def plot_capacity(rows, path):
+def plot_capacity(summary, corpus, path):
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(6, 4))
-    for row in rows:
-        moe = row["model"].startswith("MoE-") and "-1-" not in row["model"]
-        axes.scatter(row["parameters"], row["test perplexity"],
-                     marker="o" if moe else "s",
-                     color="tab:blue" if moe else "tab:gray")
-        axes.annotate(row["model"], (row["parameters"],
-                                     row["test perplexity"]),
+    for entry in summary:
+        moe = entry["model"].startswith("MoE-") and "-1-" not in entry[
+            "model"]
+        low, high = min(entry["values"]), max(entry["values"])
+        axes.errorbar(entry["parameters"], entry["mean"],
+                      yerr=[[entry["mean"] - low], [high - entry["mean"]]],
+                      fmt="o" if moe else "s", capsize=3,
+                      color="tab:blue" if moe else "tab:gray")
+        axes.annotate(entry["model"], (entry["parameters"], entry["mean"]),
                       textcoords="offset points", xytext=(4, 4), fontsize=8)
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel("parameters without embedding and softmax")
-    axes.set_ylabel("test perplexity")
-    axes.set_title("Brown corpus, equal ops/timestep (cf. paper Fig. 2-left)")
+    axes.set_ylabel("test perplexity (mean; bars: min-max over seeds)")
+    axes.set_title(f"{corpus}, equal ops/timestep (cf. paper Fig. 2-left)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
@@ -304,18 +397,14 @@ def main(argv=None):
     import warnings
 
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    from sgmoe import data
-    from sgmoe import models
-    from sgmoe import training
-
     start = time.time()
-    vocabulary = data.WordVocabulary.build(
-        os.path.join(DATA_DIR, "brown.train.txt.gz"),
-        vocabulary_size=args.vocabulary_size)
-    rows = [train_and_evaluate(args, label, preset, overrides, vocabulary,
-                               data, models, training)
+    experiment = Experiment(args)
+    rows_dir = os.path.join(args.out_dir, f"lm_{args.experiment}_rows")
+    rows = [cached(rows_dir, f"{slug(label)}-seed{seed}",
+                   lambda: experiment.row(label, preset, overrides, seed))
+            for seed in args.seeds
             for label, preset, overrides in models_to_train(args)]
-    return write_outputs(args, rows, time.time() - start, argv)
+    return write_outputs(args, experiment, rows, time.time() - start, argv)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,7 @@ and skipped when the command runs again, so a stopped run resumes.
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 
@@ -37,6 +34,14 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DATA_DIR = os.path.join(ROOT, "data")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import cached  # noqa: E402
+from _report import header  # noqa: E402
+from _report import markdown  # noqa: E402
+from _report import paired_differences  # noqa: E402
+from _report import summarize  # noqa: E402
+from _report import write_table  # noqa: E402
 
 
 def parse_args(argv):
@@ -143,21 +148,6 @@ def parameters(model):
     return models.count_parameters(model.get_config())
 
 
-def cached(out_dir, name, compute):
-    """A row from `<out_dir>/<name>.json`, or `compute()` written there."""
-    path = os.path.join(out_dir, name + ".json")
-    if os.path.exists(path):
-        with open(path) as file:
-            return json.load(file)
-    row = compute()
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as file:
-        json.dump(row, file)
-    os.replace(path + ".tmp", path)
-    print(json.dumps(row), flush=True)
-    return row
-
-
 def students_rows(run, seed, rows_dir):
     from sgmoe import models
 
@@ -230,55 +220,6 @@ def pruning_rows(run, seed, rows_dir):
     return rows
 
 
-def summarize(rows, keys):
-    """Mean, spread (max - min) and seeds of the test perplexity per key."""
-    groups = {}
-    for row in rows:
-        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
-    summary = []
-    for key, group in groups.items():
-        values = [row["test perplexity"] for row in group]
-        summary.append(dict(
-            zip(keys, key), parameters=group[0]["parameters"],
-            mean=float(np.mean(values)),
-            spread=float(np.max(values) - np.min(values)),
-            seeds=" ".join(f"{v:.2f}" for v in values)))
-    return summary
-
-
-def paired_differences(rows, keys, first, second):
-    """Per seed, test perplexity of `first` minus `second` (key tuples):
-    a line with the differences, their mean and spread, or None."""
-    by_seed = {}
-    for row in rows:
-        by_seed.setdefault(row["seed"], {})[
-            tuple(row[key] for key in keys)] = row["test perplexity"]
-    differences = [values[first] - values[second]
-                   for _, values in sorted(by_seed.items())
-                   if first in values and second in values]
-    if not differences:
-        return None
-    first, second = (" ".join(map(str, key)) for key in (first, second))
-    return (f"{first} minus {second}, per seed: "
-            + " ".join(f"{d:+.2f}" for d in differences)
-            + f" (mean {np.mean(differences):+.2f}, spread "
-            f"{np.max(differences) - np.min(differences):.2f})")
-
-
-def markdown(summary, keys):
-    columns = list(keys) + ["parameters", "test perplexity (mean)",
-                            "spread (max - min)", "per seed"]
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join(["---"] * len(keys)
-                            + ["---:"] * (len(columns) - len(keys))) + "|"]
-    for row in summary:
-        lines.append("| " + " | ".join(
-            [str(row[key]) for key in keys]
-            + [f"{row['parameters']:,}", f"{row['mean']:.2f}",
-               f"{row['spread']:.2f}", row["seeds"]]) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -302,20 +243,14 @@ def main(argv=None):
         pairs = [(("pruned", keep), ("trained", keep)) for keep in args.keep]
     lines = [paired_differences(rows, keys, *pair) for pair in pairs]
     table += "".join(f"\n\n{line}" for line in lines if line)
-    command = " ".join(["python bench/students_and_pruning.py"] + argv)
-    header = (
-        f"`{command}` ({datetime.date.today()}, {(time.time() - start) / 60:.1f}"
-        f" min this invocation): {os.cpu_count()} CPU cores "
-        f"({platform.machine()}), Keras {keras.__version__} on "
-        f"{keras.backend.backend()}; Brown corpus, vocabulary "
-        f"{len(run.vocabulary)} words, model_dim {args.model_dim}, "
-        f"{args.train_steps} steps of {args.batch_size} sentences, Adam "
-        f"{args.learning_rate:g}, seeds {args.seeds}.")
-    path = os.path.join(args.out_dir, f"{args.experiment}.md")
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(path, "w") as file:
-        file.write(header + "\n\n" + table + "\n")
-    print(header + "\n\n" + table)
+    setting = (
+        f"Brown corpus, vocabulary {len(run.vocabulary)} words, model_dim "
+        f"{args.model_dim}, {args.train_steps} steps of {args.batch_size} "
+        f"sentences, Adam {args.learning_rate:g}, seeds {args.seeds}.")
+    path = write_table(
+        os.path.join(args.out_dir, f"{args.experiment}.md"),
+        header("students_and_pruning.py", argv, time.time() - start, setting)
+        + "\n\n" + table)
     return path
 
 

@@ -1,10 +1,13 @@
 """The paper's language-model experiments in miniature: the --quick runs."""
 
 import importlib.util
+import json
 import math
 import os
 
 import pytest
+
+from tests.helpers import bundled_head
 
 pytestmark = pytest.mark.subprocess
 
@@ -33,15 +36,31 @@ def number(text):
     return float(text.replace(",", ""))
 
 
+def small_corpus(tmp_path):
+    """The first sentences of Brown's splits: the quick runs' corpus."""
+    return [f"--{flag}_files={bundled_head(tmp_path, split, sentences)}"
+            for flag, split, sentences in (("train", "train", 400),
+                                           ("eval", "valid", 40),
+                                           ("test", "test", 60))]
+
+
 @pytest.mark.parametrize("experiment", ["capacity", "balancing"])
 def test_quick_runs_write_the_tables(tmp_path, experiment):
-    path = load_bench().main(["--quick", f"--experiment={experiment}",
-                              "--out_dir", str(tmp_path)])
+    seeds = "1,2" if experiment == "capacity" else "1"
+    argv = ["--quick", f"--experiment={experiment}", f"--seeds={seeds}",
+            "--out_dir", str(tmp_path / "out"), "--work_dir",
+            str(tmp_path / "work"), *small_corpus(tmp_path)]
+    bench = load_bench()
+    path = bench.main(argv)
     rows = read_table(path)
+    rows_dir = tmp_path / "out" / f"lm_{experiment}_rows"
     d, h, lstm = 8, 16, 4 * (8 * 8 + 8 * 8 + 8)  # --quick: width 8
     if experiment == "capacity":
-        assert os.path.getsize(tmp_path / "lm_capacity.png") > 1000
+        assert os.path.getsize(tmp_path / "out" / "lm_capacity.png") > 1000
         assert list(rows) == ["4xLSTM", "MoE-256-h"]
+        assert sorted(os.listdir(rows_dir)) == [
+            "4xLSTM-seed1.json", "4xLSTM-seed2.json", "MoE-256-h-seed1.json",
+            "MoE-256-h-seed2.json"]
         # By hand: four LSTMs; or two LSTMs, 16 x 16 experts d -> 2d -> d
         # without biases, a primary and 16 secondary noisy gates (W_g and
         # W_noise, d x 16 each).
@@ -53,10 +72,41 @@ def test_quick_runs_write_the_tables(tmp_path, experiment):
         assert number(rows["4xLSTM"]["ops/timestep"]) == 4 * 4 * d * 2 * d
         assert number(rows["MoE-256-h"]["ops/timestep"]) == (
             2 * 4 * d * 2 * d + 4 * 2 * d * h + 3 * 2 * d * 16)
-        for row in rows.values():
+        for label, row in rows.items():
+            per_seed = [float(v) for v in row["per seed"].split()]
+            assert len(per_seed) == 2
+            for seed, value in zip((1, 2), per_seed):
+                with open(rows_dir / f"{label}-seed{seed}.json") as file:
+                    stored = json.load(file)
+                assert stored["seed"] == seed
+                assert abs(stored["test perplexity"] - value) < 0.006
             # Four steps barely move a 300-word model from the uniform guess.
-            assert 100 < number(row["test perplexity"]) < 1.2 * 300
+            assert all(100 < value < 1.2 * 300 for value in per_seed)
+            assert abs(number(row["test perplexity (mean)"])
+                       - sum(per_seed) / 2) < 0.006
+            assert abs(number(row["spread (max - min)"])
+                       - (max(per_seed) - min(per_seed))) < 0.011
             assert number(row["words/s"]) > 0
+        # Each run kept its model and vocabulary for inspect_experts.py.
+        run_dir = tmp_path / "work" / "capacity" / "MoE-256-h-seed2"
+        assert {"model", "vocabulary.txt", "checkpoints", "logs"} <= set(
+            os.listdir(run_dir))
+        # Run again without one row: that run resumes from its last
+        # checkpoint (no step left) and gives the same row; the others
+        # are read back.
+        with open(rows_dir / "MoE-256-h-seed2.json") as file:
+            before = json.load(file)
+        os.remove(rows_dir / "MoE-256-h-seed2.json")
+        again = read_table(load_bench().main(argv))
+        with open(rows_dir / "MoE-256-h-seed2.json") as file:
+            after = json.load(file)
+        # Throughput is that of the steps trained, here none.
+        assert math.isnan(after.pop("words/s"))
+        before.pop("words/s")
+        assert after == before
+        assert again["4xLSTM"] == rows["4xLSTM"]
+        for column in ("per seed", "test perplexity (mean)", "parameters"):
+            assert again["MoE-256-h"][column] == rows["MoE-256-h"][column]
     else:
         assert list(rows) == ["w_importance / w_load = 0 / 0",
                               "w_importance / w_load = 0.2 / 0"]

@@ -1,0 +1,114 @@
+"""What the quality benchmarks share: resumable rows, seed summaries and
+their markdown tables."""
+
+import datetime
+import json
+import os
+import platform
+
+import numpy as np
+
+METRIC = "test perplexity"
+
+
+def cached(rows_dir, name, compute):
+    """A row from `<rows_dir>/<name>.json`, or `compute()` written there
+    (atomically, so a stopped run leaves whole rows only)."""
+    path = os.path.join(rows_dir, name + ".json")
+    if os.path.exists(path):
+        with open(path) as file:
+            return json.load(file)
+    row = compute()
+    os.makedirs(rows_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as file:
+        json.dump(row, file)
+    os.replace(path + ".tmp", path)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def summarize(rows, keys, means=(), metric=METRIC):
+    """Per value of `keys`, in order of first appearance: the mean,
+    spread (max - min) and per-seed values of `metric`, the first row's
+    parameters, and the mean of each column in `means`."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
+    summary = []
+    for key, group in groups.items():
+        values = [row[metric] for row in group]
+        entry = dict(
+            zip(keys, key), parameters=group[0]["parameters"],
+            mean=float(np.mean(values)),
+            spread=float(np.max(values) - np.min(values)),
+            values=values, seeds=[row["seed"] for row in group],
+            per_seed=" ".join(f"{v:.2f}" for v in values))
+        for column in means:
+            entry[column] = float(np.mean([row[column] for row in group]))
+        summary.append(entry)
+    return summary
+
+
+def paired_differences(rows, keys, first, second, metric=METRIC):
+    """Per seed, `metric` of `first` minus `second` (key tuples): a line
+    with the differences, their mean and spread, or None."""
+    by_seed = {}
+    for row in rows:
+        by_seed.setdefault(row["seed"], {})[
+            tuple(row[key] for key in keys)] = row[metric]
+    differences = [values[first] - values[second]
+                   for _, values in sorted(by_seed.items())
+                   if first in values and second in values]
+    if not differences:
+        return None
+    first, second = (" ".join(map(str, key)) for key in (first, second))
+    return (f"{first} minus {second}, per seed: "
+            + " ".join(f"{d:+.2f}" for d in differences)
+            + f" (mean {np.mean(differences):+.2f}, spread "
+            f"{np.max(differences) - np.min(differences):.2f})")
+
+
+def format_value(value):
+    if isinstance(value, str):
+        return value
+    if value != value:  # NaN
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.2f}" if abs(value) < 1e3 else f"{value:,.0f}"
+
+
+def markdown(summary, keys, means=(), metric=METRIC):
+    """The table of `summarize`'s output."""
+    columns = (list(keys) + ["parameters", f"{metric} (mean)",
+                             "spread (max - min)", "per seed"]
+               + list(means))
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join(["---"] * len(keys)
+                            + ["---:"] * (len(columns) - len(keys))) + "|"]
+    for row in summary:
+        lines.append("| " + " | ".join(
+            [str(row[key]) for key in keys]
+            + [f"{row['parameters']:,}", f"{row['mean']:.2f}",
+               f"{row['spread']:.2f}", row["per_seed"]]
+            + [format_value(row[column]) for column in means]) + " |")
+    return "\n".join(lines)
+
+
+def header(script, argv, seconds, setting):
+    """The line above a table: the command, date, machine and setting."""
+    import keras
+
+    command = " ".join([f"python bench/{script}"] + list(argv))
+    return (f"`{command}` ({datetime.date.today()}, {seconds / 60:.1f} min "
+            f"this invocation): {os.cpu_count()} CPU cores "
+            f"({platform.machine()}), Keras {keras.__version__} on "
+            f"{keras.backend.backend()}; {setting}")
+
+
+def write_table(path, text):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as file:
+        file.write(text + "\n")
+    print(text)
+    return path
