@@ -21,8 +21,8 @@ before JAX starts); prints one JSON line with what the test checks:
   drops) evaluated on the mesh against the same weights on one device:
   the largest logit difference and each MoE's dropped fraction, whether
   generation (greedy and seeded top-k) gives the same tokens, and whether
-  a tiny translation model with sharded experts decodes the same (greedy
-  and beam search).
+  a tiny translation model with sharded experts decodes the same (beam
+  search).
 """
 
 import json
@@ -283,9 +283,9 @@ def translation_on_the_mesh(distribution):
     single.set_weights([np.array(w.value) for w in sharded.weights])
     source = np.random.RandomState(2).randint(4, VOCAB, (4, 6)).astype(
         "int32")
-    for kind, decode in (("greedy", lambda m: m.greedy_decode(source, 8)),
-                         ("beam", lambda m: m.beam_search(
-                             source, beam_width=3, max_length=8))):
+    # Beam search only: its steps are the greedy decoder's, on 3 beams.
+    for kind, decode in (("beam", lambda m: m.beam_search(
+            source, beam_width=3, max_length=8)),):
         with distribution.scope():
             on_mesh = decode(sharded)["token_ids"]
         equal[kind] = bool(np.array_equal(on_mesh,

@@ -25,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "train_lm.py")
 FLAGS = ("--vocabulary_size=500", "--model_dim=32", "--expert_hidden_dim=32",
-         "--num_experts=4", "--k=2", "--train_steps=20", "--log_every=10",
-         "--checkpoint_every=10", "--mesh=batch:2,model:2")
+         "--num_experts=4", "--k=2", "--train_steps=10", "--log_every=5",
+         "--checkpoint_every=5", "--mesh=batch:2,model:2")
 
 
 def environment(**extra):
@@ -86,4 +86,4 @@ def test_two_processes_train_together(tmp_path):
     assert len(os.listdir(logs)) == 2
     assert len(os.listdir(os.path.join(logs, "validation"))) == 1
     assert sorted(os.listdir(os.path.join(shared, "checkpoints"))) == [
-        "latest", "step-10", "step-20"]
+        "latest", "step-10", "step-5"]
