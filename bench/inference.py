@@ -13,8 +13,8 @@ dense model wider or deeper until it matches) to answer DeepSpeed's
 question; pruned (`sgmoe.models.prune_experts`) and distilled
 (`sgmoe.models.StudentDistillation`) models are presets like any other.
 
-    python bench/inference.py \\
-        --models=runs/paper_lm/capacity/MoE-32-seed1,runs/paper_lm/capacity/4xLSTM-seed1 \\
+    RUNS=runs/paper_lm/capacity
+    python bench/inference.py --models=$RUNS/MoE-32-seed1,$RUNS/4xLSTM-seed1 \\
         --eval_files=data/manuals.valid.txt.gz
     python bench/inference.py --quick --out_dir=/tmp/smoke
 """
