@@ -1,25 +1,16 @@
 """bench/constant_compute.py: a quick run writes its table and plot."""
 
-import importlib.util
-import os
 import re
 
 import pytest
 
+from tests.bench.bench_module import load_bench
+
 pytestmark = pytest.mark.subprocess
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-SCRIPT = os.path.join(ROOT, "bench", "constant_compute.py")
 
 # The --quick sizes: d=16, h=32, experts 4 and 16.
 MODEL_DIM, HIDDEN_DIM = 16, 32
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("constant_compute", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def table_rows(markdown):
@@ -36,7 +27,8 @@ def table_rows(markdown):
 
 
 def test_quick_run_writes_table_and_plot(tmp_path):
-    load_script().main(["--quick", "--out_dir", str(tmp_path)])
+    load_bench("constant_compute").main(
+        ["--quick", "--out_dir", str(tmp_path)])
 
     with open(tmp_path / "constant_compute.png", "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -1,21 +1,15 @@
 """The inference benchmark's --quick run: two tiny presets measured."""
 
-import importlib.util
-import os
-
 import pytest
+
+from tests.bench.bench_module import load_bench
 
 pytestmark = pytest.mark.subprocess
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-
 
 def test_quick_run_measures_each_model(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "inference", os.path.join(ROOT, "bench", "inference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path = module.main(["--quick", "--out_dir", str(tmp_path)])
+    path = load_bench("inference").main(
+        ["--quick", "--out_dir", str(tmp_path)])
     with open(path) as file:
         lines = [line for line in file.read().splitlines()
                  if line.startswith("| ")]

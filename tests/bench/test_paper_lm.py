@@ -1,25 +1,15 @@
 """The paper's language-model experiments in miniature: the --quick runs."""
 
-import importlib.util
 import json
 import math
 import os
 
 import pytest
 
+from tests.bench.bench_module import load_bench
 from tests.helpers import bundled_head
 
 pytestmark = pytest.mark.subprocess
-
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "paper_lm", os.path.join(ROOT, "bench", "paper_lm.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_table(path):
@@ -50,7 +40,7 @@ def test_quick_runs_write_the_tables(tmp_path, experiment):
     argv = ["--quick", f"--experiment={experiment}", f"--seeds={seeds}",
             "--out_dir", str(tmp_path / "out"), "--work_dir",
             str(tmp_path / "work"), *small_corpus(tmp_path)]
-    bench = load_bench()
+    bench = load_bench("paper_lm")
     path = bench.main(argv)
     rows = read_table(path)
     rows_dir = tmp_path / "out" / f"lm_{experiment}_rows"
@@ -97,7 +87,7 @@ def test_quick_runs_write_the_tables(tmp_path, experiment):
         with open(rows_dir / "MoE-256-h-seed2.json") as file:
             before = json.load(file)
         os.remove(rows_dir / "MoE-256-h-seed2.json")
-        again = read_table(load_bench().main(argv))
+        again = read_table(load_bench("paper_lm").main(argv))
         with open(rows_dir / "MoE-256-h-seed2.json") as file:
             after = json.load(file)
         # Throughput is that of the steps trained, here none.

@@ -1,25 +1,14 @@
 """bench/students_and_pruning.py: quick runs write their tables, and a
 second run resumes from the finished rows instead of training again."""
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
+from tests.bench.bench_module import load_bench
+
 pytestmark = pytest.mark.subprocess
-
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-SCRIPT = os.path.join(ROOT, "bench", "students_and_pruning.py")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("students_and_pruning",
-                                                  SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def table(path):
@@ -36,7 +25,7 @@ def table(path):
     ("students", [["teacher"], ["student, labels only"], ["student, KD"]]),
 ])
 def test_quick_run_writes_table_and_resumes(tmp_path, experiment, labels):
-    script = load_script()
+    script = load_bench("students_and_pruning")
     argv = ["--quick", f"--experiment={experiment}",
             f"--out_dir={tmp_path}"]
     path = script.main(argv)

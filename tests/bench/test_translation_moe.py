@@ -1,21 +1,15 @@
 """MoE against no-MoE translation in miniature: the --quick run."""
 
-import importlib.util
-import os
-
 import pytest
+
+from tests.bench.bench_module import load_bench
 
 pytestmark = pytest.mark.subprocess
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-
 
 def test_quick_run_writes_the_table(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "translation_moe", os.path.join(ROOT, "bench", "translation_moe.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path = module.main(["--quick", "--out_dir", str(tmp_path)])
+    path = load_bench("translation_moe").main(
+        ["--quick", "--out_dir", str(tmp_path)])
     with open(path) as file:
         text = file.read()
     assert "BLEU on 16 test pairs" in text and "tok:13a" in text
