@@ -117,6 +117,8 @@ def plot_heatmaps(names, path):
         image = axis.imshow(shares, aspect="auto", interpolation="nearest",
                             extent=(-0.5, shares.shape[1] - 0.5,
                                     len(steps) - 0.5, -0.5))
+        axis.xaxis.set_major_locator(
+            matplotlib.ticker.MaxNLocator(integer=True))
         ticks = sorted({0, len(steps) // 2, len(steps) - 1})
         axis.set_yticks(ticks, [str(steps[i]) for i in ticks])
         axis.set(title=f"{name}: share of the assignments per expert",
