@@ -153,12 +153,12 @@ def measure(args, label, path):
         "parameters": models.count_parameters(model.get_config()),
         "ops/timestep": models.ops_per_timestep(model.get_config()),
     }
-    for batch, column in ((1, "ms/token, batch 1"),
+    for batch, column in ((1, "µs/token, batch 1"),
                           (args.batch, f"tokens/s, batch {args.batch}")):
         ids = prompts(vocabulary, args.eval_files, batch, args.prompt_length)
         seconds, steps = timed_generation(model, ids, max_length,
                                           args.repeats)
-        row[column] = (1000 * seconds / steps if batch == 1
+        row[column] = (1e6 * seconds / steps if batch == 1
                        else batch * steps / seconds)
     print(", ".join(f"{key}: {format_value(value)}"
                     for key, value in row.items()), flush=True)
@@ -179,7 +179,8 @@ def main(argv=None):
         raise SystemExit(f"inference: {len(labels)} --labels for "
                          f"{len(paths)} --models")
     rows = [measure(args, label, path) for label, path in zip(labels, paths)]
-    latency, throughput = "ms/token, batch 1", f"tokens/s, batch {args.batch}"
+    latency = "µs/token, batch 1"
+    throughput = f"tokens/s, batch {args.batch}"
     columns = ["model", "validation perplexity", "parameters",
                "ops/timestep", latency, "speed-up, batch 1", throughput,
                f"speed-up, batch {args.batch}"]
