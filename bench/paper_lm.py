@@ -329,16 +329,12 @@ class Experiment:
 def write_outputs(args, experiment, rows, seconds, argv):
     labels = [label for label, _, _ in models_to_train(args)]
     if args.experiment == "capacity":
-        means = ["ops/timestep", "words/s"]
-        rows = [dict(row, model=row["model"]) for row in rows]
+        means = ["ops/timestep", "words/s"]  # in every row
     else:
-        means = BALANCING_COLUMNS
+        means = BALANCING_COLUMNS  # in every row: all MoE-256
         rows = [dict(row, model=f"w_importance / w_load = {row['model']}")
                 for row in rows]
         labels = [f"w_importance / w_load = {label}" for label in labels]
-    for row in rows:
-        for column in means:
-            row.setdefault(column, float("nan"))
     summary = summarize(rows, ["model"], means)
     table = markdown(summary, ["model"], means)
     pairs = ([(labels[i], labels[i + 1]) for i in range(len(labels) - 1)]
