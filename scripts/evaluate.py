@@ -14,7 +14,7 @@ through sacrebleu against the target side.
   python scripts/evaluate.py --model_dir=/tmp/lm   # bundled Brown test split
 
   python scripts/train_translation.py --model_dir=/tmp/de_en
-  python scripts/evaluate.py --model_dir=/tmp/de_en  # bundled Ding test split
+  python scripts/evaluate.py --model_dir=/tmp/de_en  # bundled LibreOffice test split
   python scripts/evaluate.py --model_dir=/tmp/wmt_en_fr \\
       --eval_files="$WMT14/newstest2014" --source_language=en \\
       --target_language=fr --output_file=/tmp/newstest2014.hyp.fr
@@ -40,7 +40,7 @@ import training_flags  # noqa: E402
 DATA_DIR = console.data_dir()
 DEFAULT_EVAL_FILES = {
     "MoELanguageModel": os.path.join(DATA_DIR, "brown.test.txt.gz"),
-    "MoETranslationModel": os.path.join(DATA_DIR, "ding.de-en.test"),
+    "MoETranslationModel": os.path.join(DATA_DIR, "libreoffice.en-de.test"),
 }
 
 FLAGS = flags.FLAGS
@@ -50,7 +50,7 @@ flags.DEFINE_string(
     "eval_files", None,
     "Language model: comma-separated globs of tokenized text. Translation: "
     "comma-separated prefixes of PREFIX.SOURCE / PREFIX.TARGET files. "
-    "Default: the bundled test split (Brown, or Ding de-en).")
+    "Default: the bundled test split (Brown, or LibreOffice de-en).")
 flags.DEFINE_string("source_language", "de", "Suffix of the source files.")
 flags.DEFINE_string("target_language", "en", "Suffix of the target files.")
 flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
@@ -68,9 +68,7 @@ flags.DEFINE_string("output_file", None,
                     "every sentence is translated; its directory must "
                     "exist and be writable (checked before the model is "
                     "loaded).")
-flags.DEFINE_bool("verbose", False,
-                  "Also show TensorFlow's and XLA's native log lines while "
-                  "they load.")
+training_flags.define_backend_flags()
 training_flags.define_text_input_flags()
 flags.DEFINE_bool(
     "split_sentences", False,
@@ -189,10 +187,7 @@ def main(argv):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name} must be positive, received {getattr(FLAGS, name)}")
     output_file = FLAGS.output_file and check_output_file(FLAGS.output_file)
-    if FLAGS.verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    console.plain_warnings()
-    console.import_quietly(verbose=FLAGS.verbose)
+    training_flags.load_libraries(fail)
     model_path = os.path.join(FLAGS.model_dir, "model")
     model_class = load_model_class(model_path)
     eval_files = FLAGS.eval_files or DEFAULT_EVAL_FILES[model_class.__name__]

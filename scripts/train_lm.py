@@ -84,7 +84,7 @@ def check_flags():
              f"{FLAGS.vocabulary_size}")
     if FLAGS.min_count < 1:
         fail(f"--min_count must be positive, received {FLAGS.min_count}")
-    training_flags.load_libraries()
+    training_flags.load_libraries(fail)
     from sgmoe import models
 
     training_flags.check_preset(fail, models.language_model_presets.PRESETS)

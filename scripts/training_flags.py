@@ -8,9 +8,11 @@ arguments; nothing under `sgmoe/` reads flags.
 """
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
+import sys
 import warnings
 
 from absl import flags
@@ -21,6 +23,7 @@ FLAGS = flags.FLAGS
 # sgmoe.data.DEFAULT_MAX_LINE_LENGTH, spelled out: importing sgmoe.data
 # loads TensorFlow, and the flags are checked before it loads.
 DEFAULT_MAX_LINE_LENGTH = 10_000
+BACKENDS = ("jax", "tensorflow")
 
 
 def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
@@ -89,19 +92,31 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
         "mesh", None,
         "Device mesh, e.g. batch:2,model:4 (sgmoe.distribute): the batch is "
         "split over 'batch', expert weights over 'model', everything else "
-        "replicated. 'model' > 1 needs KERAS_BACKEND=jax; on TensorFlow "
+        "replicated. 'model' > 1 needs --backend=jax; on tensorflow "
         "'batch:N' is tf.distribute data parallelism.")
     flags.DEFINE_enum(
         "expert_axis", "model", ["model", "batch"],
         "Mesh axis expert weights are split over (JAX): 'model', or "
         "'batch' for the paper's layout with a mesh batch:N (every device "
         "its own batch share and its own experts, all-to-all dispatch).")
-    flags.DEFINE_bool("verbose", False,
-                      "Also show TensorFlow's and XLA's native log lines "
-                      "while they load.")
+    define_backend_flags()
     flags.DEFINE_bool("multi_host", False,
                       "The run spans several hosts (jax.distributed on JAX, "
                       "MultiWorkerMirroredStrategy on TensorFlow).")
+
+
+def define_backend_flags():
+    """Defines --backend and --verbose (also used by scripts/evaluate.py,
+    so a model is evaluated on the backend it was trained on)."""
+    flags.DEFINE_enum(
+        "backend", None, list(BACKENDS),
+        "Keras backend. Default: $KERAS_BACKEND when it is set, else jax "
+        "when JAX is installed (it trains the default translation model "
+        "2.7x faster than tensorflow on a CPU; docs/training.md), else "
+        "tensorflow.")
+    flags.DEFINE_bool("verbose", False,
+                      "Also show TensorFlow's and XLA's native log lines "
+                      "while they load.")
 
 
 def define_text_input_flags():
@@ -201,10 +216,30 @@ class _PrintOnce(logging.Handler):
             print(message, flush=True)
 
 
-def load_libraries():
-    """Loads TensorFlow, Keras and sgmoe without their native log lines
-    (unless --verbose); call it once the flags are checked, so a bad flag
-    is reported at once."""
+def backend():
+    """The Keras backend the run uses: --backend, else $KERAS_BACKEND,
+    else jax when it is installed, else tensorflow."""
+    if FLAGS.backend:
+        return FLAGS.backend
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    return "jax" if importlib.util.find_spec("jax") else "tensorflow"
+
+
+def load_libraries(fail):
+    """Loads TensorFlow, Keras (with `backend()`) and sgmoe without their
+    native log lines (unless --verbose); call it once the flags are
+    checked, so a bad flag is reported at once."""
+    chosen = backend()
+    if chosen not in BACKENDS:
+        fail(f"KERAS_BACKEND={chosen}: the scripts run on "
+             f"{' or '.join(BACKENDS)}")
+    loaded = sys.modules.get("keras")
+    if loaded is not None and loaded.backend.backend() != chosen:
+        # Keras picks its backend once, when it is first imported.
+        fail(f"the run is to use Keras's {chosen} backend (--backend), "
+             f"but Keras is already loaded with {loaded.backend.backend()}")
+    os.environ["KERAS_BACKEND"] = chosen
     if FLAGS.verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     console.plain_warnings()

@@ -4,6 +4,9 @@ import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Keras's own default; stated so that the scripts the tests start (which
+# would otherwise pick JAX) run on the backend the tests run on.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

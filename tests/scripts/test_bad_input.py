@@ -372,3 +372,33 @@ def test_flags_of_one_run_do_not_reach_the_next():
         result = run_script(script, flag, "--model_dir=/nonexistent")
         assert result.returncode == 1
         assert result.stderr.startswith(message), result.stderr
+
+
+def test_the_backend_is_the_flag_else_the_environment_else_jax(monkeypatch):
+    """--backend wins over $KERAS_BACKEND, which wins over the default,
+    jax (installed here). Keras is loaded in this process already, so a
+    run on any other backend than this one ends with one line; a run on
+    this one goes on to the next check (the bad preset)."""
+    loaded = keras.backend.backend()
+    other = {"jax": "tensorflow", "tensorflow": "jax"}[loaded]
+    mismatch = (f"train_translation: the run is to use Keras's {other} "
+                f"backend (--backend), but Keras is already loaded with "
+                f"{loaded}")
+    preset = "train_translation: --preset=huge: no such preset"
+
+    def last_line(*flags):
+        result = run_script("train_translation.py", "--preset=huge", *flags)
+        assert result.returncode == 1
+        return result.stderr.strip().splitlines()[-1]
+
+    monkeypatch.setenv("KERAS_BACKEND", loaded)
+    assert last_line().startswith(preset)
+    assert last_line(f"--backend={other}") == mismatch
+    monkeypatch.setenv("KERAS_BACKEND", other)
+    assert last_line() == mismatch
+    assert last_line(f"--backend={loaded}").startswith(preset)
+    monkeypatch.delenv("KERAS_BACKEND")
+    assert last_line().startswith(preset if loaded == "jax" else mismatch)
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert last_line() == ("train_translation: KERAS_BACKEND=torch: the "
+                           "scripts run on jax or tensorflow")

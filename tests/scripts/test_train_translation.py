@@ -43,33 +43,33 @@ def bleu(result, kind):
 
 def test_short_run_trains_saves_and_evaluate_reproduces_bleu(tmp_path):
     model_dir = tmp_path / "de_en"
-    eval_prefix = tmp_path / "eval.de-en"
+    test_prefix = tmp_path / "test.de-en"
     train_prefix = tmp_path / "train.de-en"
     data = os.path.join(ROOT, "data")
-    write_pairs(eval_prefix, read_pairs(f"{data}/ding.de-en.valid", 48))
+    write_pairs(test_prefix, read_pairs(f"{data}/ding.de-en.valid", 48))
     write_pairs(train_prefix, read_pairs(f"{data}/ding.de-en.train", 2000))
     # No XLA: compiling the recurrent model and its decoder would take
     # longer than the run.
     result = run(TRAIN, "--preset=tiny_pyramid", "--vocabulary_size=400",
                  "--train_steps=20", "--log_every=10", "--checkpoint_every=10",
                  "--batch_size=32", f"--train_files={train_prefix}",
-                 f"--eval_files={eval_prefix}", f"--model_dir={model_dir}",
+                 f"--test_files={test_prefix}", f"--model_dir={model_dir}",
                  "--nojit_compile")
     assert result.returncode == 0, result.stderr[-2000:]
     losses = [float(loss) for loss in re.findall(
         r"^step=\d+/\d+ loss=([\d.]+)", result.stdout, re.M)]
     # Two epochs; the second is below the uniform guess over 400 pieces.
     assert len(losses) == 2 and losses[1] < losses[0] < 1.1 * math.log(400)
-    assert "translated 48 evaluation pairs" in result.stdout
+    assert "translated 48 test pairs" in result.stdout
     assert "nrefs:1|case:mixed|eff:no|tok:13a" in result.stdout
-    trained = bleu(result, "validation")
+    trained = bleu(result, "test")
     assert sorted(os.listdir(model_dir)) == [
         ".lock", "checkpoints", "logs", "model", "run.json",
         "subwords.model"]
     # BLEU goes to TensorBoard next to the training curves.
     from tests.training.test_moe_tensorboard import read_events
 
-    plugin, values = read_events(model_dir / "logs" / "validation")["bleu"]
+    plugin, values = read_events(model_dir / "logs" / "test")["bleu"]
     assert plugin == "scalars" and list(values) == [20]
     assert abs(float(values[20]) - trained) < 0.006
 
@@ -77,7 +77,7 @@ def test_short_run_trains_saves_and_evaluate_reproduces_bleu(tmp_path):
     # same pairs with the saved model gives the same BLEU.
     result = run(EVALUATE, f"--model_dir={model_dir}", "--beam_width=1",
                  "--nojit_compile",
-                 "--batch_size=16", f"--eval_files={eval_prefix}",
+                 "--batch_size=16", f"--eval_files={test_prefix}",
                  f"--output_file={tmp_path}/hypotheses.en")
     assert result.returncode == 0, result.stderr[-2000:]
     assert bleu(result, "test") == trained
