@@ -9,7 +9,8 @@ A key is a constructor argument of the model; `moe.<name>` is an argument
 of the model's MoE layers (`MixtureOfExperts` or
 `HierarchicalMixtureOfExperts`, see `sgmoe.models.moe_config`) and
 `moe.router_args.<name>` one of its router. `moe` means every MoE layer of
-the model: the language model's `moe`, or both `encoder_moe` and
+the model: the language model's `moe` (and the same keys where its
+`moe_per_layer` sets them per layer), or both `encoder_moe` and
 `decoder_moe` of the translation model (which also take their own keys).
 A new `moe.router` leaves out the old router's `router_args`, and `k`
 when the new router fixes it (Switch routes to one expert), unless the
@@ -25,6 +26,7 @@ from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
 from sgmoe.layers.mixture_of_experts import MixtureOfExperts
 from sgmoe.models import moe_config
+from sgmoe.models.moe_config import merge  # noqa: F401 (public here too)
 
 # `a.b=1,c=x`: a comma starts a new override only before `key=`, so that
 # values may hold commas (`layer_types=[lstm,moe]` is not split).
@@ -120,6 +122,13 @@ def apply_overrides(model_class, config, overrides):
             if target in moe_names:
                 merged[target] = _override_moe(target, merged.get(target),
                                                value, key)
+                if target == "moe" and merged.get("moe_per_layer"):
+                    # Every MoE layer: also where a layer sets the key.
+                    merged["moe_per_layer"] = [
+                        merge(layer, {name: value[name] for name in value
+                                      if name in layer})
+                        if isinstance(value, dict) else layer
+                        for layer in merged["moe_per_layer"]]
             elif isinstance(value, dict) and isinstance(merged.get(target),
                                                         dict):
                 merged[target] = merge(merged[target], value)
@@ -172,21 +181,6 @@ def _check_router_args(router, router_args, key):
                 f"Unknown override '{key}.{name}': not an argument of "
                 f"{router_class.__name__} (router={router!r}); valid keys: "
                 f"{', '.join(sorted(valid))}.")
-
-
-def merge(config, overrides):
-    """`config` updated by `overrides`, dict values key by key (deeply).
-
-    >>> merge({"moe": {"k": 2, "num_experts": 4}}, {"moe": {"k": 1}})
-    {'moe': {'k': 1, 'num_experts': 4}}
-    """
-    merged = dict(config)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _arguments(cls):

@@ -17,6 +17,7 @@ from sgmoe import _validation
 from sgmoe.layers.hierarchical_mixture_of_experts import (
     HierarchicalMixtureOfExperts)
 from sgmoe.layers.moe_layer import find_moe_layers
+from sgmoe.models import moe_config
 
 
 def expert_usage(model, batches):
@@ -115,6 +116,12 @@ def prune_experts(model, num_experts, usage):
         if config.get(argument) is not None:
             config[argument] = _pruned_moe_config(config[argument],
                                                   num_experts, argument)
+    if config.get("moe_per_layer") is not None:  # the LM's per-layer MoEs
+        config["moe_per_layer"] = [
+            _pruned_moe_config(moe_config.layer_config(
+                config["moe"], config["moe_per_layer"], index), num_experts,
+                f"moe_per_layer[{index}]")
+            for index in range(len(config["moe_per_layer"]))]
     pruned = type(model).from_config(config)
     pruned.build(type(model).preset_input_shape)
     pruned_layers = find_moe_layers(pruned)

@@ -17,7 +17,8 @@ single expert (one hidden layer of 4096 units; four of 1024), 4xLSTM-512
 with two more LSTM layers, and LSTM-2048-512 is one LSTM of 2048 cells with
 a projection to 512 and no MoE.
 
-`tiny_*` presets (vocabulary 100, width 16) are for tests; `small_moe` is
+`tiny_*` presets (vocabulary 100, width 16) are for tests (`tiny_pr_moe`
+is DeepSpeed-MoE's pyramid-residual MoE, Rajbhandari et al. 2022); `small_moe` is
 the Brown-corpus demo of scripts/train_lm.py (CPU, minutes).
 """
 
@@ -81,6 +82,13 @@ PRESETS = {
                                    "experts_per_group": 4, "k_primary": 2,
                                    "k_secondary": 2,
                                    "expert_hidden_dim": 32}),
+    # DeepSpeed-MoE's PR-MoE (Rajbhandari et al. 2022): two MoE layers,
+    # the later with more experts (pyramid), the routed expert's output
+    # to a dense residual expert's, k = 1.
+    "tiny_pr_moe": dict(
+        _TINY, layer_types=("lstm", "moe", "lstm", "moe"),
+        moe={"k": 1, "expert_hidden_dim": 32, "residual_expert": True},
+        moe_per_layer=[{"num_experts": 4}, {"num_experts": 8}]),
     "small_moe": {
         "vocabulary_size": 8000,
         "model_dim": 128,

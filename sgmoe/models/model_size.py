@@ -43,8 +43,9 @@ def _lstm(c):
     return 4 * u * (2 * d) + 4 * u + u * d, 4 * u * (2 * d) + u * d
 
 
-def _moe(c):
-    experts, gating, ops = moe_config.moe_cost(c["moe"], MOE_DEFAULTS,
+def _moe(c, ordinal):
+    config = moe_config.layer_config(c["moe"], c.get("moe_per_layer"), ordinal)
+    experts, gating, ops = moe_config.moe_cost(config, MOE_DEFAULTS,
                                                c["model_dim"])
     return experts + gating, ops
 
@@ -58,14 +59,18 @@ def _feed_forward(c):
     return weights + biases, weights
 
 
-_COUNTERS = {"lstm": _lstm, "moe": _moe, "feed_forward": _feed_forward}
+_COUNTERS = {"lstm": _lstm, "feed_forward": _feed_forward}
 
 
 def _totals(config):
     c = _architecture(config)
     parameters = ops = 0
-    for layer_type in c["layer_types"]:
-        layer_parameters, layer_ops = _COUNTERS[layer_type](c)
+    for index, layer_type in enumerate(c["layer_types"]):
+        if layer_type == "moe":  # the how-manieth MoE layer it is
+            layer_parameters, layer_ops = _moe(
+                c, c["layer_types"][:index].count("moe"))
+        else:
+            layer_parameters, layer_ops = _COUNTERS[layer_type](c)
         parameters += layer_parameters
         ops += layer_ops
     return c, parameters, ops

@@ -35,6 +35,45 @@ def check_moe_config(name, config):
     return renamed_arguments(config, {"num_groups": "expert_groups"})
 
 
+def check_moe_per_layer(name, configs, count):
+    """A copy of per-layer MoE configurations (None stays None): a list
+    of `count` dicts, or ValueError."""
+    if configs is None:
+        return None
+    if (isinstance(configs, (str, dict))
+            or not isinstance(configs, (list, tuple))
+            or len(configs) != count):
+        raise ValueError(
+            f"`{name}` must be None or a list of one dict of MoE layer "
+            f"arguments per 'moe' layer ({count}), received "
+            f"{name}={configs!r}.")
+    return [check_moe_config(f"{name}[{i}]", config) or {}
+            for i, config in enumerate(configs)]
+
+
+def layer_config(config, layer_configs, index):
+    """The arguments of the `index`-th MoE layer: `layer_configs[index]`
+    over `config` (dicts merged key by key), or `config` alone."""
+    if layer_configs is None:
+        return config
+    return merge(config or {}, layer_configs[index])
+
+
+def merge(config, overrides):
+    """`config` updated by `overrides`, dict values key by key (deeply).
+
+    >>> merge({"moe": {"k": 2, "num_experts": 4}}, {"moe": {"k": 1}})
+    {'moe': {'k': 1, 'num_experts': 4}}
+    """
+    merged = dict(config)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def is_hierarchical(config):
     return "expert_groups" in config
 

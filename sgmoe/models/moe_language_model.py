@@ -124,7 +124,13 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
         lstm_units: memory cells of each LSTM; None means `model_dim`. Other
             values add a projection to `model_dim` (LSTMP).
         moe: the MoE layer's arguments (see above); needed with a "moe"
-            layer type.
+            layer type (unless `moe_per_layer` gives them).
+        moe_per_layer: None, or one dict per "moe" of `layer_types`, in
+            order: that layer's arguments over `moe` (key by key, deeply),
+            e.g. [{"num_experts": 16}, {"num_experts": 32}] for
+            DeepSpeed-MoE's pyramid (more experts in later layers);
+            with {"residual_expert": True} in `moe`, its PR-MoE
+            (Rajbhandari et al. 2022).
         feed_forward: `DeepFeedForward` arguments of the "feed_forward"
             layers ("hidden_dim", "num_hidden_layers", "use_bias").
         dropout: DropProb, dropout rate after every layer but the softmax.
@@ -163,6 +169,7 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
         layer_types=("lstm", "moe", "lstm"),
         lstm_units=None,
         moe=None,
+        moe_per_layer=None,
         feed_forward=None,
         dropout=0.0,
         num_sampled=None,
@@ -187,7 +194,10 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
                            _validation.check_positive_int("lstm_units",
                                                           lstm_units))
         self.moe = moe_config.check_moe_config("moe", moe)
-        if "moe" in self.layer_types and self.moe is None:
+        self.moe_per_layer = moe_config.check_moe_per_layer(
+            "moe_per_layer", moe_per_layer, self.layer_types.count("moe"))
+        if ("moe" in self.layer_types and self.moe is None
+                and self.moe_per_layer is None):
             raise ValueError(
                 "A 'moe' layer needs `moe`, a dict of MoE layer arguments, "
                 "received moe=None.")
@@ -263,8 +273,10 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
             _validation.check_arguments("feed_forward", DeepFeedForward,
                                         arguments)
             return DeepFeedForward(dtype=policy, name=name, **arguments)
+        ordinal = self.layer_types[:index - 1].count("moe")
         return moe_config.make_moe_layer(
-            self.moe, MOE_DEFAULTS, name=name, dtype=policy,
+            moe_config.layer_config(self.moe, self.moe_per_layer, ordinal),
+            MOE_DEFAULTS, name=name, dtype=policy,
             seed=self._seed(100 + index))
 
     def build(self, input_shape):
@@ -371,6 +383,7 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
             "layer_types": list(self.layer_types),
             "lstm_units": self.lstm_units,
             "moe": self.moe,
+            "moe_per_layer": self.moe_per_layer,
             "feed_forward": self.feed_forward,
             "dropout": self.dropout,
             "num_sampled": self.num_sampled,
