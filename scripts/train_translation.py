@@ -12,7 +12,8 @@ minutes on a 2-core CPU) and prints BLEU on its test split.
   python scripts/train_translation.py --model_dir=/tmp/de_en  # again: resumes
   python scripts/train_translation.py --preset=moe_512_h \\
       --train_files="$WMT14/europarl-v7.fr-en,$WMT14/commoncrawl.fr-en,$WMT14/news-commentary-v9.fr-en" \\
-      --eval_files="$WMT14/newstest2013" --source_language=en \\
+      --eval_files="$WMT14/newstest2013" --test_files="$WMT14/newstest2014" \\
+      --eval_every=10000 --source_language=en \\
       --target_language=fr --vocabulary_size=32000 --max_length=100 \\
       --schedule=inverse_sqrt --warmup_steps=2000 --hold_steps=8000
 
@@ -43,6 +44,8 @@ import console  # noqa: E402
 import training_flags  # noqa: E402
 
 DATA_DIR = console.data_dir()
+BUNDLED_TRAIN_FILES = os.path.join(DATA_DIR, "libreoffice.en-de.train")
+BUNDLED_TEST_FILES = os.path.join(DATA_DIR, "libreoffice.en-de.test")
 
 FLAGS = flags.FLAGS
 training_flags.define_training_flags(
@@ -51,16 +54,17 @@ training_flags.define_training_flags(
 # --help lists the shared flags with the script's own.
 flags.adopt_module_key_flags(training_flags)
 flags.DEFINE_string(
-    "train_files", os.path.join(DATA_DIR, "libreoffice.en-de.train"),
+    "train_files", BUNDLED_TRAIN_FILES,
     "Comma-separated prefixes (globs allowed) of line-aligned training "
     "files PREFIX.SOURCE and PREFIX.TARGET (.gz read as gzip).")
 flags.DEFINE_string(
     "eval_files", os.path.join(DATA_DIR, "libreoffice.en-de.valid"),
     "Prefixes of the validation files, read when --eval_every > 0.")
 flags.DEFINE_string(
-    "test_files", os.path.join(DATA_DIR, "libreoffice.en-de.test"),
+    "test_files", None,
     "Prefixes of the test files, translated at the end and scored with "
-    "BLEU; empty: none.")
+    "BLEU; empty: none. Default: the bundled test split when --train_files "
+    "is the bundled training split, else none.")
 flags.DEFINE_string("source_language", "de", "Suffix of the source files.")
 flags.DEFINE_string("target_language", "en", "Suffix of the target files.")
 flags.DEFINE_integer("vocabulary_size", 2000,
@@ -117,12 +121,16 @@ def load_data():
                 FLAGS.target_language)
             data.check_parallel_files(eval_sources, eval_targets,
                                       **text_input)
+        test_files = FLAGS.test_files
+        if test_files is None:
+            test_files = (BUNDLED_TEST_FILES
+                          if FLAGS.train_files == BUNDLED_TRAIN_FILES else "")
         pairs = []
-        if FLAGS.test_files:
+        if test_files:
             # Read now: a bad test file ends the script before anything
             # is written to --model_dir.
             pairs = data.read_sentence_pairs(
-                *data.parallel_files(FLAGS.test_files, FLAGS.source_language,
+                *data.parallel_files(test_files, FLAGS.source_language,
                                      FLAGS.target_language),
                 limit=FLAGS.test_sentences, **text_input)
         vocabulary = training.shared_vocabulary(
