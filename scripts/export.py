@@ -2,9 +2,13 @@
 
 Reads MODEL_DIR/model (written by scripts/train_lm.py or
 scripts/train_translation.py) and writes --export_dir with the endpoints
-of `sgmoe.models.export_for_serving`: `serve` (int32 ids -> logits) and,
-for a language model, `generate` (int32 prompts -> greedy ids) and
-`generate_text` (strings -> strings; load with `import tensorflow_text`).
+of `sgmoe.models.export_for_serving`: `serve` (int32 ids -> logits);
+for a language model `generate` (int32 prompts -> greedy ids) and
+`generate_text` (strings -> strings; load with `import tensorflow_text`);
+for a translation model `translate` (int32 sources -> greedy target ids)
+and `translate_text` (German strings -> English strings, for the
+default run). It runs on the TensorFlow backend, whatever KERAS_BACKEND
+says: SavedModels are TensorFlow graphs.
 A process that serves it needs TensorFlow only, not sgmoe:
 
   python scripts/train_lm.py --model_dir=/tmp/lm
@@ -22,6 +26,7 @@ from absl import flags
 from absl import logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # --verbose: "0"
+os.environ["KERAS_BACKEND"] = "tensorflow"
 _SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _SCRIPTS_DIR not in sys.path:
     sys.path.insert(0, _SCRIPTS_DIR)

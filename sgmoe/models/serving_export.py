@@ -4,11 +4,13 @@ out, and text in and out when the model carries its tokenizer."""
 import keras
 from keras import ops
 
+from sgmoe import _validation
 from sgmoe.models import samplers
 from sgmoe.models.language_model_generation import LanguageModelGeneration
 
 
-def export_for_serving(model, filepath, verbose=False):
+def export_for_serving(model, filepath, verbose=False,
+                       max_translation_length=256):
     """Writes a TensorFlow SavedModel of `model` for serving.
 
     Endpoints, loadable with `tf.saved_model.load` in a process that does
@@ -26,20 +28,33 @@ def export_for_serving(model, filepath, verbose=False):
       `generate_text(prompts, max_length)`: strings in (each prompt after
       the start token `<S>`), generated strings out. Its tokenizer runs
       in the graph with tensorflow-text, so a serving process imports
-      `tensorflow_text` before loading.
+      `tensorflow_text` before loading;
+    * a translation model gets `translate(source_ids)`: greedy decoding
+      of int32 sources [batch, S] (each ended with the end id, padding 0
+      after it) to int32 [batch, max_translation_length] target ids, each
+      row cut after twice its source's tokens, as
+      `sgmoe.evaluation.translate_lines` cuts it (padding after the end);
+    * and, when it carries a `SubwordVocabulary`, `translate_text(lines)`:
+      strings in, translated strings out (sources cut to
+      `max_translation_length // 2` pieces), with tensorflow-text's
+      SentencePiece in the graph.
 
-    Generation runs on the TensorFlow backend only (the export of a JAX
-    model has `serve`).
+    Generation and translation run on the TensorFlow backend only (the
+    export of a JAX model has `serve`).
 
     Args:
         model: a built `MoELanguageModel` or `MoETranslationModel`.
         filepath: the directory to write.
         verbose: print the endpoints.
+        max_translation_length: the longest translation, in pieces (the
+            end id included).
     """
     import tensorflow as tf
 
     if not model.built:
         raise ValueError("Build the model before exporting it.")
+    max_translation_length = _validation.check_positive_int(
+        "max_translation_length", max_translation_length)
     archive = keras.export.ExportArchive()
     archive.track(model)
     ids = tf.TensorSpec((None, None), tf.int32)
@@ -52,9 +67,10 @@ def export_for_serving(model, filepath, verbose=False):
             "serve", lambda source_ids, target_ids: model(
                 (source_ids, target_ids), training=False),
             input_signature=[ids, ids])
-    generating = (isinstance(model, LanguageModelGeneration)
-                  and keras.backend.backend() == "tensorflow")
-    if generating:
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    if not isinstance(model, LanguageModelGeneration) and on_tensorflow:
+        _add_translation_endpoints(archive, model, max_translation_length)
+    if isinstance(model, LanguageModelGeneration) and on_tensorflow:
         length = tf.TensorSpec((), tf.int32)
         archive.add_endpoint(
             "generate", lambda token_ids, max_length: _greedy_ids(
@@ -107,3 +123,39 @@ def _greedy_text(model, vocabulary, prompts, max_length):
     tokens = _greedy_ids(model, ids.to_tensor(_padding_id(model)),
                          max_length)
     return vocabulary.decode(tokens)
+
+
+def _add_translation_endpoints(archive, model, max_length):
+    import tensorflow as tf
+
+    archive.add_endpoint(
+        "translate", lambda source_ids: _greedy_translation(
+            model, source_ids, max_length),
+        input_signature=[tf.TensorSpec((None, None), tf.int32)])
+    vocabulary = getattr(model, "vocabulary", None)
+    if vocabulary is not None and hasattr(vocabulary, "tokenize"):
+        archive.add_endpoint(
+            "translate_text", lambda lines: _translated_text(
+                model, vocabulary, lines, max_length),
+            input_signature=[tf.TensorSpec((None,), tf.string)])
+
+
+def _greedy_translation(model, source_ids, max_length):
+    """int32 sources [B, S] -> target ids [B, max_length], each row
+    padded after twice its source's length."""
+    source_ids = ops.cast(source_ids, "int32")
+    token_ids = model._search(source_ids, "greedy", max_length)["token_ids"]
+    source_lengths = ops.sum(ops.cast(ops.not_equal(source_ids, 0),
+                                      "int32"), axis=1)
+    positions = ops.arange(max_length, dtype="int32")[None, :]
+    return ops.where(positions < 2 * source_lengths[:, None], token_ids, 0)
+
+
+def _translated_text(model, vocabulary, lines, max_length):
+    import tensorflow as tf
+
+    pieces = vocabulary.tokenize(lines)[:, :max(1, max_length // 2) - 1]
+    ends = tf.fill([tf.shape(lines)[0], 1], vocabulary.eos_id)
+    sources = tf.concat([tf.cast(pieces, tf.int32), ends], axis=1)
+    return vocabulary.detokenize(_greedy_translation(
+        model, sources.to_tensor(0), max_length))

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from keras import ops
 
+from sgmoe.data import SubwordVocabulary
 from sgmoe.data import WordVocabulary
+from sgmoe.evaluation import translate_lines
 from sgmoe.models import MoELanguageModel
 from sgmoe.models import MoETranslationModel
 from sgmoe.models import export_for_serving
@@ -21,6 +23,9 @@ pytestmark = [
                        reason="generation exports on the TensorFlow "
                        "backend; tested in the TensorFlow pass"),
 ]
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                    "data")
 
 SERVE = """
 import sys
@@ -33,6 +38,9 @@ outputs = {}
 if "source_ids" in inputs:
     outputs["logits"] = model.serve(inputs["source_ids"],
                                     inputs["target_ids"]).numpy()
+    outputs["translated"] = model.translate(inputs["source_ids"]).numpy()
+    outputs["text"] = np.array([text.decode() for text in model.translate_text(
+        tf.constant(inputs["lines"])).numpy()])
 else:
     outputs["logits"] = model.serve(inputs["token_ids"]).numpy()
     outputs["generated"] = model.generate(inputs["prompts"], 9).numpy()
@@ -73,17 +81,40 @@ def test_language_model_serves_ids_and_text(tmp_path):
     assert served["text"].tolist() == texts
 
 
-def test_translation_model_serves_logits(tmp_path):
-    model = MoETranslationModel.from_preset("tiny", seed=4)
+def test_translation_model_serves_logits_ids_and_text(tmp_path):
+    vocabulary = SubwordVocabulary.train(
+        [os.path.join(DATA, "ding.de-en.valid.de.gz"),
+         os.path.join(DATA, "ding.de-en.valid.en.gz")],
+        vocabulary_size=400, seed=0, num_threads=1)
+    model = MoETranslationModel.from_preset(
+        "tiny", vocabulary_size=len(vocabulary), bos_id=vocabulary.bos_id,
+        eos_id=vocabulary.eos_id, seed=4)
     model.build()
-    export_for_serving(model, tmp_path / "export")
-    source = np.array([[5, 6, 7, 2], [8, 2, 0, 0]], "int32")
+    model.vocabulary = vocabulary
+    export_for_serving(model, tmp_path / "export", max_translation_length=64)
+    eos = vocabulary.eos_id
+    source = np.array([[5, 6, 7, eos], [8, eos, 0, 0]], "int32")
     target = np.array([[1, 9, 10], [1, 11, 0]], "int32")
+    lines = ["Das ist gut.", "Das Haus ist sehr alt und steht am Fluss."]
     served = serve(tmp_path, tmp_path / "export", source_ids=source,
-                   target_ids=target)
+                   target_ids=target, lines=np.array(lines))
     np.testing.assert_allclose(
         served["logits"], ops.convert_to_numpy(model((source, target))),
         rtol=1e-5, atol=1e-5)
+    # Greedy decoding of each source on its own, cut after twice its
+    # length: the rows of the served ids.
+    for row, length in zip(range(2), (4, 2)):
+        decoded = model.greedy_decode(source[row:row + 1, :length],
+                                      max_length=2 * length,
+                                      jit_compile=False)["token_ids"][0]
+        expected = np.zeros(64, "int32")
+        expected[:2 * length] = decoded
+        np.testing.assert_array_equal(served["translated"][row], expected)
+    # The longer line's source has under 32 pieces: both as long as
+    # translate_lines lets them be.
+    assert len(vocabulary.tokenize(lines[1:]).to_list()[0]) < 31
+    assert served["text"].tolist() == translate_lines(
+        model, vocabulary, lines, beam_width=1, jit_compile=False)
 
 
 def test_unbuilt_model_is_refused(tmp_path):
