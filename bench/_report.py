@@ -27,6 +27,24 @@ def cached(rows_dir, name, compute):
     return row
 
 
+def training_run(model, run_dir, label, seed, train_files, args,
+                 log_every):
+    """The resumable `sgmoe.training.TrainingRun` of one (model, seed) in
+    `run_dir`: `args.train_steps` steps, a checkpoint every
+    `args.checkpoint_every`; a resume with another model, seed, data,
+    batch size or learning rate is refused."""
+    from sgmoe import training
+
+    setup = {"model": label, "seed": seed, "config": model.get_config(),
+             "train_files": training.file_fingerprints(train_files),
+             "batch_size": args.batch_size,
+             "learning_rate": args.learning_rate}
+    return training.TrainingRun(
+        model, train_steps=args.train_steps,
+        log_every=min(log_every, args.train_steps), model_dir=run_dir,
+        checkpoint_every=args.checkpoint_every, setup=setup)
+
+
 def summarize(rows, keys, means=(), metric=METRIC):
     """Per value of `keys`, in order of first appearance: the mean,
     spread (max - min) and per-seed values of `metric`, the first row's

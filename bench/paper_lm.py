@@ -68,6 +68,7 @@ from _report import header  # noqa: E402
 from _report import markdown  # noqa: E402
 from _report import paired_differences  # noqa: E402
 from _report import summarize  # noqa: E402
+from _report import training_run  # noqa: E402
 from _report import write_table  # noqa: E402
 
 # (label, preset, overrides as multiples of model_dim where they are widths)
@@ -263,15 +264,10 @@ class Experiment:
 
         args = self.args
         run_dir = os.path.join(self.work_dir, f"{slug(label)}-seed{seed}")
-        setup = {"model": label, "seed": seed, "config": model.get_config(),
-                 "train_files": training.file_fingerprints(
-                     self.data.expand_file_patterns(args.train_files)),
-                 "batch_size": args.batch_size,
-                 "learning_rate": args.learning_rate}
-        run = training.TrainingRun(
-            model, train_steps=args.train_steps,
-            log_every=min(100, args.train_steps), model_dir=run_dir,
-            checkpoint_every=args.checkpoint_every, setup=setup)
+        run = training_run(
+            model, run_dir, label, seed,
+            self.data.expand_file_patterns(args.train_files), args,
+            log_every=100)
         first_step = run.first_step
 
         def stream(skip_batches):

@@ -41,6 +41,7 @@ from _report import header  # noqa: E402
 from _report import markdown  # noqa: E402
 from _report import paired_differences  # noqa: E402
 from _report import summarize  # noqa: E402
+from _report import training_run  # noqa: E402
 from _report import write_table  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -171,15 +172,9 @@ class Experiment:
         args = self.args
         run_dir = os.path.join(args.work_dir,
                                f"{label.replace(' ', '_')}-seed{seed}")
-        setup = {"model": label, "seed": seed, "config": model.get_config(),
-                 "train_files": training.file_fingerprints(
-                     self.train_files[0] + self.train_files[1]),
-                 "batch_size": args.batch_size,
-                 "learning_rate": args.learning_rate}
-        run = training.TrainingRun(
-            model, train_steps=args.train_steps,
-            log_every=min(250, args.train_steps), model_dir=run_dir,
-            checkpoint_every=args.checkpoint_every, setup=setup)
+        run = training_run(model, run_dir, label, seed,
+                           self.train_files[0] + self.train_files[1], args,
+                           log_every=250)
         train = self.data.translation_dataset(
             *self.train_files, self.vocabulary, args.batch_size,
             args.max_length, shuffle=True, seed=seed, repeat=True,
