@@ -50,11 +50,11 @@ def test_short_run_trains_saves_and_evaluate_reproduces_bleu(tmp_path):
     write_pairs(train_prefix, read_pairs(f"{data}/ding.de-en.train", 2000))
     # No XLA: compiling the recurrent model and its decoder would take
     # longer than the run.
-    result = run(TRAIN, "--preset=tiny_pyramid", "--vocabulary_size=400",
-                 "--train_steps=20", "--log_every=10", "--checkpoint_every=10",
-                 "--batch_size=32", f"--train_files={train_prefix}",
-                 f"--test_files={test_prefix}", f"--model_dir={model_dir}",
-                 "--nojit_compile")
+    flags = ("--preset=tiny_pyramid", "--vocabulary_size=400",
+             "--train_steps=20", "--log_every=10", "--checkpoint_every=10",
+             "--batch_size=32", f"--train_files={train_prefix}",
+             f"--model_dir={model_dir}", "--nojit_compile")
+    result = run(TRAIN, *flags, f"--test_files={test_prefix}")
     assert result.returncode == 0, result.stderr[-2000:]
     losses = [float(loss) for loss in re.findall(
         r"^step=\d+/\d+ loss=([\d.]+)", result.stdout, re.M)]
@@ -83,6 +83,13 @@ def test_short_run_trains_saves_and_evaluate_reproduces_bleu(tmp_path):
     assert bleu(result, "test") == trained
     with open(tmp_path / "hypotheses.en", encoding="utf-8") as file:
         assert len(file.readlines()) == 48
+
+    # Trained on other files than the bundled ones, the run has no default
+    # test set (the bundled one would be another corpus, or not exist in
+    # its languages): the finished run resumes, and scores nothing.
+    result = run(TRAIN, *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from" in result.stdout and "BLEU" not in result.stdout
 
 
 def last_line(result):
