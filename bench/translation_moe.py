@@ -226,8 +226,16 @@ def write_outputs(args, experiment, rows, seconds, argv):
         sections.append(table + "".join(f"\n\n{line}" for line in lines
                                          if line))
     source, target = args.source_language, args.target_language
+    root = os.path.normpath(ROOT)
+
+    def shown(path):  # in the repository: relative to its root
+        path = os.path.normpath(path)
+        return (os.path.relpath(path, root)
+                if path.startswith(root + os.sep) else path)
+
     setting = (
-        f"{args.train_files} ({source}->{target}; test {args.test_files}, "
+        f"{shown(args.train_files)} ({source}->{target}; test "
+        f"{shown(args.test_files)}, "
         f"{len(experiment.test_pairs)} pairs), {len(experiment.vocabulary)} "
         f"shared subword pieces, {args.train_steps} steps of "
         f"{args.batch_size} pairs, Adam {args.learning_rate:g}, seeds "
