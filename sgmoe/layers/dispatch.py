@@ -283,13 +283,34 @@ def dropless_capacity(num_tokens, num_experts, k):
     by block, stay a small part of the work; the buffer itself is at most
     1 + 2 / sqrt(m) times the mean load. At most N (an expert gets a token
     at most once).
+
+    With fewer assignments than experts (N k < E, static N: decoding a few
+    sequences through many experts), 0: a buffer of even one slot per
+    expert would read every expert's weights to serve at most N k of them,
+    so every assignment goes to the overflow blocks, which read only the
+    weights of the experts in use (`dropless_block_size` rows per block).
     """
     if isinstance(num_tokens, int):
+        if num_tokens * k < num_experts:
+            return 0
         mean = num_tokens * k / num_experts
-        return max(1, min(num_tokens, math.ceil(mean + 2 * math.sqrt(mean))))
+        return max(1, min(num_tokens,
+                          math.ceil(mean + 2 * math.sqrt(mean))))
     mean = ops.cast(num_tokens, "float32") * k / num_experts
     capacity = ops.cast(ops.ceil(mean + 2 * ops.sqrt(mean)), "int32")
     return ops.maximum(ops.minimum(capacity, num_tokens), 1)
+
+
+def dropless_block_size(num_tokens, num_experts, k):
+    """Rows per overflow block of a dropless plan with a static N and no
+    buffer: max(2, min(N, ceil(m + 2 sqrt(m)))), m = N k / E.
+
+    At least 2: a one-row block is a matrix-vector product, which XLA:CPU
+    under TensorFlow runs several times slower than a two-row matmul
+    (bench/README.md, `inference_dispatch.py`).
+    """
+    mean = num_tokens * k / num_experts
+    return max(2, min(num_tokens, math.ceil(mean + 2 * math.sqrt(mean))))
 
 
 # Rows per overflow block when the buffer's capacity is not static.
@@ -316,9 +337,11 @@ def plan_dropless(expert_indices, expert_weights, num_experts, capacity=None,
         expert_indices: int [N, k] with static k.
         expert_weights: float [N, k].
         num_experts: E.
-        capacity: buffer slots per expert, or None for `dropless_capacity`.
+        capacity: buffer slots per expert (0: no buffer, every assignment
+            in the overflow blocks), or None for `dropless_capacity`.
         block_size: most rows per overflow block, or None for the capacity
-            (`DEFAULT_BLOCK_SIZE` when the capacity is not a static int).
+            (`dropless_block_size` when it is 0, `DEFAULT_BLOCK_SIZE` when
+            it is not a static int).
 
     Returns:
         A `DispatchPlan` with `overflow` set and nothing dropped.
@@ -329,8 +352,12 @@ def plan_dropless(expert_indices, expert_weights, num_experts, capacity=None,
     if capacity is None:
         capacity = dropless_capacity(num_tokens, num_experts, k)
     if block_size is None:
-        block_size = (capacity if isinstance(capacity, int)
-                      else DEFAULT_BLOCK_SIZE)
+        if not isinstance(capacity, int):
+            block_size = DEFAULT_BLOCK_SIZE
+        elif capacity or not isinstance(num_tokens, int):
+            block_size = max(capacity, 1)
+        else:
+            block_size = dropless_block_size(num_tokens, num_experts, k)
     block_size = _validation.check_positive_int("block_size", block_size)
     expert, valid = _valid_experts(expert_indices, num_experts)
     bucket = ops.where(valid, expert, num_experts)

@@ -146,7 +146,8 @@ def overflow_numpy(plan):
                          "skew", [
                              (12, 2, 4, 2, 4, 0.7), (30, 3, 5, 3, 2, 2.0),
                              (9, 2, 8, 1, 3, 0.0), (16, 1, 2, 4, 16, 5.0),
-                             (7, 2, 16, 1, 1, 0.3), (40, 2, 4, 20, 5, 0.0)])
+                             (7, 2, 16, 1, 1, 0.3), (40, 2, 4, 20, 5, 0.0),
+                             (7, 2, 16, 0, 2, 0.3), (5, 3, 32, 0, 2, 2.0)])
 def test_dropless_keeps_every_assignment(num_tokens, k, num_experts,
                                          capacity, block_size, skew):
     indices, weights = random_routing(num_tokens, k, num_experts,
@@ -218,7 +219,7 @@ def test_dropless_keeps_every_assignment(num_tokens, k, num_experts,
 def test_dropless_default_capacity_is_the_balanced_tail():
     assert dispatch.dropless_capacity(4096, 1024, 2) == 14  # 8 + 2 sqrt(8)
     assert dispatch.dropless_capacity(4096, 8, 2) == 1088
-    assert dispatch.dropless_capacity(4, 64, 2) == 1
+    assert dispatch.dropless_capacity(32, 64, 2) == 3  # 1 + 2 sqrt(1)
     assert dispatch.dropless_capacity(16, 1, 2) == 16  # at most N
     indices, weights = random_routing(64, 2, 8, skew=3.0)
     plan = dispatch.plan_dropless(ops.convert_to_tensor(indices),
@@ -226,6 +227,24 @@ def test_dropless_default_capacity_is_the_balanced_tail():
     capacity = dispatch.dropless_capacity(64, 8, 2)
     assert tuple(plan.slot_token.shape) == (8, capacity)
     assert plan.overflow.blocks.size == capacity
+
+
+def test_dropless_plan_has_no_buffer_below_one_assignment_per_expert():
+    """N k < E (decoding): no buffer slot, so no expert's weights are read
+    unless an assignment needs them; each expert in use is one block."""
+    assert dispatch.dropless_capacity(31, 64, 2) == 0
+    assert dispatch.dropless_capacity(1, 256, 4) == 0
+    assert dispatch.dropless_block_size(1, 256, 4) == 2  # never one row
+    assert dispatch.dropless_block_size(3, 16, 2) == 2  # ceil(.375 + 1.22)
+    indices = np.array([[5, 9], [9, 5], [2, 9]])
+    weights = np.full(indices.shape, 0.5, "float32")
+    plan = dispatch.plan_dropless(ops.convert_to_tensor(indices),
+                                  ops.convert_to_tensor(weights), 16)
+    assert tuple(plan.slot_token.shape) == (16, 0)
+    assert plan.overflow.blocks.size == 2
+    # Expert 2 once, expert 5 twice, expert 9 three times (two blocks).
+    assert overflow_numpy(plan)["blocks"] == [(2, 0, 1), (5, 1, 2),
+                                              (9, 3, 2), (9, 5, 1)]
 
 
 def test_expert_choice_plan_sums_slots_into_tokens():

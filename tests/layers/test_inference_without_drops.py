@@ -247,3 +247,54 @@ def test_hierarchical_dropless_training_matches_the_reference():
     np.testing.assert_allclose(y, expected["y"], rtol=1e-4, atol=1e-5)
     restored = HierarchicalMixtureOfExperts.from_config(layer.get_config())
     assert restored.dropless
+
+
+def test_decoding_few_tokens_through_many_experts():
+    """N k < E, as when decoding a few sequences: no buffer (no expert's
+    weights read unless used), the reference output in inference, and in
+    dropless training the gradients of a buffer large enough for all."""
+    num_tokens, num_experts, k = 3, 32, 2
+    x = np.random.RandomState(4).randn(num_tokens, DIM).astype("float32")
+
+    def build(**kwargs):
+        moe = MixtureOfExperts(num_experts, HIDDEN, k=k, seed=2,
+                               router_args={"noisy": False}, name="moe",
+                               **kwargs)
+        moe.build((None, DIM))
+        rng = np.random.RandomState(2)
+        for weight in moe.weights:  # every expert different, gate random
+            if weight.trainable:
+                weight.assign(0.3 * rng.randn(*weight.shape))
+        return moe
+
+    moe = build()
+    routing = moe.router(x, training=False)
+    indices = ops.convert_to_numpy(routing.expert_indices)
+    assert len(np.unique(indices)) > 1
+    y = jitted_inference(moe, x)
+    np.testing.assert_allclose(
+        y, ref.dense_mixture(x, indices,
+                             ops.convert_to_numpy(routing.expert_weights),
+                             *expert_weights(moe)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(ops.convert_to_numpy(moe.expert_load),
+                                  np.bincount(indices.ravel(),
+                                              minlength=num_experts))
+
+    upstream = np.random.RandomState(5).randn(num_tokens, DIM)
+
+    def loss_fn(outputs, losses):
+        del losses
+        return ops.sum(outputs * upstream)
+
+    dropless = build(dropless=True)
+    # capacity = ceil(factor * N * k / E) = N: room for every assignment.
+    roomy = build(capacity_factor=num_experts / k)
+    _, grads = helpers.value_and_gradients(dropless, loss_fn, x,
+                                           training=True)
+    _, expected = helpers.value_and_gradients(roomy, loss_fn, x,
+                                              training=True)
+    assert float(roomy.dropped_fraction) == 0.0
+    assert grads.keys() == expected.keys()
+    for path, grad in grads.items():
+        np.testing.assert_allclose(grad, expected[path], rtol=1e-4,
+                                   atol=1e-5, err_msg=path)
