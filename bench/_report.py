@@ -96,6 +96,23 @@ def format_value(value):
     return f"{value:.2f}" if abs(value) < 1e3 else f"{value:,.0f}"
 
 
+def print_row(row):
+    """One measured row on one line, as it comes in."""
+    print(", ".join(f"{key}: {format_value(value)}"
+                    for key, value in row.items()), flush=True)
+
+
+def rows_table(rows, columns, text_columns=1):
+    """A markdown table of `rows` (dicts) in `columns`; the first
+    `text_columns` left-aligned, the rest right-aligned numbers."""
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join(["---"] * text_columns + ["---:"] * (
+                 len(columns) - text_columns)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(
+        format_value(row[column]) for column in columns) + " |"
+        for row in rows])
+
+
 def markdown(summary, keys, means=(), metric=METRIC):
     """The table of `summarize`'s output."""
     columns = (list(keys) + ["parameters", f"{metric} (mean)",

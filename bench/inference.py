@@ -34,8 +34,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DATA_DIR = os.path.join(ROOT, "data")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _report import format_value  # noqa: E402
 from _report import header  # noqa: E402
+from _report import print_row  # noqa: E402
+from _report import rows_table  # noqa: E402
 from _report import write_table  # noqa: E402
 
 
@@ -160,8 +161,7 @@ def measure(args, label, path):
                                           args.repeats)
         row[column] = (1e6 * seconds / steps if batch == 1
                        else batch * steps / seconds)
-    print(", ".join(f"{key}: {format_value(value)}"
-                    for key, value in row.items()), flush=True)
+    print_row(row)
     return row
 
 
@@ -188,11 +188,6 @@ def main(argv=None):
         row["speed-up, batch 1"] = rows[0][latency] / row[latency]
         row[f"speed-up, batch {args.batch}"] = (row[throughput]
                                                 / rows[0][throughput])
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
-    lines += ["| " + " | ".join(format_value(row[column])
-                                for column in columns) + " |"
-              for row in rows]
     setting = (f"greedy generation of {args.new_tokens} tokens after "
                f"{args.prompt_length}-token prompts from {args.eval_files}, "
                f"XLA-compiled, median of {args.repeats} calls; speed-ups "
@@ -200,7 +195,7 @@ def main(argv=None):
     return write_table(
         os.path.join(args.out_dir, "inference.md"),
         header("inference.py", argv, time.time() - start, setting)
-        + "\n\n" + "\n".join(lines))
+        + "\n\n" + rows_table(rows, columns))
 
 
 if __name__ == "__main__":

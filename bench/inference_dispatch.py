@@ -41,8 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from _report import format_value  # noqa: E402
 from _report import header  # noqa: E402
+from _report import print_row  # noqa: E402
+from _report import rows_table  # noqa: E402
 from _report import write_table  # noqa: E402
 
 
@@ -171,8 +172,7 @@ def measure(args, num_experts, num_tokens):
     row["before / now"] = row["buffer (before) ms"] / row["blocks (now) ms"]
     row["now / floor"] = row["blocks (now) ms"] / row["used-experts floor ms"]
     row["now / dense"] = row["blocks (now) ms"] / row["dense, same ops ms"]
-    print(", ".join(f"{key}: {format_value(value)}"
-                    for key, value in row.items()), flush=True)
+    print_row(row)
     return row
 
 
@@ -183,17 +183,11 @@ def main(argv=None):
     rows = [measure(args, num_experts, num_tokens)
             for num_experts in args.num_experts
             for num_tokens in args.num_tokens]
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join(["---:"] * len(columns)) + "|"]
-    lines += ["| " + " | ".join(format_value(row[column])
-                                for column in columns) + " |"
-              for row in rows]
     setting = (f"MixtureOfExperts inference (dropless), k={args.k}, "
                f"d={args.model_dim}, h={args.hidden_dim}, gate N(0, 1), "
                f"XLA-compiled, medians of {args.repeats} round-robin calls.")
     text = (header("inference_dispatch.py", argv, time.time() - start,
-                   setting) + "\n\n" + "\n".join(lines))
+                   setting) + "\n\n" + rows_table(rows, list(rows[0]), 0))
     if args.out:
         return write_table(args.out, text)
     print(text)
