@@ -194,6 +194,10 @@ class RoutingTotals(keras.callbacks.Callback):
         self.dropped = {name: [] for name in moe_layers}
 
     def on_test_batch_end(self, batch, logs=None):
+        # On JAX, evaluate() detaches the variables' values between steps;
+        # a callback that reads them puts them back first.
+        if hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()
         for name, layer in self.moe_layers.items():
             self.load[name] += keras.ops.convert_to_numpy(
                 layer.expert_load).astype("float64")
