@@ -298,3 +298,18 @@ def test_decoding_few_tokens_through_many_experts():
     for path, grad in grads.items():
         np.testing.assert_allclose(grad, expected[path], rtol=1e-4,
                                    atol=1e-5, err_msg=path)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 3])
+def test_hierarchical_decoding_few_tokens_through_many_experts(num_tokens):
+    """8 groups x 8 experts, k = 2 at each level: N k < E at both levels,
+    so neither keeps a buffer; the output is still the reference's."""
+    layer = HierarchicalMixtureOfExperts(8, 8, expert_hidden_dim=12, seed=3)
+    layer.build((None, DIM))
+    rng = np.random.RandomState(3)
+    for weight in layer.trainable_weights:
+        weight.assign(0.3 * rng.randn(*weight.shape))
+    x = rng.randn(num_tokens, DIM).astype("float32")
+    y = jitted_inference(layer, x)
+    np.testing.assert_allclose(y, reference(layer, x, training=False)["y"],
+                               rtol=1e-4, atol=1e-5)
