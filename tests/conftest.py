@@ -8,6 +8,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # would otherwise pick JAX) run on the backend the tests run on.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from tests.xla_flags import use_fast_compile  # noqa: E402
+
+use_fast_compile()
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

@@ -9,7 +9,9 @@ import json
 import os
 
 os.environ["KERAS_BACKEND"] = "jax"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+from tests.xla_flags import with_devices  # noqa: E402
+
+os.environ["XLA_FLAGS"] = with_devices(8)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

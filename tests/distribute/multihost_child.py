@@ -28,10 +28,11 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "jax"
 STAGE = sys.argv[1]
-os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count="
-                           + ("4" if STAGE == "multihost" else "1"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", ".."))
+from tests.xla_flags import with_devices  # noqa: E402
+
+os.environ["XLA_FLAGS"] = with_devices(4 if STAGE == "multihost" else 1)
 
 import jax  # noqa: E402
 

@@ -18,6 +18,7 @@ import pytest
 from tests.distribute.launch import communicate_all
 from tests.distribute.launch import free_port
 from tests.helpers import bundled_head
+from tests.xla_flags import with_devices
 
 pytestmark = pytest.mark.subprocess
 
@@ -56,7 +57,7 @@ def test_two_processes_train_together(tmp_path):
         [sys.executable, SCRIPT, "--multi_host", f"--model_dir={shared}",
          *flags],
         env=environment(
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            XLA_FLAGS=with_devices(2),
             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
             KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}",
             KERAS_DISTRIBUTION_NUM_PROCESSES="2",

@@ -380,6 +380,8 @@ def test_a_shard_missing_from_the_manifest_is_corrupt(tmp_path):
 
 if __name__ == "__main__":
     os.environ["KERAS_BACKEND"] = "jax"
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     sys.path.insert(0, ROOT)
+    from tests.xla_flags import with_devices
+
+    os.environ["XLA_FLAGS"] = with_devices(8)
     print(json.dumps(mesh_report(sys.argv[1])))
