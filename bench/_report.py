@@ -28,21 +28,24 @@ def cached(rows_dir, name, compute):
 
 
 def training_run(model, run_dir, label, seed, train_files, args,
-                 log_every):
+                 log_every, **options):
     """The resumable `sgmoe.training.TrainingRun` of one (model, seed) in
     `run_dir`: `args.train_steps` steps, a checkpoint every
     `args.checkpoint_every`; a resume with another model, seed, data,
-    batch size or learning rate is refused."""
+    batch size or learning rate is refused. `options` go to `TrainingRun`
+    (e.g. `validation_data` and `eval_every`)."""
     from sgmoe import training
 
     setup = {"model": label, "seed": seed, "config": model.get_config(),
              "train_files": training.file_fingerprints(train_files),
              "batch_size": args.batch_size,
              "learning_rate": args.learning_rate}
+    if getattr(args, "block_size", None) is not None:
+        setup["block_size"] = args.block_size
     return training.TrainingRun(
         model, train_steps=args.train_steps,
         log_every=min(log_every, args.train_steps), model_dir=run_dir,
-        checkpoint_every=args.checkpoint_every, setup=setup)
+        checkpoint_every=args.checkpoint_every, setup=setup, **options)
 
 
 def summarize(rows, keys, means=(), metric=METRIC):

@@ -117,6 +117,10 @@ def parse_args(argv):
     parser.add_argument("--num_sampled", type=int, default=0,
                         help="Sampled softmax in training with this many "
                         "candidates; 0: the exact softmax.")
+    parser.add_argument("--block_size", type=int, default=0,
+                        help="Training sentences shuffled together (see "
+                        "sgmoe.data.language_model_dataset); 0: all the "
+                        "training sentences, a full shuffle every epoch.")
     parser.add_argument("--checkpoint_every", type=int, default=250)
     parser.add_argument("--jit_compile", type=int, default=1,
                         help="1: compile the steps with XLA (0 in --quick).")
@@ -125,15 +129,22 @@ def parse_args(argv):
                         "Importance / Load statistics.")
     parser.add_argument("--eval_batches", type=int, default=0,
                         help="Evaluate on the first N test batches; 0: all.")
+    parser.add_argument("--eval_every", type=int, default=0,
+                        help="Validation perplexity on the first "
+                        "--curve_batches validation batches every N steps "
+                        "(the learning curves); 0: none.")
+    parser.add_argument("--curve_batches", type=int, default=50)
     args = parser.parse_args(argv)
     if args.quick:
         args.train_steps, args.model_dim, args.vocabulary_size = 4, 8, 300
         args.eval_batches, args.jit_compile = 3, False
         args.statistics_batches, args.checkpoint_every = 2, 2
     for name in ("train_steps", "batch_size", "model_dim", "vocabulary_size",
-                 "max_length", "checkpoint_every"):
+                 "max_length", "checkpoint_every", "curve_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive")
+    if args.block_size < 0:
+        parser.error("--block_size must be 0 (all) or positive")
     try:
         args.seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
@@ -177,6 +188,25 @@ def models_to_train(args):
 
 def slug(label):
     return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
+
+
+def validation_curve(log_dir):
+    """[[step, validation perplexity], ...] from a run's TensorBoard
+    validation logs (a step logged twice, by a resumed run, keeps its last
+    value)."""
+    from tensorboard.backend.event_processing import (
+        plugin_event_accumulator as event_accumulator)
+    from tensorboard.util import tensor_util
+
+    accumulator = event_accumulator.EventAccumulator(
+        log_dir, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    if "val/perplexity" not in accumulator.Tags().get("tensors", []):
+        return []
+    by_step = {int(event.step): float(tensor_util.make_ndarray(
+        event.tensor_proto)) for event in accumulator.Tensors(
+            "val/perplexity")}
+    return [[step, by_step[step]] for step in sorted(by_step)]
 
 
 def cv(values):
@@ -233,6 +263,12 @@ class Experiment:
             args.train_files, vocabulary_size=args.vocabulary_size)
         self.corpus = os.path.basename(
             data.expand_file_patterns(args.train_files)[0]).split(".")[0]
+        # The bundled corpora are in document order (Brown by genre, the
+        # manuals by package): a window smaller than the corpus would train
+        # on one domain after another.
+        self.block_size = args.block_size or sum(
+            1 for path in data.expand_file_patterns(args.train_files)
+            for _ in data.read_text_lines(path))
 
     def dataset(self, files, **options):
         return self.data.language_model_dataset(
@@ -268,15 +304,19 @@ class Experiment:
 
         args = self.args
         run_dir = os.path.join(self.work_dir, f"{slug(label)}-seed{seed}")
+        curve = ({} if not args.eval_every else dict(
+            eval_every=args.eval_every, validation_data=self.dataset(
+                args.eval_files).take(args.curve_batches)))
         run = training_run(
             model, run_dir, label, seed,
             self.data.expand_file_patterns(args.train_files), args,
-            log_every=100)
+            log_every=100, **curve)
         first_step = run.first_step
 
         def stream(skip_batches):
             return self.dataset(args.train_files, shuffle=True, seed=seed,
-                                repeat=True, skip_batches=skip_batches)
+                                repeat=True, skip_batches=skip_batches,
+                                block_size=self.block_size)
 
         keras.utils.set_random_seed(seed)
         seconds = run.fit(stream)
@@ -294,6 +334,7 @@ class Experiment:
 
         model = self.build(preset, overrides, seed)
         words_per_second = self.train(label, model, seed)
+        run_dir = os.path.join(self.work_dir, f"{slug(label)}-seed{seed}")
         moe_layers = find_moe_layers(model)
         totals = RoutingTotals(moe_layers)
         test = self.test_batches()
@@ -309,6 +350,9 @@ class Experiment:
             "parameters": models.count_parameters(model.get_config()),
             "words/s": words_per_second,
         }
+        if self.args.eval_every:
+            row["validation curve"] = validation_curve(
+                os.path.join(run_dir, "logs", "validation"))
         if moe_layers:
             importance, load = training_mode_statistics(
                 model, moe_layers, test.take(self.args.statistics_batches))
@@ -343,11 +387,17 @@ def write_outputs(args, experiment, rows, seconds, argv):
     lines = [paired_differences(rows, ["model"], (first,), (second,))
              for first, second in pairs]
     table += "".join(f"\n\n{line}" for line in lines if line)
+    curves = mean_curves(rows, labels)
+    if curves:
+        table += "\n\n" + curve_table(curves, args.curve_batches)
+        plot_curves(curves, experiment.corpus, os.path.join(
+            args.out_dir, f"lm_{args.experiment}_curves.png"))
     setting = (
         f"{experiment.corpus} corpus ({args.train_files}; test "
         f"{args.test_files}), vocabulary {len(experiment.vocabulary)} words, "
         f"model_dim {args.model_dim}, {args.train_steps} steps of "
-        f"{args.batch_size} sentences, Adam {args.learning_rate:g}, "
+        f"{args.batch_size} sentences (shuffled in blocks of "
+        f"{experiment.block_size:,}), Adam {args.learning_rate:g}, "
         + (f"sampled softmax ({args.num_sampled}) in training, "
            if args.num_sampled else "")
         + f"seeds {','.join(map(str, args.seeds))}.")
@@ -358,6 +408,53 @@ def write_outputs(args, experiment, rows, seconds, argv):
         plot_capacity(summary, experiment.corpus,
                       os.path.join(args.out_dir, "lm_capacity.png"))
     return path
+
+
+def mean_curves(rows, labels):
+    """{label: (steps, mean validation perplexity over the seeds)} at the
+    steps every seed of the model logged."""
+    curves = {}
+    for label in labels:
+        seeds = [dict(row["validation curve"]) for row in rows
+                 if row["model"] == label and row.get("validation curve")]
+        if seeds:
+            steps = sorted(set.intersection(*(set(seed) for seed in seeds)))
+            curves[label] = (steps, [float(np.mean([seed[step]
+                                                    for seed in seeds]))
+                                     for step in steps])
+    return curves
+
+
+def curve_table(curves, batches):
+    steps = sorted(set().union(*(steps for steps, _ in curves.values())))
+    lines = [f"Validation perplexity during training (first {batches} "
+             "validation batches, mean over the seeds):", "",
+             "| model | " + " | ".join(f"step {step}" for step in steps)
+             + " |", "|---|" + "---:|" * len(steps)]
+    for label, (model_steps, values) in curves.items():
+        at = dict(zip(model_steps, values))
+        lines.append(f"| {label} | " + " | ".join(
+            f"{at[step]:.2f}" if step in at else "" for step in steps) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(curves, corpus, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    for label, (steps, values) in curves.items():
+        axes.plot(steps, values, marker=".", label=label)
+    axes.set_yscale("log")
+    axes.set_xlabel("training step")
+    axes.set_ylabel("validation perplexity (mean over seeds)")
+    axes.set_title(f"{corpus}: learning curves")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
 
 
 def plot_capacity(summary, corpus, path):

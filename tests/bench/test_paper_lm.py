@@ -13,9 +13,11 @@ pytestmark = pytest.mark.subprocess
 
 
 def read_table(path):
+    """The first table of the file, by model."""
     with open(path) as file:
-        lines = [line for line in file.read().splitlines()
-                 if line.startswith("| ")]
+        text = file.read()
+    first = text[text.index("\n| "):].split("\n\n")[0]
+    lines = [line for line in first.splitlines() if line.startswith("| ")]
     columns = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return {cells[0]: dict(zip(columns, cells)) for cells in (
         [cell.strip() for cell in line.strip("|").split("|")]
@@ -37,7 +39,11 @@ def small_corpus(tmp_path):
 @pytest.mark.parametrize("experiment", ["capacity", "balancing"])
 def test_quick_runs_write_the_tables(tmp_path, experiment):
     seeds = "1,2" if experiment == "capacity" else "1"
+    # The balancing run also records learning curves.
+    curves = ([] if experiment == "capacity"
+              else ["--eval_every=2", "--curve_batches=2"])
     argv = ["--quick", f"--experiment={experiment}", f"--seeds={seeds}",
+            *curves,
             "--out_dir", str(tmp_path / "out"), "--work_dir",
             str(tmp_path / "work"), *small_corpus(tmp_path)]
     bench = load_bench("paper_lm")
@@ -111,3 +117,17 @@ def test_quick_runs_write_the_tables(tmp_path, experiment):
             assert 1 < number(row["eval max/mean tokens"]) <= 256
             # Evaluation drops nothing by default.
             assert number(row["eval dropped"]) == 0
+        # Learning curves: the validation perplexity at steps 2 and 4 of
+        # each run, in its row, in a table (mean over the one seed) and a
+        # plot.
+        with open(rows_dir / "0.2_0-seed1.json") as file:
+            curve = json.load(file)["validation curve"]
+        assert [step for step, _ in curve] == [2, 4]
+        assert all(100 < value < 1.2 * 300 for _, value in curve)
+        with open(path) as file:
+            text = file.read()
+        assert "| model | step 2 | step 4 |" in text
+        assert (f"| w_importance / w_load = 0.2 / 0 | {curve[0][1]:.2f} | "
+                f"{curve[1][1]:.2f} |") in text
+        assert os.path.getsize(tmp_path / "out"
+                               / "lm_balancing_curves.png") > 1000
