@@ -266,9 +266,8 @@ class Experiment:
         # The bundled corpora are in document order (Brown by genre, the
         # manuals by package): a window smaller than the corpus would train
         # on one domain after another.
-        self.block_size = args.block_size or sum(
-            1 for path in data.expand_file_patterns(args.train_files)
-            for _ in data.read_text_lines(path))
+        self.block_size = args.block_size or data.count_lines(
+            args.train_files)
 
     def dataset(self, files, **options):
         return self.data.language_model_dataset(

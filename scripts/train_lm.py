@@ -161,6 +161,8 @@ def load_data():
         train_data = data.language_model_dataset(
             FLAGS.train_files, vocabulary, FLAGS.batch_size,
             FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
+            block_size=training_flags.shuffle_block(
+                data.expand_file_patterns(FLAGS.train_files)),
             **text_input())
         eval_data = data.language_model_dataset(
             FLAGS.eval_files, vocabulary, FLAGS.batch_size, FLAGS.max_length,

@@ -147,6 +147,7 @@ def load_data():
         train_data = data.translation_dataset(
             train_sources, train_targets, vocabulary, FLAGS.batch_size,
             FLAGS.max_length, shuffle=True, seed=FLAGS.seed, repeat=True,
+            block_size=training_flags.shuffle_block(train_sources),
             **text_input)
         validation_data = None
         if FLAGS.eval_every:

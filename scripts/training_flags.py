@@ -8,6 +8,7 @@ arguments; nothing under `sgmoe/` reads flags.
 """
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -24,6 +25,9 @@ FLAGS = flags.FLAGS
 # loads TensorFlow, and the flags are checked before it loads.
 DEFAULT_MAX_LINE_LENGTH = 10_000
 BACKENDS = ("jax", "tensorflow")
+# The largest default shuffle block: about 0.4 GB of ids for sentences of
+# 25 words; larger corpora come in shards that are interleaved anyway.
+MAX_SHUFFLE_BLOCK = 1_000_000
 
 
 def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
@@ -46,6 +50,13 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
         "(sgmoe.models.config_overrides).")
     flags.DEFINE_integer("train_steps", train_steps, "Optimizer steps in all.")
     flags.DEFINE_integer("batch_size", batch_size, "Sentences per batch.")
+    flags.DEFINE_integer(
+        "shuffle_block", 0,
+        "Training sentences shuffled together (then sorted by length into "
+        "batches); 0: every line of the training files, up to "
+        f"{MAX_SHUFFLE_BLOCK:,}. Corpora in document order (the bundled "
+        "ones) need a block as large as the corpus, or training sees one "
+        "domain after another.")
     define_text_input_flags()
     flags.DEFINE_float("learning_rate", learning_rate, "Learning rate.")
     flags.DEFINE_enum(
@@ -150,7 +161,8 @@ def check_training_flags(fail, positive=()):
     if FLAGS.learning_rate <= 0:
         fail(f"--learning_rate must be positive, received "
              f"{FLAGS.learning_rate}")
-    for name in ("warmup_steps", "hold_steps", "eval_every"):
+    for name in ("warmup_steps", "hold_steps", "eval_every",
+                 "shuffle_block"):
         if getattr(FLAGS, name) < 0:
             fail(f"--{name} must be >= 0, received {getattr(FLAGS, name)}")
     if FLAGS.schedule == "inverse_sqrt" and FLAGS.warmup_steps < 1:
@@ -163,6 +175,20 @@ def check_training_flags(fail, positive=()):
             and FLAGS.warmup_steps >= FLAGS.train_steps):
         fail(f"--schedule=cosine needs --warmup_steps="
              f"{FLAGS.warmup_steps} < --train_steps={FLAGS.train_steps}")
+
+
+@functools.lru_cache(maxsize=4)
+def _counted_block(train_files):
+    from sgmoe import data
+
+    return data.count_lines(list(train_files), limit=MAX_SHUFFLE_BLOCK)
+
+
+def shuffle_block(train_files):
+    """The `block_size` of the training stream: --shuffle_block, or the
+    lines of `train_files` (a list of paths; the source side for parallel
+    data) up to MAX_SHUFFLE_BLOCK."""
+    return FLAGS.shuffle_block or _counted_block(tuple(train_files))
 
 
 def text_input():
@@ -378,7 +404,7 @@ def run_setup(*, train_files, vocabulary, data, model):
     data = dict(data, train_files=training.file_fingerprints(train_files),
                 vocabulary=dict(saved, size=len(vocabulary)))
     training = {name: getattr(FLAGS, name) for name in (
-        "batch_size", "seed", "optimizer", "learning_rate",
+        "batch_size", "shuffle_block", "seed", "optimizer", "learning_rate",
         "mixed_precision")}
     if FLAGS.schedule != "constant" or FLAGS.warmup_steps:
         training.update({name: getattr(FLAGS, name) for name in (

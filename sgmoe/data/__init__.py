@@ -20,6 +20,7 @@ from sgmoe.data.text_files import DEFAULT_MAX_LINE_LENGTH
 from sgmoe.data.text_files import TextFileSummary
 from sgmoe.data.text_files import check_parallel_files
 from sgmoe.data.text_files import check_text_files
+from sgmoe.data.text_files import count_lines
 from sgmoe.data.text_files import expand_file_patterns
 from sgmoe.data.text_files import read_text_lines
 from sgmoe.data.translation_dataset import translation_dataset

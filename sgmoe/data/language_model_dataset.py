@@ -57,7 +57,10 @@ def language_model_dataset(
         repeat: repeat forever, reshuffling every epoch.
         block_size: sentences shuffled and sorted by length together,
             rounded up to a multiple of `batch_size`. Larger blocks pad
-            less and shuffle more widely, and hold more in memory.
+            less and shuffle more widely, and hold more in memory. A file
+            in document order (Brown, the bundled manuals) needs a block
+            as large as the file (`count_lines`), or training sees one
+            domain after another.
         num_shards: number of disjoint shards (e.g. hosts or workers).
         shard_index: this shard, in [0, num_shards). With at least
             `num_shards` files, shards read disjoint files; with fewer, each

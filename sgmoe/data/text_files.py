@@ -200,6 +200,34 @@ def read_text_lines(path, max_line_length=DEFAULT_MAX_LINE_LENGTH,
         raise DataError(f"{path}: cannot read: {error}") from None
 
 
+def count_lines(file_patterns, limit=None):
+    """Lines of the files (blank and malformed ones included), counting no
+    further than `limit`: a cheap size for a shuffle block.
+
+    Args:
+        file_patterns: as `expand_file_patterns` takes them.
+        limit: stop at this many lines; None counts them all.
+
+    Returns:
+        min(lines, limit).
+
+    Raises:
+        DataError: no file matches, or a file cannot be read.
+    """
+    count = 0
+    for path in expand_file_patterns(file_patterns):
+        try:
+            with (gzip.open(path, "rb") if path.endswith(".gz")
+                  else open(path, "rb")) as file:
+                for _ in file:
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return count
+        except (OSError, EOFError, zlib.error) as error:
+            raise DataError(f"{path}: cannot read: {error}") from None
+    return count
+
+
 def _raw_lines(file, max_line_length):
     """Yields each line's bytes, or None for a line over the limit."""
     limit = max_line_length + 2  # room for "\r\n"

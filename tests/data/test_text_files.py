@@ -10,6 +10,7 @@ from sgmoe.data import DataError
 from sgmoe.data import SubwordVocabulary
 from sgmoe.data import WordVocabulary
 from sgmoe.data import check_text_files
+from sgmoe.data import count_lines
 from sgmoe.data import expand_file_patterns
 from sgmoe.data import language_model_dataset
 from sgmoe.data import read_text_lines
@@ -129,6 +130,22 @@ def test_unreadable_gzip_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"truncated.gz: cannot read: "
                        r"Compressed file ended"):
         check_text_files([truncated])
+
+
+def test_count_lines_counts_every_line_up_to_the_limit(tmp_path):
+    plain = tmp_path / "a.txt"
+    plain.write_bytes(b"one\n\n  \nfour")  # blank lines count, no final \n
+    with gzip.open(tmp_path / "b.txt.gz", "wb") as file:
+        file.write(b"x\n" * 7)
+    patterns = f"{plain},{tmp_path / 'b.txt.gz'}"
+    assert count_lines(patterns) == 4 + 7
+    assert count_lines(patterns, limit=6) == 6
+    assert count_lines(patterns, limit=100) == 11
+    with pytest.raises(DataError, match="c.txt"):
+        count_lines(str(tmp_path / "c.txt"))
+    (tmp_path / "bad.gz").write_bytes(b"not gzip\n")
+    with pytest.raises(DataError, match=r"bad.gz: cannot read"):
+        count_lines(str(tmp_path / "bad.gz"))
 
 
 def test_skip_policy_counts_and_the_pipeline_skips_the_same_lines(tmp_path):

@@ -142,6 +142,8 @@ CASES = [
      "train_lm: --schedule=inverse_sqrt needs --warmup_steps >= 1"),
     ("lm_eval_every", "train_lm.py", ["--eval_every=-5"], None,
      "train_lm: --eval_every must be >= 0, received -5"),
+    ("mt_shuffle_block", "train_translation.py", ["--shuffle_block=-1"],
+     None, "train_translation: --shuffle_block must be >= 0, received -1"),
     ("lm_max_line_length", "train_lm.py", ["--max_line_length=0"], None,
      "train_lm: --max_line_length must be positive, received 0"),
     # Data.

@@ -137,3 +137,30 @@ def test_evaluate_reproduces_the_perplexity_of_a_short_run(tmp_path):
     evaluated = float(re.search(r"test perplexity: ([\d.]+)",
                                 result.stdout).group(1))
     assert abs(evaluated - trained) < 0.051, (evaluated, trained)
+
+
+def test_training_shuffles_all_the_training_lines_as_one_block(
+        tmp_path, monkeypatch):
+    """The bundled corpora are in document order (Brown by genre): by
+    default the training stream shuffles every line of --train_files
+    together (the library's default block of 10,000 sentences would train
+    on one genre after another); --shuffle_block sets the block."""
+    from sgmoe import data
+
+    train = bundled_head(tmp_path, "train", 300)
+    blocks = []
+    dataset = data.language_model_dataset
+
+    def recording(*args, **kwargs):
+        if kwargs.get("repeat"):  # the training stream: stop the run here
+            blocks.append(kwargs["block_size"])
+            raise data.DataError("training stream recorded")
+        return dataset(*args, **kwargs)
+
+    monkeypatch.setattr(data, "language_model_dataset", recording)
+    for flags in ((), ("--shuffle_block=50",)):
+        result = run(*TINY, f"--train_files={train}",
+                     f"--eval_files={train}", "--train_steps=2", *flags)
+        assert result.returncode == 1
+        assert "training stream recorded" in result.stderr
+    assert blocks == [300, 50]
