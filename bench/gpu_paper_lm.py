@@ -170,9 +170,12 @@ def prepare(args):
     boundaries = [int(value) for value in args.bucket_boundaries.split(",")
                   if value]
     options = dict(bucket_boundaries=boundaries)
+    # The whole training text as one shuffle block: the bundled corpora
+    # are in document order.
     train = data.language_model_dataset(
         args.train_files, vocabulary, args.batch_size, args.max_length,
-        shuffle=True, seed=0, drop_remainder=True, **options)
+        shuffle=True, seed=0, drop_remainder=True,
+        block_size=data.count_lines(args.train_files), **options)
     test = data.language_model_dataset(
         args.test_files, vocabulary, args.batch_size, args.max_length,
         **options)
