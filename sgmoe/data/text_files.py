@@ -20,6 +20,7 @@ that has no usable line (empty, blank lines only, or every line skipped)
 always raises.
 """
 
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -163,37 +164,45 @@ def read_text_lines(path, max_line_length=DEFAULT_MAX_LINE_LENGTH,
     check_on_malformed(on_malformed)
     if summary is None:
         summary = TextFileSummary(path)
+    with _reading(path) as file:
+        for raw in _raw_lines(file, max_line_length):
+            summary.lines += 1
+            if raw is None:
+                if on_malformed == "raise":
+                    raise DataError(
+                        f"{path}:{summary.lines}: line longer than "
+                        f"max_line_length={max_line_length} bytes (raise "
+                        "the limit, or skip such lines with "
+                        "on_malformed='skip')")
+                summary.skipped_too_long += 1
+                if keep_alignment:
+                    yield None
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                if on_malformed == "raise":
+                    raise DataError(
+                        f"{path}:{summary.lines}: not valid UTF-8 (byte "
+                        f"0x{raw[error.start]:02x} at byte "
+                        f"{error.start + 1} of the line; skip such lines "
+                        "with on_malformed='skip')") from None
+                summary.skipped_not_utf8 += 1
+                if keep_alignment:
+                    yield None
+                continue
+            if not text.split():
+                summary.blank_lines += 1
+            yield text
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """The file open for reading bytes (gzip when `.gz`); failures to open
+    or read it, while in the block, become one `DataError` naming it."""
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as file:
-            for raw in _raw_lines(file, max_line_length):
-                summary.lines += 1
-                if raw is None:
-                    if on_malformed == "raise":
-                        raise DataError(
-                            f"{path}:{summary.lines}: line longer than "
-                            f"max_line_length={max_line_length} bytes (raise "
-                            "the limit, or skip such lines with "
-                            "on_malformed='skip')")
-                    summary.skipped_too_long += 1
-                    if keep_alignment:
-                        yield None
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    if on_malformed == "raise":
-                        raise DataError(
-                            f"{path}:{summary.lines}: not valid UTF-8 (byte "
-                            f"0x{raw[error.start]:02x} at byte "
-                            f"{error.start + 1} of the line; skip such lines "
-                            "with on_malformed='skip')") from None
-                    summary.skipped_not_utf8 += 1
-                    if keep_alignment:
-                        yield None
-                    continue
-                if not text.split():
-                    summary.blank_lines += 1
-                yield text
+            yield file
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error) as error:
@@ -216,15 +225,11 @@ def count_lines(file_patterns, limit=None):
     """
     count = 0
     for path in expand_file_patterns(file_patterns):
-        try:
-            with (gzip.open(path, "rb") if path.endswith(".gz")
-                  else open(path, "rb")) as file:
-                for _ in file:
-                    count += 1
-                    if limit is not None and count >= limit:
-                        return count
-        except (OSError, EOFError, zlib.error) as error:
-            raise DataError(f"{path}: cannot read: {error}") from None
+        with _reading(path) as file:
+            for _ in file:
+                count += 1
+                if limit is not None and count >= limit:
+                    return count
     return count
 
 
