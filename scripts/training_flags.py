@@ -8,7 +8,6 @@ arguments; nothing under `sgmoe/` reads flags.
 """
 
 import contextlib
-import functools
 import importlib.util
 import logging
 import os
@@ -177,18 +176,14 @@ def check_training_flags(fail, positive=()):
              f"{FLAGS.warmup_steps} < --train_steps={FLAGS.train_steps}")
 
 
-@functools.lru_cache(maxsize=4)
-def _counted_block(train_files):
-    from sgmoe import data
-
-    return data.count_lines(list(train_files), limit=MAX_SHUFFLE_BLOCK)
-
-
 def shuffle_block(train_files):
     """The `block_size` of the training stream: --shuffle_block, or the
     lines of `train_files` (a list of paths; the source side for parallel
     data) up to MAX_SHUFFLE_BLOCK."""
-    return FLAGS.shuffle_block or _counted_block(tuple(train_files))
+    from sgmoe import data
+
+    return FLAGS.shuffle_block or data.count_lines(train_files,
+                                                   limit=MAX_SHUFFLE_BLOCK)
 
 
 def text_input():
