@@ -269,6 +269,10 @@ class Experiment:
         self.block_size = args.block_size or data.count_lines(
             args.train_files)
 
+    def run_dir(self, label, seed):
+        """The TrainingRun directory of one (model, seed)."""
+        return os.path.join(self.work_dir, f"{slug(label)}-seed{seed}")
+
     def dataset(self, files, **options):
         return self.data.language_model_dataset(
             files, self.vocabulary, self.args.batch_size,
@@ -302,7 +306,7 @@ class Experiment:
         from sgmoe import training
 
         args = self.args
-        run_dir = os.path.join(self.work_dir, f"{slug(label)}-seed{seed}")
+        run_dir = self.run_dir(label, seed)
         curve = ({} if not args.eval_every else dict(
             eval_every=args.eval_every, validation_data=self.dataset(
                 args.eval_files).take(args.curve_batches)))
@@ -333,7 +337,6 @@ class Experiment:
 
         model = self.build(preset, overrides, seed)
         words_per_second = self.train(label, model, seed)
-        run_dir = os.path.join(self.work_dir, f"{slug(label)}-seed{seed}")
         moe_layers = find_moe_layers(model)
         totals = RoutingTotals(moe_layers)
         test = self.test_batches()
@@ -351,7 +354,7 @@ class Experiment:
         }
         if self.args.eval_every:
             row["validation curve"] = validation_curve(
-                os.path.join(run_dir, "logs", "validation"))
+                os.path.join(self.run_dir(label, seed), "logs", "validation"))
         if moe_layers:
             importance, load = training_mode_statistics(
                 model, moe_layers, test.take(self.args.statistics_batches))
