@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers._expert_matmul import expert_matmul
 from sgmoe.layers._grouped_matmul import grouped_feed_forward
 from sgmoe.layers._grouped_matmul import grouped_matmul
@@ -231,20 +232,5 @@ class FeedForwardExperts(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "num_experts": self.num_experts,
-            "hidden_dim": self.hidden_dim,
-            "output_dim": self.output_dim,
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": (
-                None if self.kernel_initializer is None else
-                keras.initializers.serialize(self.kernel_initializer)),
-            "bias_initializer": keras.initializers.serialize(
-                self.bias_initializer),
-            "rematerialize": self.rematerialize,
-            "dropout": self.dropout,
-            "seed": self.seed,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, FeedForwardExperts)}

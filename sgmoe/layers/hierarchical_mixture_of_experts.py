@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import balancing
 from sgmoe.layers import dispatch
@@ -290,18 +291,8 @@ class HierarchicalMixtureOfExperts(MoELayer):
         return importance, ops.reshape(load, (-1,))
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "expert_groups": self.expert_groups,
-            "experts_per_group": self.experts_per_group,
-            "k_primary": self.k_primary,
-            "k_secondary": self.k_secondary,
-            "noisy": self.noisy,
-            "importance_weight": self.importance_weight,
-            "load_weight": self.load_weight,
-            "noise_epsilon": self.noise_epsilon,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, HierarchicalMixtureOfExperts)}
 
     @classmethod
     def from_config(cls, config):

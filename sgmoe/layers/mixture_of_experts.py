@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers import dispatch
 from sgmoe.layers import routers
 from sgmoe.layers import token_routing
@@ -290,18 +291,13 @@ class MixtureOfExperts(MoELayer):
         return groups
 
     def get_config(self):
-        config = super().get_config()
-        router = keras.saving.serialize_keras_object(self.router)
+        # `k` and `router_args` are saved inside the router's config.
+        config = {**super().get_config(),
+                  **constructor_config(self, MixtureOfExperts,
+                                       exclude=("k", "router_args"))}
         # The layer builds its router; a saved input shape would only
         # differ in type (tuple or list) after a round trip.
-        router.pop("build_config", None)
-        config.update({
-            "num_experts": self.num_experts,
-            "token_groups": self.token_groups,
-            "block_size": self.block_size,
-            "residual_expert": self.residual_expert,
-            "router": router,
-        })
+        config["router"].pop("build_config", None)
         return config
 
     @classmethod

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers import dispatch
 from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 from sgmoe.layers.token_routing import TokenRouting
@@ -336,27 +337,8 @@ class MoELayer(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (output_dim,)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "expert_hidden_dim": self.expert_hidden_dim,
-            "capacity_factor": self.capacity_factor,
-            "eval_capacity_factor": self.eval_capacity_factor,
-            "min_capacity": self.min_capacity,
-            "dropless": self.dropless,
-            "output_activation": keras.activations.serialize(
-                self.output_activation),
-            "output_dim": self.output_dim,
-            "expert_activation": keras.activations.serialize(
-                self.expert_activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": (
-                None if self.kernel_initializer is None else
-                keras.initializers.serialize(self.kernel_initializer)),
-            "rematerialize_experts": self.rematerialize_experts,
-            "expert_dropout": self.expert_dropout,
-            "seed": self.seed,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, MoELayer, exclude=('num_experts',))}
 
 
 def batch_shards():

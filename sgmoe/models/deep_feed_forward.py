@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -89,16 +90,5 @@ class DeepFeedForward(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "hidden_dim": self.hidden_dim,
-            "num_hidden_layers": self.num_hidden_layers,
-            "output_dim": self.output_dim,
-            "activation": keras.activations.serialize(self.activation),
-            "output_activation": keras.activations.serialize(
-                self.output_activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer),
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, DeepFeedForward)}

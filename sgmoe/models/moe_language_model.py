@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.models import language_model_presets
 from sgmoe.models import moe_config
@@ -376,22 +377,8 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
         return cls(**dict(language_model_presets.PRESETS[name], **overrides))
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "vocabulary_size": self.vocabulary_size,
-            "model_dim": self.model_dim,
-            "layer_types": list(self.layer_types),
-            "lstm_units": self.lstm_units,
-            "moe": self.moe,
-            "moe_per_layer": self.moe_per_layer,
-            "feed_forward": self.feed_forward,
-            "dropout": self.dropout,
-            "num_sampled": self.num_sampled,
-            "candidate_sampler": self.candidate_sampler,
-            "padding_id": self.padding_id,
-            "seed": self.seed,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, MoELanguageModel)}
 
     @classmethod
     def from_config(cls, config):

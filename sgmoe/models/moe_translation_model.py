@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.models import moe_config
 from sgmoe.models import moe_model
@@ -452,23 +453,8 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
                           **overrides))
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "vocabulary_size": self.vocabulary_size,
-            "model_dim": self.model_dim,
-            "lstm_units": self.lstm_units,
-            "encoder_layers": self.encoder_layers,
-            "decoder_layers": self.decoder_layers,
-            "attention_dim": self.attention_dim,
-            "encoder_moe": self.encoder_moe,
-            "decoder_moe": self.decoder_moe,
-            "bidirectional_encoder": self.bidirectional_encoder,
-            "dropout": self.dropout,
-            "bos_id": self.bos_id,
-            "eos_id": self.eos_id,
-            "seed": self.seed,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, MoETranslationModel)}
 
     @classmethod
     def from_config(cls, config):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -99,14 +100,5 @@ class ProjectedLSTMCell(keras.layers.Layer):
         return projected, [projected, cell]
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "units": self.units,
-            "projection_units": self.projection_units,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer),
-            "recurrent_initializer": keras.initializers.serialize(
-                self.recurrent_initializer),
-            "unit_forget_bias": self.unit_forget_bias,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, ProjectedLSTMCell)}

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe._renamed_arguments import renamed_arguments
 
 SAMPLERS = ("log_uniform", "uniform")
@@ -173,16 +174,8 @@ class SampledSoftmax(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.vocabulary_size,)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "vocabulary_size": self.vocabulary_size,
-            "num_sampled": self.num_sampled,
-            "candidate_sampler": self.candidate_sampler,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer),
-            "seed": self.seed,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, SampledSoftmax)}
 
     @classmethod
     def from_config(cls, config):

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.models.perplexity import token_weights
 
 
@@ -129,16 +130,8 @@ class StudentDistillation(keras.Model):
         return loss
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "student": keras.saving.serialize_keras_object(self.student),
-            "teacher": keras.saving.serialize_keras_object(self.teacher),
-            "alpha": self.alpha,
-            "temperature": self.temperature,
-            "stop_distillation_step": self.stop_distillation_step,
-            "padding_id": self.padding_id,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, StudentDistillation)}
 
     @classmethod
     def from_config(cls, config):

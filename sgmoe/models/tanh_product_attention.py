@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 
 # Added to the scores of masked source positions: exp() of it is 0 in
 # float32, and unlike -inf it gives no NaN when a whole row is masked.
@@ -128,10 +129,5 @@ class TanhProductAttention(keras.layers.Layer):
         return tuple(query_shape[:-1]) + (memory_shape[-1],)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "attention_dim": self.attention_dim,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer),
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, TanhProductAttention)}

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers import dispatch
 from sgmoe.layers.routers.router import Router
 from sgmoe.layers.routers.routing_result import ExpertSlots
@@ -126,6 +127,5 @@ class ExpertChoiceRouter(Router):
                                  self.all_loss_names)
 
     def get_config(self):
-        config = super().get_config()
-        config["capacity_factor"] = self.capacity_factor
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, ExpertChoiceRouter)}

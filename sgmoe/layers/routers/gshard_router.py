@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import _random
 from sgmoe.layers import balancing
@@ -192,15 +193,8 @@ class GShardRouter(Router):
         return super().compute_output_spec(inputs, training)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "token_groups": self.token_groups,
-            "load_balancing_weight": self.load_balancing_weight,
-            "second_expert_policy": self.second_expert_policy,
-            "eval_second_expert_policy": self.eval_second_expert_policy,
-            "second_expert_threshold": self.second_expert_threshold,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, GShardRouter)}
 
     @classmethod
     def from_config(cls, config):

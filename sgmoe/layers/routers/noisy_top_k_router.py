@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers import _random
 from sgmoe.layers import balancing
 from sgmoe.layers.routers.router import Router
@@ -260,12 +261,5 @@ class NoisyTopKRouter(Router):
                              auxiliary_losses)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "k": self.k,
-            "noisy": self.noisy,
-            "importance_weight": self.importance_weight,
-            "load_weight": self.load_weight,
-            "noise_epsilon": self.noise_epsilon,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, NoisyTopKRouter)}

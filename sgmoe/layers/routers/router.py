@@ -3,6 +3,7 @@
 import keras
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers import balancing
 from sgmoe.layers.routers.routing_result import routing_result_spec
 
@@ -144,13 +145,5 @@ class Router(keras.layers.Layer):
                                    self.all_loss_names)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "num_experts": self.num_experts,
-            "z_loss_weight": self.z_loss_weight,
-            "kernel_initializer": (
-                None if self.kernel_initializer is None else
-                keras.initializers.serialize(self.kernel_initializer)),
-            "seed": self.seed,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, Router)}

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers import dispatch
 from sgmoe.layers.routers.router import Router
 from sgmoe.layers.routers.routing_result import ExpertSlots
@@ -209,12 +210,5 @@ class StrictlyBalancedRouter(Router):
                                  self.all_loss_names)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "k": self.k,
-            "eval_capacity_factor": self.eval_capacity_factor,
-            "threshold_loss_weight": self.threshold_loss_weight,
-            "threshold_initializer": keras.initializers.serialize(
-                self.threshold_initializer),
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, StrictlyBalancedRouter)}

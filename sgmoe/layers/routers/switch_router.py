@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 from sgmoe.layers import _random
 from sgmoe.layers import balancing
 from sgmoe.layers.routers.router import Router
@@ -110,9 +111,5 @@ class SwitchRouter(Router):
                              auxiliary_losses)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "load_balancing_weight": self.load_balancing_weight,
-            "jitter": self.jitter,
-        })
-        return config
+        return {**super().get_config(),
+                **constructor_config(self, SwitchRouter)}
