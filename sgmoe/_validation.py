@@ -18,6 +18,20 @@ def check_positive_int(name, value):
     return int(value)
 
 
+def check_optional_positive_int(name, value):
+    """None (the argument's default rule applies) or a positive integer."""
+    return None if value is None else check_positive_int(name, value)
+
+
+def check_optional_id(name, value):
+    """None or an integer token id (`padding_id`)."""
+    if value is not None and (isinstance(value, bool)
+                              or not isinstance(value, numbers.Integral)):
+        raise ValueError(f"`{name}` must be None or an integer id, received "
+                         f"{name}={value!r}.")
+    return None if value is None else int(value)
+
+
 def check_non_negative_float(name, value):
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not value >= 0):

@@ -210,7 +210,6 @@ def plan_top_k(expert_indices, expert_weights, num_experts, capacity,
     """
     k = expert_indices.shape[1]
     num_tokens = ops.shape(expert_indices)[0]
-    num_assignments = num_tokens * k
     expert, valid = _valid_experts(expert_indices, num_experts)
     if num_groups > 1:
         # Expert-major buckets e * G + g, so the [E * G, C] buffer is the

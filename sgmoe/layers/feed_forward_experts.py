@@ -91,13 +91,11 @@ class FeedForwardExperts(keras.layers.Layer):
             "num_experts", num_experts)
         self.hidden_dim = _validation.check_positive_int(
             "hidden_dim", hidden_dim)
-        self.output_dim = (None if output_dim is None else
-                           _validation.check_positive_int("output_dim",
-                                                          output_dim))
+        self.output_dim = _validation.check_optional_positive_int(
+            "output_dim", output_dim)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = (None if kernel_initializer is None else
-                                   keras.initializers.get(kernel_initializer))
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.rematerialize = bool(rematerialize)
         self.dropout = _validation.check_unit_interval("dropout", dropout)

@@ -8,7 +8,6 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe._constructor_config import constructor_config
-from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import balancing
 from sgmoe.layers import dispatch
 from sgmoe.layers import token_routing
@@ -97,6 +96,8 @@ class HierarchicalMixtureOfExperts(MoELayer):
     >>> tuple(moe(keras.random.normal((2, 5, 16))).shape)
     (2, 5, 16)
     """
+
+    saved_argument_renames = {"num_groups": "expert_groups"}
 
     def __init__(
         self,
@@ -293,11 +294,6 @@ class HierarchicalMixtureOfExperts(MoELayer):
     def get_config(self):
         return {**super().get_config(),
                 **constructor_config(self, HierarchicalMixtureOfExperts)}
-
-    @classmethod
-    def from_config(cls, config):
-        return super().from_config(
-            renamed_arguments(config, {"num_groups": "expert_groups"}))
 
 
 class _GroupSlots(NamedTuple):

@@ -187,9 +187,8 @@ class MixtureOfExperts(MoELayer):
         # The router checked its own k; None for routers that fill expert
         # slots themselves without a target k.
         self.k = self.router.k
-        self.token_groups = (None if token_groups is None else
-                             _validation.check_positive_int("token_groups",
-                                                            token_groups))
+        self.token_groups = _validation.check_optional_positive_int(
+            "token_groups", token_groups)
         router_groups = getattr(self.router, "token_groups", 1)
         if token_groups is not None and router_groups not in (
                 1, self.token_groups):
@@ -202,9 +201,8 @@ class MixtureOfExperts(MoELayer):
                 "`dropless` applies to routers where tokens choose experts; "
                 f"{type(self.router).__name__} fills expert slots itself, so "
                 "nothing is dropped by capacity. Use dropless=False.")
-        self.block_size = (None if block_size is None else
-                           _validation.check_positive_int("block_size",
-                                                          block_size))
+        self.block_size = _validation.check_optional_positive_int(
+            "block_size", block_size)
         self.residual_expert = bool(residual_expert)
         # Residual-MoE: one more network, applied to every token.
         self.dense_expert = (self.make_experts(1, "dense_expert")

@@ -5,6 +5,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe._constructor_config import constructor_config
+from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import dispatch
 from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 from sgmoe.layers.token_routing import TokenRouting
@@ -80,6 +81,10 @@ class MoELayer(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
     """
 
+    # Arguments renamed since a layer could have been saved, {old: new};
+    # `from_config` reads a saved config under the new names.
+    saved_argument_renames = {}
+
     def __init__(
         self,
         num_experts,
@@ -113,13 +118,11 @@ class MoELayer(keras.layers.Layer):
                                                            min_capacity)
         self.dropless = bool(dropless)
         self.output_activation = keras.activations.get(output_activation)
-        self.output_dim = (None if output_dim is None else
-                           _validation.check_positive_int("output_dim",
-                                                          output_dim))
+        self.output_dim = _validation.check_optional_positive_int(
+            "output_dim", output_dim)
         self.expert_activation = keras.activations.get(expert_activation)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = (None if kernel_initializer is None else
-                                   keras.initializers.get(kernel_initializer))
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.rematerialize_experts = bool(rematerialize_experts)
         self.expert_dropout = _validation.check_unit_interval(
             "expert_dropout", expert_dropout)
@@ -338,7 +341,12 @@ class MoELayer(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(),
-                **constructor_config(self, MoELayer, exclude=('num_experts',))}
+                **constructor_config(self, MoELayer, exclude=("num_experts",))}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config(
+            renamed_arguments(config, cls.saved_argument_renames))
 
 
 def batch_shards():

@@ -51,9 +51,8 @@ class DeepFeedForward(keras.layers.Layer):
                                                          hidden_dim)
         self.num_hidden_layers = _validation.check_positive_int(
             "num_hidden_layers", num_hidden_layers)
-        self.output_dim = (None if output_dim is None else
-                           _validation.check_positive_int("output_dim",
-                                                          output_dim))
+        self.output_dim = _validation.check_optional_positive_int(
+            "output_dim", output_dim)
         self.activation = keras.activations.get(activation)
         self.output_activation = keras.activations.get(output_activation)
         self.use_bias = bool(use_bias)

@@ -191,9 +191,8 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
                 f"`layer_types` must be a sequence of {list(LAYER_TYPES)}, "
                 f"received layer_types={layer_types!r}.")
         self.layer_types = tuple(layer_types)
-        self.lstm_units = (None if lstm_units is None else
-                           _validation.check_positive_int("lstm_units",
-                                                          lstm_units))
+        self.lstm_units = _validation.check_optional_positive_int(
+            "lstm_units", lstm_units)
         self.moe = moe_config.check_moe_config("moe", moe)
         self.moe_per_layer = moe_config.check_moe_per_layer(
             "moe_per_layer", moe_per_layer, self.layer_types.count("moe"))
@@ -215,12 +214,8 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
                 f"`dropout` must be in [0, 1), received dropout={dropout!r}.")
         self.num_sampled = num_sampled
         self.candidate_sampler = candidate_sampler
-        if padding_id is not None and (isinstance(padding_id, bool)
-                                       or not isinstance(padding_id, int)):
-            raise ValueError(
-                "`padding_id` must be None or an integer id, received "
-                f"padding_id={padding_id!r}.")
-        self.padding_id = padding_id
+        self.padding_id = _validation.check_optional_id("padding_id",
+                                                        padding_id)
         self.seed = seed
 
         self.embedding = keras.layers.Embedding(

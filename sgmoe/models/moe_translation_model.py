@@ -176,9 +176,8 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
             "vocabulary_size", vocabulary_size)
         self.model_dim = _validation.check_positive_int("model_dim",
                                                         model_dim)
-        self.lstm_units = (None if lstm_units is None else
-                           _validation.check_positive_int("lstm_units",
-                                                          lstm_units))
+        self.lstm_units = _validation.check_optional_positive_int(
+            "lstm_units", lstm_units)
         self.encoder_layers = _validation.check_positive_int(
             "encoder_layers", encoder_layers)
         self.decoder_layers = _validation.check_positive_int(
@@ -189,9 +188,8 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
                 raise ValueError(
                     f"`{name}` must be at least 2 (the MoE sits between two "
                     f"LSTM layers), received {name}={value!r}.")
-        self.attention_dim = (None if attention_dim is None else
-                              _validation.check_positive_int(
-                                  "attention_dim", attention_dim))
+        self.attention_dim = _validation.check_optional_positive_int(
+            "attention_dim", attention_dim)
         self.encoder_moe = moe_config.check_moe_config("encoder_moe",
                                                        encoder_moe)
         self.decoder_moe = moe_config.check_moe_config("decoder_moe",

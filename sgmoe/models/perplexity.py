@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from sgmoe import _validation
+
 
 @keras.saving.register_keras_serializable(package="sgmoe")
 class Perplexity(keras.metrics.Metric):
@@ -39,12 +41,8 @@ class Perplexity(keras.metrics.Metric):
                  dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.from_logits = bool(from_logits)
-        if padding_id is not None and (isinstance(padding_id, bool)
-                                       or not isinstance(padding_id, int)):
-            raise ValueError(
-                "`padding_id` must be None or an integer id, received "
-                f"padding_id={padding_id!r}.")
-        self.padding_id = padding_id
+        self.padding_id = _validation.check_optional_id("padding_id",
+                                                        padding_id)
         self.total_cross_entropy = self.add_variable(
             shape=(), initializer="zeros", dtype="float32",
             name="total_cross_entropy")

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
 from sgmoe import _validation

@@ -64,9 +64,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         super().__init__()
         self.validation_data = validation_data
         self.every = _validation.check_positive_int("every", every)
-        self.total_steps = (None if total_steps is None else
-                            _validation.check_positive_int("total_steps",
-                                                           total_steps))
+        self.total_steps = _validation.check_optional_positive_int(
+            "total_steps", total_steps)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.best_dir = None if best_dir is None else os.fspath(best_dir)
         self.evaluation_callbacks = list(callbacks or ())

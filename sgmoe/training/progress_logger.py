@@ -53,9 +53,8 @@ class ProgressLogger(keras.callbacks.Callback):
         self.log_every = _validation.check_positive_int("log_every", log_every)
         self.tokens_per_step = _logs.check_tokens_per_step(tokens_per_step)
         self.print_fn = print_fn
-        self.total_steps = (None if total_steps is None else
-                            _validation.check_positive_int("total_steps",
-                                                           total_steps))
+        self.total_steps = _validation.check_optional_positive_int(
+            "total_steps", total_steps)
         self._steps = _logs.StepCounter()
         self._window = _logs.Throughput(self.tokens_per_step)
         self._epoch_throughput = _logs.Throughput(self.tokens_per_step)

@@ -62,7 +62,8 @@ class ExpertChoiceRouter(Router):
             matters: with W_g = 0 every score ties and all experts would pick
             the same first C tokens.
         seed: seed of the default kernel initializer.
-        **kwargs: base `keras.layers.Layer` arguments.
+        **kwargs: the other `Router` arguments (`z_loss_weight`,
+            `kernel_initializer`, `seed`) and base layer arguments.
 
     Call arguments:
         inputs: float tensor [N, d].
@@ -89,13 +90,9 @@ class ExpertChoiceRouter(Router):
         self,
         num_experts=None,
         capacity_factor=2.0,
-        z_loss_weight=0.0,
-        kernel_initializer=None,
-        seed=None,
         **kwargs,
     ):
-        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
-                         **kwargs)
+        super().__init__(num_experts, **kwargs)
         self.capacity_factor = _validation.check_positive_float(
             "capacity_factor", capacity_factor)
 

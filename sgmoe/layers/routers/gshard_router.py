@@ -5,7 +5,6 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe._constructor_config import constructor_config
-from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import _random
 from sgmoe.layers import balancing
 from sgmoe.layers.routers.router import Router
@@ -79,7 +78,8 @@ class GShardRouter(Router):
             truncated normal above.
         seed: seed of the random routing draws and of the default kernel
             initializer.
-        **kwargs: base `keras.layers.Layer` arguments.
+        **kwargs: the other `Router` arguments (`z_loss_weight`,
+            `kernel_initializer`, `seed`) and base layer arguments.
 
     Call arguments:
         inputs: float tensor [N, d], N divisible by `token_groups`.
@@ -103,6 +103,7 @@ class GShardRouter(Router):
 
     k = 2
     loss_names = ("load_balancing_loss",)
+    saved_argument_renames = {"num_groups": "token_groups"}
 
     def __init__(
         self,
@@ -112,13 +113,9 @@ class GShardRouter(Router):
         second_expert_policy="random",
         eval_second_expert_policy="all",
         second_expert_threshold=0.2,
-        z_loss_weight=0.0,
-        kernel_initializer=None,
-        seed=None,
         **kwargs,
     ):
-        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
-                         **kwargs)
+        super().__init__(num_experts, **kwargs)
         self.token_groups = _validation.check_positive_int("token_groups",
                                                            token_groups)
         self.load_balancing_weight = _validation.check_non_negative_float(
@@ -129,7 +126,7 @@ class GShardRouter(Router):
             "eval_second_expert_policy", eval_second_expert_policy)
         self.second_expert_threshold = _validation.check_positive_float(
             "second_expert_threshold", second_expert_threshold)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def check_num_experts(self, num_experts):
         if num_experts < 2:
@@ -195,8 +192,3 @@ class GShardRouter(Router):
     def get_config(self):
         return {**super().get_config(),
                 **constructor_config(self, GShardRouter)}
-
-    @classmethod
-    def from_config(cls, config):
-        return super().from_config(
-            renamed_arguments(config, {"num_groups": "token_groups"}))

@@ -183,7 +183,8 @@ class NoisyTopKRouter(Router):
             0, the default, leaves it out as the paper does).
         kernel_initializer: initializer of W_g; None means zeros.
         seed: seed of the noise.
-        **kwargs: base `keras.layers.Layer` arguments.
+        **kwargs: the other `Router` arguments (`z_loss_weight`,
+            `kernel_initializer`, `seed`) and base layer arguments.
 
     Call arguments:
         inputs: float tensor [N, d], the tokens of the macro-batch.
@@ -213,18 +214,14 @@ class NoisyTopKRouter(Router):
         importance_weight=0.1,
         load_weight=0.1,
         noise_epsilon=1e-2,
-        z_loss_weight=0.0,
-        kernel_initializer=None,
-        seed=None,
         **kwargs,
     ):
         self.k = _validation.check_positive_int("k", k)
-        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
-                         **kwargs)
+        super().__init__(num_experts, **kwargs)
         (self.noisy, self.importance_weight, self.load_weight,
          self.noise_epsilon) = check_noisy_gate_arguments(
             noisy, importance_weight, load_weight, noise_epsilon)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def check_num_experts(self, num_experts):
         _validation.check_top_k(self.k, num_experts)

@@ -4,6 +4,7 @@ import keras
 
 from sgmoe import _validation
 from sgmoe._constructor_config import constructor_config
+from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import balancing
 from sgmoe.layers.routers.routing_result import routing_result_spec
 
@@ -64,6 +65,9 @@ class Router(keras.layers.Layer):
     # normal of standard deviation sqrt(0.1 / d) of Switch Transformer
     # (Fedus et al. 2021, §2.4), seeded with the router's seed.
     default_kernel_initializer = "switch_truncated_normal"
+    # Arguments renamed since a router could have been saved, {old: new};
+    # `from_config` reads a saved config under the new names.
+    saved_argument_renames = {}
 
     def __init__(self, num_experts=None, z_loss_weight=0.0,
                  kernel_initializer=None, seed=None, **kwargs):
@@ -74,9 +78,7 @@ class Router(keras.layers.Layer):
             _validation.check_positive_int("num_experts", num_experts))
         self.z_loss_weight = _validation.check_non_negative_float(
             "z_loss_weight", z_loss_weight)
-        self.kernel_initializer = (
-            None if kernel_initializer is None else
-            keras.initializers.get(kernel_initializer))
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.seed = seed
         if self.num_experts is not None:
             self.check_num_experts(self.num_experts)
@@ -147,3 +149,8 @@ class Router(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(),
                 **constructor_config(self, Router)}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config(
+            renamed_arguments(config, cls.saved_argument_renames))

@@ -84,7 +84,8 @@ class StrictlyBalancedRouter(Router):
         kernel_initializer: initializer of W_g [d, E]; None means a truncated
             normal of standard deviation sqrt(0.1 / d), seeded with `seed`.
         seed: seed of the default kernel initializer.
-        **kwargs: base `keras.layers.Layer` arguments.
+        **kwargs: the other `Router` arguments (`z_loss_weight`,
+            `kernel_initializer`, `seed`) and base layer arguments.
 
     Call arguments:
         inputs: float tensor [N, d].
@@ -115,15 +116,11 @@ class StrictlyBalancedRouter(Router):
         k=2,
         eval_capacity_factor=2.0,
         threshold_loss_weight=1.0,
-        z_loss_weight=0.0,
         threshold_initializer="zeros",
-        kernel_initializer=None,
-        seed=None,
         **kwargs,
     ):
         self.k = _validation.check_positive_int("k", k)
-        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
-                         **kwargs)
+        super().__init__(num_experts, **kwargs)
         self.eval_capacity_factor = _validation.check_positive_float(
             "eval_capacity_factor", eval_capacity_factor)
         self.threshold_loss_weight = _validation.check_non_negative_float(

@@ -49,7 +49,8 @@ class SwitchRouter(Router):
         kernel_initializer: initializer of W_r; None means the truncated
             normal above.
         seed: seed of the jitter and of the default kernel initializer.
-        **kwargs: base `keras.layers.Layer` arguments.
+        **kwargs: the other `Router` arguments (`z_loss_weight`,
+            `kernel_initializer`, `seed`) and base layer arguments.
 
     Call arguments:
         inputs: float tensor [N, d].
@@ -75,18 +76,14 @@ class SwitchRouter(Router):
         self,
         num_experts=None,
         load_balancing_weight=0.01,
-        z_loss_weight=0.0,
         jitter=0.0,
-        kernel_initializer=None,
-        seed=None,
         **kwargs,
     ):
-        super().__init__(num_experts, z_loss_weight, kernel_initializer, seed,
-                         **kwargs)
+        super().__init__(num_experts, **kwargs)
         self.load_balancing_weight = _validation.check_non_negative_float(
             "load_balancing_weight", load_balancing_weight)
         self.jitter = _validation.check_unit_interval("jitter", jitter)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def call(self, inputs, training=None):
         x = ops.cast(inputs, "float32")
