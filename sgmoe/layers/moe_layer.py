@@ -5,8 +5,8 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe._constructor_config import constructor_config
-from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import dispatch
+from sgmoe.layers._renaming_layer import RenamingLayer
 from sgmoe.layers.feed_forward_experts import FeedForwardExperts
 from sgmoe.layers.token_routing import TokenRouting
 
@@ -23,7 +23,7 @@ EXPERT_OUTPUT = "output"
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class MoELayer(keras.layers.Layer):
+class MoELayer(RenamingLayer):
     """Base class of Mixture-of-Experts layers.
 
     It owns what every MoE layer has: the experts (one
@@ -80,10 +80,6 @@ class MoELayer(keras.layers.Layer):
             and initializers).
         **kwargs: base `keras.layers.Layer` arguments.
     """
-
-    # Arguments renamed since a layer could have been saved, {old: new};
-    # `from_config` reads a saved config under the new names.
-    saved_argument_renames = {}
 
     def __init__(
         self,
@@ -342,11 +338,6 @@ class MoELayer(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(),
                 **constructor_config(self, MoELayer, exclude=("num_experts",))}
-
-    @classmethod
-    def from_config(cls, config):
-        return super().from_config(
-            renamed_arguments(config, cls.saved_argument_renames))
 
 
 def batch_shards():

@@ -162,6 +162,7 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
 
     preset_input_shape = (None, None)
     MOE_ARGUMENTS = ("moe",)
+    BUILTIN_PRESETS = language_model_presets.PRESETS
 
     def __init__(
         self,
@@ -341,35 +342,6 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
             logs.update(result if isinstance(result, dict)
                         else {metric.name: result})
         return logs
-
-    # Presets.
-
-    @classmethod
-    def presets(cls):
-        """Names of the built-in presets."""
-        return sorted(language_model_presets.PRESETS)
-
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        """A model from a built-in preset or a `save_to_preset` directory.
-
-        Args:
-            name: a preset name (see `presets()`: the paper's Table 7 models
-                "moe_4" ... "moe_143m", the baselines and tiny presets) or a
-                directory written by `save_to_preset`, whose weights are
-                loaded.
-            **overrides: constructor arguments replacing the preset's (e.g.
-                vocabulary_size, dropout, moe); `config_overrides.merge`
-                updates a preset's `moe` key by key instead. With a
-                directory, overrides must keep the weight shapes.
-        """
-        if moe_model.is_preset_directory(name):
-            return cls.from_preset_directory(name, **overrides)
-        if name not in language_model_presets.PRESETS:
-            raise ValueError(
-                f"Unknown preset {name!r}: not a directory, and not one of "
-                f"{cls.presets()}.")
-        return cls(**dict(language_model_presets.PRESETS[name], **overrides))
 
     def get_config(self):
         return {**super().get_config(),

@@ -70,6 +70,8 @@ class MoEModel(keras.Model):
     # The constructor arguments that configure MoE layers (see
     # `sgmoe.models.config_overrides`).
     MOE_ARGUMENTS = ()
+    # The built-in presets, {name: constructor arguments}.
+    BUILTIN_PRESETS = {}
 
     def moe_layers(self):
         """The model's MoE layers (see `sgmoe.layers.find_moe_layers`)."""
@@ -146,6 +148,33 @@ class MoEModel(keras.Model):
              "date_saved": datetime.datetime.now(
                  datetime.timezone.utc).isoformat(timespec="seconds")},
             **(metadata or {})))
+
+    @classmethod
+    def presets(cls):
+        """Names of the built-in presets."""
+        return sorted(cls.BUILTIN_PRESETS)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A model from a built-in preset or a `save_to_preset` directory.
+
+        Args:
+            name: one of `presets()` (the model family's presets module,
+                `language_model_presets` or `translation_model_presets`,
+                describes them), or a directory written by
+                `save_to_preset`, whose weights are loaded.
+            **overrides: constructor arguments replacing the preset's (e.g.
+                vocabulary_size, dropout, moe); `config_overrides.merge`
+                updates a preset's `moe` key by key instead. With a
+                directory, overrides must keep the weight shapes.
+        """
+        if is_preset_directory(name):
+            return cls.from_preset_directory(name, **overrides)
+        if name not in cls.BUILTIN_PRESETS:
+            raise ValueError(
+                f"Unknown preset {name!r}: not a directory, and not one of "
+                f"{cls.presets()}.")
+        return cls(**dict(cls.BUILTIN_PRESETS[name], **overrides))
 
     @classmethod
     def from_preset_directory(cls, directory, **overrides):

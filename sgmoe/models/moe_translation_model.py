@@ -152,6 +152,7 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
     """
 
     MOE_ARGUMENTS = ("encoder_moe", "decoder_moe")
+    BUILTIN_PRESETS = translation_model_presets.PRESETS
 
     def __init__(
         self,
@@ -421,34 +422,6 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
         for extra in self.losses:
             loss = loss + ops.cast(ops.sum(extra), "float32")
         return loss
-
-    # Presets and inspection.
-
-    @classmethod
-    def presets(cls):
-        """Names of the built-in presets."""
-        return sorted(translation_model_presets.PRESETS)
-
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        """A model from a built-in preset or a `save_to_preset` directory.
-
-        Args:
-            name: one of `presets()`: "moe_32" (flat MoEs of 32 experts,
-                k = 4, strictly balanced gating), "moe_512_h" and
-                "moe_2048_h" (hierarchical, k = 2 at each level),
-                "gnmt_baseline" (no MoE) and the tiny presets; or a
-                directory written by `save_to_preset`, whose weights are
-                loaded.
-            **overrides: constructor arguments replacing the preset's.
-        """
-        if moe_model.is_preset_directory(name):
-            return cls.from_preset_directory(name, **overrides)
-        if name not in translation_model_presets.PRESETS:
-            raise ValueError(
-                f"Unknown preset {name!r}, expected one of {cls.presets()}.")
-        return cls(**dict(translation_model_presets.PRESETS[name],
-                          **overrides))
 
     def get_config(self):
         return {**super().get_config(),

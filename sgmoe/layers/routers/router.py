@@ -4,13 +4,13 @@ import keras
 
 from sgmoe import _validation
 from sgmoe._constructor_config import constructor_config
-from sgmoe._renamed_arguments import renamed_arguments
 from sgmoe.layers import balancing
+from sgmoe.layers._renaming_layer import RenamingLayer
 from sgmoe.layers.routers.routing_result import routing_result_spec
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class Router(keras.layers.Layer):
+class Router(RenamingLayer):
     """Base class of routers: tokens [N, d] in, routing decisions out.
 
     A router owns the gate kernel W_g [d, E] (the weight `kernel`, float32
@@ -65,9 +65,6 @@ class Router(keras.layers.Layer):
     # normal of standard deviation sqrt(0.1 / d) of Switch Transformer
     # (Fedus et al. 2021, §2.4), seeded with the router's seed.
     default_kernel_initializer = "switch_truncated_normal"
-    # Arguments renamed since a router could have been saved, {old: new};
-    # `from_config` reads a saved config under the new names.
-    saved_argument_renames = {}
 
     def __init__(self, num_experts=None, z_loss_weight=0.0,
                  kernel_initializer=None, seed=None, **kwargs):
@@ -149,8 +146,3 @@ class Router(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(),
                 **constructor_config(self, Router)}
-
-    @classmethod
-    def from_config(cls, config):
-        return super().from_config(
-            renamed_arguments(config, cls.saved_argument_renames))
