@@ -314,9 +314,7 @@ class MoELanguageModel(LanguageModelGeneration, moe_model.MoEModel):
         weights = token_weights(y, self.padding_id, sample_weight)
         loss = ops.divide_no_nan(ops.sum(token_losses * weights),
                                  ops.sum(weights))
-        for extra in self.losses:
-            loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+        return moe_model.plus_auxiliary_losses(loss, self.losses)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if not isinstance(y_pred, dict):

@@ -195,6 +195,14 @@ class MoEModel(keras.Model):
         return model
 
 
+def plus_auxiliary_losses(loss, losses):
+    """`loss` plus the sum of each of `losses` (a model's `losses`: the MoE
+    balancing losses and z-losses its layers added), in float32."""
+    for extra in losses:
+        loss = loss + ops.cast(ops.sum(extra), "float32")
+    return loss
+
+
 def load_preset_tokenizer(directory):
     """The tokenizer a preset directory carries, or None if it has none.
 

@@ -419,9 +419,7 @@ class MoETranslationModel(TranslationDecoding, moe_model.MoEModel):
             weights = weights * ops.cast(sample_weight, "float32")
         loss = ops.divide_no_nan(ops.sum(token_losses * weights),
                                  ops.sum(weights))
-        for extra in self.losses:
-            loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+        return moe_model.plus_auxiliary_losses(loss, self.losses)
 
     def get_config(self):
         return {**super().get_config(),

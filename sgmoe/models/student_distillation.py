@@ -6,6 +6,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe._constructor_config import constructor_config
+from sgmoe.models.moe_model import plus_auxiliary_losses
 from sgmoe.models.perplexity import token_weights
 
 
@@ -125,9 +126,7 @@ class StudentDistillation(keras.Model):
         if training:
             self.distillation_step.assign_add(1)
         loss = (1.0 - a) * cross_entropy + a * distillation
-        for extra in self.student.losses:
-            loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+        return plus_auxiliary_losses(loss, self.student.losses)
 
     def get_config(self):
         return {**super().get_config(),

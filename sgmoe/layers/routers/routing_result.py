@@ -54,28 +54,26 @@ class ExpertSlots(NamedTuple):
     auxiliary_losses: Any
 
 
-def _loss_specs(loss_names):
-    return {name: keras.KerasTensor((), dtype="float32")
-            for name in loss_names}
-
-
 def routing_result_spec(num_tokens, k, num_experts, loss_names):
     """The symbolic `RoutingResult` of a router: its `compute_output_spec`."""
-    tensor = keras.KerasTensor
-    return RoutingResult(
-        expert_indices=tensor((num_tokens, k), dtype="int32"),
-        expert_weights=tensor((num_tokens, k), dtype="float32"),
-        importance=tensor((num_experts,), dtype="float32"),
-        load=tensor((num_experts,), dtype="float32"),
-        auxiliary_losses=_loss_specs(loss_names))
+    return _spec(RoutingResult, (num_tokens, k), num_experts, loss_names)
 
 
 def expert_slots_spec(num_experts, capacity, loss_names):
     """The symbolic `ExpertSlots` of a router: its `compute_output_spec`."""
+    return _spec(ExpertSlots, (num_experts, capacity), num_experts,
+                 loss_names)
+
+
+def _spec(result_type, assignment_shape, num_experts, loss_names):
+    # Both result types start with int32 ids and float32 weights of the
+    # assignments, then the statistics and the losses.
     tensor = keras.KerasTensor
-    return ExpertSlots(
-        slot_token=tensor((num_experts, capacity), dtype="int32"),
-        slot_weight=tensor((num_experts, capacity), dtype="float32"),
-        importance=tensor((num_experts,), dtype="float32"),
-        load=tensor((num_experts,), dtype="float32"),
-        auxiliary_losses=_loss_specs(loss_names))
+    ids, weights = result_type._fields[:2]
+    return result_type(**{
+        ids: tensor(assignment_shape, dtype="int32"),
+        weights: tensor(assignment_shape, dtype="float32"),
+        "importance": tensor((num_experts,), dtype="float32"),
+        "load": tensor((num_experts,), dtype="float32"),
+        "auxiliary_losses": {name: tensor((), dtype="float32")
+                             for name in loss_names}})

@@ -36,8 +36,3 @@ class RandomSampler(Sampler):
 
     def get_next_token(self, probabilities, uniform):
         return sample_from_weights(probabilities, uniform)
-
-    def get_config(self):
-        config = super().get_config()
-        config["seed"] = self.seed
-        return config

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
+from sgmoe._constructor_config import constructor_config
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
@@ -74,7 +75,7 @@ class Sampler:
                                    uniform)
 
     def get_config(self):
-        return {"temperature": self.temperature}
+        return constructor_config(self, type(self))
 
     @classmethod
     def from_config(cls, config):

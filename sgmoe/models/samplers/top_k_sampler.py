@@ -4,13 +4,12 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
-from sgmoe.models.samplers.sampler import Sampler
-from sgmoe.models.samplers.sampler import make_seed_generator
+from sgmoe.models.samplers.random_sampler import RandomSampler
 from sgmoe.models.samplers.sampler import sample_from_weights
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class TopKSampler(Sampler):
+class TopKSampler(RandomSampler):
     """A token drawn from the k most probable (KerasHub's `TopKSampler`).
 
     Fan et al. 2018, "Hierarchical Neural Story Generation"
@@ -20,10 +19,7 @@ class TopKSampler(Sampler):
 
     Args:
         k: tokens kept per row, a positive integer.
-        seed: an int or None, the seed of the sampler's
-            `keras.random.SeedGenerator` (used when a call gives no
-            uniform numbers, and by `generate` without a `seed`).
-        temperature: > 0; the logits are divided by it.
+        seed, temperature: as in `RandomSampler`.
 
     Example:
 
@@ -34,13 +30,9 @@ class TopKSampler(Sampler):
     [1]
     """
 
-    is_random = True
-
     def __init__(self, k=5, seed=None, temperature=1.0):
-        super().__init__(temperature=temperature)
+        super().__init__(seed=seed, temperature=temperature)
         self.k = _validation.check_positive_int("k", k)
-        self.seed = seed
-        self.seed_generator = make_seed_generator(seed)
 
     def get_next_token(self, probabilities, uniform):
         k = min(self.k, probabilities.shape[-1])
@@ -49,8 +41,3 @@ class TopKSampler(Sampler):
         return ops.cast(ops.take_along_axis(
             top_indices, ops.expand_dims(chosen, -1), axis=-1)[:, 0],
             "int32")
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"k": self.k, "seed": self.seed})
-        return config

@@ -4,13 +4,12 @@ import keras
 from keras import ops
 
 from sgmoe import _validation
-from sgmoe.models.samplers.sampler import Sampler
-from sgmoe.models.samplers.sampler import make_seed_generator
+from sgmoe.models.samplers.random_sampler import RandomSampler
 from sgmoe.models.samplers.sampler import sample_from_weights
 
 
 @keras.saving.register_keras_serializable(package="sgmoe")
-class TopPSampler(Sampler):
+class TopPSampler(RandomSampler):
     """A token drawn from the nucleus of probability p (KerasHub's
     `TopPSampler`).
 
@@ -27,10 +26,7 @@ class TopPSampler(Sampler):
     Args:
         p: the nucleus probability, in (0, 1].
         k: None (every token can be kept) or a positive integer.
-        seed: an int or None, the seed of the sampler's
-            `keras.random.SeedGenerator` (used when a call gives no
-            uniform numbers, and by `generate` without a `seed`).
-        temperature: > 0; the logits are divided by it.
+        seed, temperature: as in `RandomSampler`.
 
     Example:
 
@@ -41,18 +37,13 @@ class TopPSampler(Sampler):
     [2]
     """
 
-    is_random = True
-
     def __init__(self, p=0.1, k=None, seed=None, temperature=1.0):
-        super().__init__(temperature=temperature)
+        super().__init__(seed=seed, temperature=temperature)
         p = _validation.check_positive_float("p", p)
         if p > 1.0:
             raise ValueError(f"`p` must be in (0, 1], received p={p!r}.")
         self.p = p
-        self.k = None if k is None else _validation.check_positive_int(
-            "k", k)
-        self.seed = seed
-        self.seed_generator = make_seed_generator(seed)
+        self.k = _validation.check_optional_positive_int("k", k)
 
     def get_next_token(self, probabilities, uniform):
         size = probabilities.shape[-1]
@@ -66,8 +57,3 @@ class TopPSampler(Sampler):
         return ops.cast(ops.take_along_axis(
             sorted_indices, ops.expand_dims(chosen, -1), axis=-1)[:, 0],
             "int32")
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"p": self.p, "k": self.k, "seed": self.seed})
-        return config
