@@ -74,25 +74,28 @@ def parse_args(argv):
 
 def quick_models(args):
     """Two tiny presets with a vocabulary of the bundled text."""
+    args.eval_batches, args.repeats, args.new_tokens = 2, 2, 8
+    args.batch = 4
+    return [tiny_preset(os.path.join(args.out_dir, "inference_models", label),
+                        args.eval_files, layer_types)
+            for label, layer_types in (("moe", ("lstm", "moe", "lstm")),
+                                       ("dense", ("lstm", "lstm")))]
+
+
+def tiny_preset(directory, text_files, layer_types=("lstm", "moe", "lstm")):
+    """Saves an untrained width-16 LM (4 experts, k = 2) with a 200-word
+    vocabulary of `text_files` as a preset in `directory`; returns it."""
     from sgmoe import data
     from sgmoe import models
 
-    args.eval_batches, args.repeats, args.new_tokens = 2, 2, 8
-    args.batch = 4
-    vocabulary = data.WordVocabulary.build(args.eval_files,
-                                           vocabulary_size=200)
-    directories = []
-    for label, layer_types in (("moe", ("lstm", "moe", "lstm")),
-                               ("dense", ("lstm", "lstm"))):
-        model = models.MoELanguageModel(
-            vocabulary_size=len(vocabulary), model_dim=16,
-            layer_types=layer_types, padding_id=0, seed=1,
-            moe={"num_experts": 4, "k": 2, "expert_hidden_dim": 32})
-        model.build((None, None))
-        directory = os.path.join(args.out_dir, "inference_models", label)
-        model.save_to_preset(directory, vocabulary=vocabulary)
-        directories.append(directory)
-    return directories
+    vocabulary = data.WordVocabulary.build(text_files, vocabulary_size=200)
+    model = models.MoELanguageModel(
+        vocabulary_size=len(vocabulary), model_dim=16,
+        layer_types=layer_types, padding_id=0, seed=1,
+        moe={"num_experts": 4, "k": 2, "expert_hidden_dim": 32})
+    model.build((None, None))
+    model.save_to_preset(directory, vocabulary=vocabulary)
+    return directory
 
 
 def preset_directory(path):

@@ -39,6 +39,7 @@ DATA_DIR = os.path.join(ROOT, "data")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from inference import preset_directory  # noqa: E402
+from inference import tiny_preset  # noqa: E402
 
 
 def parse_args(argv):
@@ -85,24 +86,6 @@ def parse_args(argv):
     if not args.quick and not args.teacher:
         parser.error("--teacher is required (or --quick)")
     return args
-
-
-def quick_teacher(args):
-    """A tiny untrained MoE LM preset with a vocabulary of the bundled
-    text."""
-    from sgmoe import data
-    from sgmoe import models
-
-    vocabulary = data.WordVocabulary.build(args.train_files,
-                                           vocabulary_size=200)
-    model = models.MoELanguageModel(
-        vocabulary_size=len(vocabulary), model_dim=16,
-        layer_types=("lstm", "moe", "lstm"), padding_id=0, seed=1,
-        moe={"num_experts": 4, "k": 2, "expert_hidden_dim": 32})
-    model.build((None, None))
-    directory = os.path.join(args.out_dir, "teacher")
-    model.save_to_preset(directory, vocabulary=vocabulary)
-    return directory
 
 
 def student_config(teacher):
@@ -160,7 +143,9 @@ def main(argv=None):
 
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     start = time.time()
-    teacher_path = quick_teacher(args) if args.quick else args.teacher
+    teacher_path = (tiny_preset(os.path.join(args.out_dir, "teacher"),
+                                args.train_files)
+                    if args.quick else args.teacher)
     teacher = models.MoELanguageModel.from_preset(
         preset_directory(teacher_path))
     vocabulary = teacher.vocabulary

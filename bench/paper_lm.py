@@ -194,19 +194,10 @@ def validation_curve(log_dir):
     """[[step, validation perplexity], ...] from a run's TensorBoard
     validation logs (a step logged twice, by a resumed run, keeps its last
     value)."""
-    from tensorboard.backend.event_processing import (
-        plugin_event_accumulator as event_accumulator)
-    from tensorboard.util import tensor_util
+    from sgmoe.evaluation import logged_history
 
-    accumulator = event_accumulator.EventAccumulator(
-        log_dir, size_guidance={event_accumulator.TENSORS: 0})
-    accumulator.Reload()
-    if "val/perplexity" not in accumulator.Tags().get("tensors", []):
-        return []
-    by_step = {int(event.step): float(tensor_util.make_ndarray(
-        event.tensor_proto)) for event in accumulator.Tensors(
-            "val/perplexity")}
-    return [[step, by_step[step]] for step in sorted(by_step)]
+    history = logged_history(log_dir, "val/perplexity") or {}
+    return [[step, float(value)] for step, value in history.items()]
 
 
 def cv(values):

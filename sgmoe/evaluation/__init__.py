@@ -11,5 +11,6 @@ from sgmoe.evaluation.expert_inspection import context_of
 from sgmoe.evaluation.expert_inspection import expert_load_history
 from sgmoe.evaluation.expert_inspection import expert_profiles
 from sgmoe.evaluation.expert_inspection import route_sentences
+from sgmoe.evaluation.logged_history import logged_history
 from sgmoe.evaluation.saved_model_class import saved_model_class
 from sgmoe.evaluation.translate_lines import translate_lines

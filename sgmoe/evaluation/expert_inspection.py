@@ -12,10 +12,10 @@ wrote.
 """
 
 import dataclasses
-import os
 
 import numpy as np
 
+from sgmoe.evaluation.logged_history import logged_history
 from sgmoe.layers.moe_layer import find_moe_layers
 from sgmoe.layers.moe_layer import route_tokens
 
@@ -207,23 +207,12 @@ def expert_load_history(log_dir, layer_name,
         (steps int64 [S], shares float64 [S, E], each row summing to 1),
         or None if the logs hold no such histogram.
     """
-    from tensorboard.backend.event_processing import (
-        plugin_event_accumulator as event_accumulator)
-    from tensorboard.util import tensor_util
-
-    if not os.path.isdir(log_dir):
+    history = logged_history(log_dir, f"moe/{layer_name}/{statistic}")
+    if history is None:
         return None
-    accumulator = event_accumulator.EventAccumulator(
-        log_dir, size_guidance={event_accumulator.TENSORS: 0})
-    accumulator.Reload()
-    tag = f"moe/{layer_name}/{statistic}"
-    if tag not in accumulator.Tags().get("tensors", []):
-        return None
-    by_step = {}
-    for event in accumulator.Tensors(tag):
-        buckets = tensor_util.make_ndarray(event.tensor_proto)
-        by_step[int(event.step)] = np.asarray(buckets[:, 2], np.float64)
-    steps = np.array(sorted(by_step), np.int64)
-    counts = np.stack([by_step[step] for step in steps])
+    steps = np.array(list(history), np.int64)
+    # A histogram's buckets are rows (left edge, right edge, count).
+    counts = np.stack([buckets[:, 2] for buckets in history.values()]
+                      ).astype(np.float64)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
     return steps, shares
