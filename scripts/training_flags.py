@@ -24,9 +24,6 @@ FLAGS = flags.FLAGS
 # loads TensorFlow, and the flags are checked before it loads.
 DEFAULT_MAX_LINE_LENGTH = 10_000
 BACKENDS = ("jax", "tensorflow")
-# The largest default shuffle block: about 0.4 GB of ids for sentences of
-# 25 words; larger corpora come in shards that are interleaved anyway.
-MAX_SHUFFLE_BLOCK = 1_000_000
 
 
 def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
@@ -53,9 +50,9 @@ def define_training_flags(*, preset, train_steps, batch_size, learning_rate,
         "shuffle_block", 0,
         "Training sentences shuffled together (then sorted by length into "
         "batches); 0: every line of the training files, up to "
-        f"{MAX_SHUFFLE_BLOCK:,}. Corpora in document order (the bundled "
-        "ones) need a block as large as the corpus, or training sees one "
-        "domain after another.")
+        "1,000,000 (sgmoe.data.MAX_SHUFFLE_BLOCK). Corpora in document "
+        "order (the bundled ones) need a block as large as the corpus, or "
+        "training sees one domain after another.")
     define_text_input_flags()
     flags.DEFINE_float("learning_rate", learning_rate, "Learning rate.")
     flags.DEFINE_enum(
@@ -179,11 +176,12 @@ def check_training_flags(fail, positive=()):
 def shuffle_block(train_files):
     """The `block_size` of the training stream: --shuffle_block, or the
     lines of `train_files` (a list of paths; the source side for parallel
-    data) up to MAX_SHUFFLE_BLOCK."""
+    data) up to `sgmoe.data.MAX_SHUFFLE_BLOCK`, counted here so that the
+    run setup records the number."""
     from sgmoe import data
 
-    return FLAGS.shuffle_block or data.count_lines(train_files,
-                                                   limit=MAX_SHUFFLE_BLOCK)
+    return FLAGS.shuffle_block or data.count_lines(
+        train_files, limit=data.MAX_SHUFFLE_BLOCK)
 
 
 def text_input():

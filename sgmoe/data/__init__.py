@@ -6,6 +6,7 @@ TensorFlow, so the datasets feed Keras models on the TensorFlow and the JAX
 backend alike.
 """
 
+from sgmoe.data._pipeline import MAX_SHUFFLE_BLOCK
 from sgmoe.data.data_error import DataError
 from sgmoe.data.language_model_dataset import language_model_dataset
 from sgmoe.data.mean_tokens_per_sentence import mean_tokens_per_sentence

@@ -17,6 +17,10 @@ from sgmoe.data.split_into_sentences import split_into_sentences
 # vocabularies counted with str.split() see the same words.
 WHITESPACE_PATTERN = r"[\t\n\x0b\f\r\x1c-\x1f\x{85}\p{Z}]+"
 
+# The largest default shuffle block (`block_size=None`): about 0.4 GB of
+# ids for sentences of 25 words; larger corpora come in several files,
+# whose order is shuffled too.
+MAX_SHUFFLE_BLOCK = 1_000_000
 # Seeds of the random streams, folded with the epoch or block number.
 _FILE_ORDER_STREAM, _BLOCK_STREAM, _BATCH_ORDER_STREAM = 0, 1, 2
 _CHUNK_SIZE = 1024
@@ -33,7 +37,8 @@ def pipeline_settings(batch_size, max_length, num_shards, shard_index,
     _validation.check_positive_int("batch_size", batch_size)
     _validation.check_positive_int("max_length", max_length)
     _validation.check_positive_int("num_shards", num_shards)
-    _validation.check_positive_int("block_size", block_size)
+    if block_size is not None:
+        _validation.check_positive_int("block_size", block_size)
     for name, value in (("shard_index", shard_index),
                         ("skip_batches", skip_batches), ("seed", seed)):
         if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
@@ -103,6 +108,17 @@ def shard_files(files, num_shards, shard_index):
     if len(files) >= num_shards:
         return list(files)[shard_index::num_shards], False
     return list(files), True
+
+
+def default_block_size(block_size, summaries, num_shards, shard_lines):
+    """`block_size`, or for None every line this shard reads (from the
+    `TextFileSummary`s of its files) up to MAX_SHUFFLE_BLOCK."""
+    if block_size is not None:
+        return block_size
+    lines = sum(summary.lines for summary in summaries)
+    if shard_lines:
+        lines = -(-lines // num_shards)
+    return max(1, min(lines, MAX_SHUFFLE_BLOCK))
 
 
 def _seed_for(seed, stream, index):

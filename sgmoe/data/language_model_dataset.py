@@ -10,7 +10,7 @@ from sgmoe.data.word_vocabulary import WordVocabulary
 
 def language_model_dataset(
         file_patterns, vocabulary, batch_size, max_length, *, shuffle=False,
-        seed=0, repeat=False, block_size=10_000, num_shards=1,
+        seed=0, repeat=False, block_size=None, num_shards=1,
         shard_index=0, skip_batches=0, bucket_boundaries=None,
         pad_to_bucket_length=True, drop_remainder=None,
         max_line_length=text_files.DEFAULT_MAX_LINE_LENGTH,
@@ -57,10 +57,11 @@ def language_model_dataset(
         repeat: repeat forever, reshuffling every epoch.
         block_size: sentences shuffled and sorted by length together,
             rounded up to a multiple of `batch_size`. Larger blocks pad
-            less and shuffle more widely, and hold more in memory. A file
-            in document order (Brown, the bundled manuals) needs a block
-            as large as the file (`count_lines`), or training sees one
-            domain after another.
+            less and shuffle more widely, and hold more in memory. None:
+            every line this shard reads, up to `MAX_SHUFFLE_BLOCK`
+            (1,000,000), so a corpus in document order (Brown, the
+            bundled manuals) is shuffled as a whole; a smaller block
+            trains on one domain after another.
         num_shards: number of disjoint shards (e.g. hosts or workers).
         shard_index: this shard, in [0, num_shards). With at least
             `num_shards` files, shards read disjoint files; with fewer, each
@@ -114,7 +115,10 @@ def language_model_dataset(
 
     files = text_files.expand_file_patterns(file_patterns)
     files, shard_lines = _pipeline.shard_files(files, num_shards, shard_index)
-    text_files.check_text_files(files, max_line_length, on_malformed)
+    summaries = text_files.check_text_files(files, max_line_length,
+                                            on_malformed)
+    block_size = _pipeline.default_block_size(block_size, summaries,
+                                              num_shards, shard_lines)
 
     lines = _pipeline.read_lines(files, shuffle, seed, repeat, num_shards,
                                  shard_index, shard_lines)

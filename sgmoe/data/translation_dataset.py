@@ -10,7 +10,7 @@ from sgmoe.data.subword_vocabulary import SubwordVocabulary
 
 def translation_dataset(
         source_patterns, target_patterns, vocabulary, batch_size, max_length,
-        *, shuffle=False, seed=0, repeat=False, block_size=10_000,
+        *, shuffle=False, seed=0, repeat=False, block_size=None,
         num_shards=1, shard_index=0, skip_batches=0, bucket_boundaries=None,
         pad_to_bucket_length=True, drop_remainder=None,
         max_line_length=text_files.DEFAULT_MAX_LINE_LENGTH,
@@ -90,10 +90,13 @@ def translation_dataset(
             "source file pairs with the k-th target file)")
     file_pairs, shard_lines = _pipeline.shard_files(
         list(zip(sources, targets)), num_shards, shard_index)
-    text_files.check_parallel_files(
+    summaries = text_files.check_parallel_files(
         [source for source, _ in file_pairs],
         [target for _, target in file_pairs],
         max_line_length, on_malformed)
+    block_size = _pipeline.default_block_size(
+        block_size, [source for source, _ in summaries], num_shards,
+        shard_lines)
 
     lines = _pipeline.read_lines(file_pairs, shuffle, seed, repeat,
                                  num_shards, shard_index, shard_lines)

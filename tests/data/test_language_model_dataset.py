@@ -247,3 +247,31 @@ def test_a_repeated_stream_without_a_fitting_sentence_is_an_error(
     dataset = language_model_dataset(path, vocabulary, batch_size=2,
                                      max_length=4, repeat=True)
     assert sentences(batches(dataset, 2), vocabulary) == ["w1"] * 4
+
+
+def test_default_block_shuffles_a_document_ordered_file_as_a_whole(tmp_path):
+    # 24,000 lines in "document order": the first batches of a shuffled
+    # stream come from the whole file, not from its first block of lines.
+    path = numbered_file(tmp_path / "ordered.txt", 24_000)
+    dataset = language_model_dataset(str(path), numbered_vocabulary(24_000),
+                                     batch_size=100, max_length=4,
+                                     shuffle=True, seed=3)
+    first = [int(word[1:]) for line in sentences(batches(dataset, 5),
+                                                 numbered_vocabulary(24_000))
+             for word in line.split()]
+    assert len(first) == 500
+    assert 0.35 < np.mean(np.array(first) >= 12_000) < 0.65
+
+
+def test_default_block_size_counts_this_shards_lines_up_to_the_cap():
+    from sgmoe.data import MAX_SHUFFLE_BLOCK
+    from sgmoe.data import TextFileSummary
+    from sgmoe.data._pipeline import default_block_size
+
+    files = [TextFileSummary("a", lines=700), TextFileSummary("b", lines=301)]
+    assert default_block_size(64, files, 1, False) == 64
+    assert default_block_size(None, files, 1, False) == 1001
+    # Four shards keeping every fourth line of the same files.
+    assert default_block_size(None, files, 4, True) == 251
+    huge = [TextFileSummary("c", lines=3 * MAX_SHUFFLE_BLOCK)]
+    assert default_block_size(None, huge, 1, False) == MAX_SHUFFLE_BLOCK
