@@ -87,7 +87,7 @@ def check_flags():
     training_flags.load_libraries(fail)
     from sgmoe import models
 
-    training_flags.check_preset(fail, models.language_model_presets.PRESETS)
+    training_flags.check_preset(fail, models.MoELanguageModel)
 
 
 def text_input():
@@ -124,7 +124,7 @@ def model_config(vocabulary_size):
     from sgmoe import models
 
     return training_flags.model_config(
-        fail, models.MoELanguageModel, models.language_model_presets.PRESETS,
+        fail, models.MoELanguageModel,
         {"vocabulary_size": vocabulary_size, "padding_id": 0,
          "seed": FLAGS.seed},
         model_overrides())

@@ -96,8 +96,7 @@ def check_flags():
     training_flags.load_libraries(fail)
     from sgmoe import models
 
-    training_flags.check_preset(fail,
-                                models.translation_model_presets.PRESETS)
+    training_flags.check_preset(fail, models.MoETranslationModel)
 
 
 def load_data():
@@ -172,7 +171,6 @@ def model_config(vocabulary):
                                                         vocabulary.eos_id)
     return training_flags.model_config(
         fail, models.MoETranslationModel,
-        models.translation_model_presets.PRESETS,
         {"vocabulary_size": (FLAGS.vocabulary_size if vocabulary is None
                              else len(vocabulary)),
          "bos_id": bos_id, "eos_id": eos_id, "seed": FLAGS.seed})

@@ -265,21 +265,20 @@ def load_libraries(fail):
     console.import_quietly(verbose=FLAGS.verbose)
 
 
-def check_preset(fail, presets):
-    """Calls `fail` unless --preset names one of `presets` or a directory
-    written by `save_to_preset`."""
+def check_preset(fail, model_class):
+    """Calls `fail` unless --preset names one of `model_class.presets()` or
+    a directory written by `save_to_preset`."""
     preset = FLAGS.preset
     if os.path.isdir(preset):
         if not os.path.isfile(os.path.join(preset, "config.json")):
             fail(f"--preset={preset}: the directory has no config.json (not "
                  "written by save_to_preset)")
-    elif preset not in presets:
+    elif preset not in model_class.BUILTIN_PRESETS:
         fail(f"--preset={preset}: no such preset or directory; presets: "
-             f"{', '.join(sorted(presets))}")
+             f"{', '.join(model_class.presets())}")
 
 
-def model_config(fail, model_class, presets, set_by_script,
-                 flag_overrides=None):
+def model_config(fail, model_class, set_by_script, flag_overrides=None):
     """The model's constructor arguments: --preset's, updated by the
     script's own model flags (`flag_overrides`), then by --hparams, then
     by `set_by_script` (what the data and --seed decide, which --hparams
@@ -295,7 +294,7 @@ def model_config(fail, model_class, presets, set_by_script,
     for key in sorted(set(hparams) & set(set_by_script)):
         fail(f"--hparams: {key!r} is set by the script (from the data or "
              "a flag), not by --hparams")
-    config = presets.get(FLAGS.preset)
+    config = model_class.BUILTIN_PRESETS.get(FLAGS.preset)
     if config is None:  # a save_to_preset directory (see check_preset)
         with open(os.path.join(FLAGS.preset, "config.json")) as file:
             config = json.load(file)["config"]
