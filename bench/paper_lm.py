@@ -106,8 +106,10 @@ def parse_args(argv):
                         default=os.path.join(DATA_DIR, "brown.test.txt.gz"))
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--models", default="",
-                        help="Comma-separated model labels to run (capacity "
-                        "experiment); default: all.")
+                        help="Comma-separated labels of the models to run "
+                        "(capacity: MoE-32, ...; balancing: the weights "
+                        "w_importance/w_load, e.g. 0/0,0.1/0.1); default: "
+                        "all.")
     parser.add_argument("--train_steps", type=int, default=1500)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--model_dim", type=int, default=64)
@@ -166,24 +168,32 @@ def _widths(preset, widths, model_dim):
 
 
 def models_to_train(args):
+    """(label, preset, overrides) of each model of the experiment, those
+    of --models alone when it is given (labels compared without spaces)."""
     if args.experiment == "capacity":
-        models = CAPACITY_MODELS
+        models = [(label, preset, _widths(preset, widths, args.model_dim))
+                  for label, preset, widths in CAPACITY_MODELS]
         if args.quick:
             models = [models[0], models[-1]]
-        if args.models:
-            wanted = args.models.split(",")
-            unknown = set(wanted) - {label for label, _, _ in models}
-            if unknown:
-                raise SystemExit(f"paper_lm: unknown --models {sorted(unknown)}")
-            models = [model for model in models if model[0] in wanted]
-        return [(label, preset, _widths(preset, widths, args.model_dim))
-                for label, preset, widths in models]
-    weights = BALANCING_WEIGHTS[:2] if args.quick else BALANCING_WEIGHTS
-    return [(f"{w_importance:g} / {w_load:g}", "moe_256",
-             {"moe": {"expert_hidden_dim": 2 * args.model_dim,
-                      "router_args": {"importance_weight": w_importance,
-                                      "load_weight": w_load}}})
-            for w_importance, w_load in weights]
+    else:
+        weights = BALANCING_WEIGHTS[:2] if args.quick else BALANCING_WEIGHTS
+        models = [(f"{w_importance:g} / {w_load:g}", "moe_256",
+                   {"moe": {"expert_hidden_dim": 2 * args.model_dim,
+                            "router_args": {"importance_weight": w_importance,
+                                            "load_weight": w_load}}})
+                  for w_importance, w_load in weights]
+    if args.models:
+        def key(label):
+            return label.replace(" ", "")
+
+        wanted = [key(label) for label in args.models.split(",")]
+        unknown = set(wanted) - {key(label) for label, _, _ in models}
+        if unknown:
+            raise SystemExit(f"paper_lm: unknown --models {sorted(unknown)}; "
+                             f"the {args.experiment} experiment has "
+                             f"{[label for label, _, _ in models]}")
+        models = [model for model in models if key(model[0]) in wanted]
+    return models
 
 
 def slug(label):
