@@ -8,6 +8,9 @@ import platform
 
 import numpy as np
 
+# The repository and its bundled corpora.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(ROOT, "data")
 METRIC = "test perplexity"
 
 

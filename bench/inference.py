@@ -30,10 +30,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DATA_DIR = os.path.join(ROOT, "data")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _report import DATA_DIR  # noqa: E402
+from _report import ROOT  # noqa: E402
 from _report import header  # noqa: E402
 from _report import print_row  # noqa: E402
 from _report import rows_table  # noqa: E402

@@ -36,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import DATA_DIR  # noqa: E402
+from _report import ROOT  # noqa: E402
 from _report import cached  # noqa: E402
 from _report import header  # noqa: E402
 from _report import markdown  # noqa: E402
@@ -44,8 +46,6 @@ from _report import summarize  # noqa: E402
 from _report import training_run  # noqa: E402
 from _report import write_table  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DATA_DIR = os.path.join(ROOT, "data")
 
 
 def _one_expert(hidden_dim):
