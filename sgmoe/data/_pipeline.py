@@ -17,10 +17,12 @@ from sgmoe.data.split_into_sentences import split_into_sentences
 # vocabularies counted with str.split() see the same words.
 WHITESPACE_PATTERN = r"[\t\n\x0b\f\r\x1c-\x1f\x{85}\p{Z}]+"
 
-# The largest default shuffle block (`block_size=None`): about 0.4 GB of
-# ids for sentences of 25 words; larger corpora come in several files,
-# whose order is shuffled too.
+# The largest default block of a shuffled stream (`block_size=None`):
+# about 0.4 GB of ids for sentences of 25 words; larger corpora come in
+# several files, whose order is shuffled too.
 MAX_SHUFFLE_BLOCK = 1_000_000
+# The default block of a stream in file order: the window sorted by length.
+ORDERED_BLOCK = 10_000
 # Seeds of the random streams, folded with the epoch or block number.
 _FILE_ORDER_STREAM, _BLOCK_STREAM, _BATCH_ORDER_STREAM = 0, 1, 2
 _CHUNK_SIZE = 1024
@@ -110,11 +112,15 @@ def shard_files(files, num_shards, shard_index):
     return list(files), True
 
 
-def default_block_size(block_size, summaries, num_shards, shard_lines):
-    """`block_size`, or for None every line this shard reads (from the
-    `TextFileSummary`s of its files) up to MAX_SHUFFLE_BLOCK."""
+def default_block_size(block_size, shuffle, summaries, num_shards,
+                       shard_lines):
+    """`block_size`, or for None: shuffled, every line this shard reads
+    (from the `TextFileSummary`s of its files) up to MAX_SHUFFLE_BLOCK; in
+    file order, ORDERED_BLOCK, so the first batches stay the first lines'."""
     if block_size is not None:
         return block_size
+    if not shuffle:
+        return ORDERED_BLOCK
     lines = sum(summary.lines for summary in summaries)
     if shard_lines:
         lines = -(-lines // num_shards)

@@ -58,10 +58,11 @@ def language_model_dataset(
         block_size: sentences shuffled and sorted by length together,
             rounded up to a multiple of `batch_size`. Larger blocks pad
             less and shuffle more widely, and hold more in memory. None:
-            every line this shard reads, up to `MAX_SHUFFLE_BLOCK`
-            (1,000,000), so a corpus in document order (Brown, the
-            bundled manuals) is shuffled as a whole; a smaller block
-            trains on one domain after another.
+            with `shuffle`, every line this shard reads, up to
+            `MAX_SHUFFLE_BLOCK` (1,000,000), so a corpus in document order
+            (Brown, the bundled manuals) is shuffled as a whole (a smaller
+            block trains on one domain after another); without, 10,000,
+            so the first batches hold the file's first lines.
         num_shards: number of disjoint shards (e.g. hosts or workers).
         shard_index: this shard, in [0, num_shards). With at least
             `num_shards` files, shards read disjoint files; with fewer, each
@@ -117,7 +118,7 @@ def language_model_dataset(
     files, shard_lines = _pipeline.shard_files(files, num_shards, shard_index)
     summaries = text_files.check_text_files(files, max_line_length,
                                             on_malformed)
-    block_size = _pipeline.default_block_size(block_size, summaries,
+    block_size = _pipeline.default_block_size(block_size, shuffle, summaries,
                                               num_shards, shard_lines)
 
     lines = _pipeline.read_lines(files, shuffle, seed, repeat, num_shards,

@@ -95,8 +95,8 @@ def translation_dataset(
         [target for _, target in file_pairs],
         max_line_length, on_malformed)
     block_size = _pipeline.default_block_size(
-        block_size, [source for source, _ in summaries], num_shards,
-        shard_lines)
+        block_size, shuffle, [source for source, _ in summaries],
+        num_shards, shard_lines)
 
     lines = _pipeline.read_lines(file_pairs, shuffle, seed, repeat,
                                  num_shards, shard_index, shard_lines)

@@ -263,15 +263,18 @@ def test_default_block_shuffles_a_document_ordered_file_as_a_whole(tmp_path):
     assert 0.35 < np.mean(np.array(first) >= 12_000) < 0.65
 
 
-def test_default_block_size_counts_this_shards_lines_up_to_the_cap():
+def test_default_block_size_of_shuffled_and_ordered_streams():
     from sgmoe.data import MAX_SHUFFLE_BLOCK
     from sgmoe.data import TextFileSummary
     from sgmoe.data._pipeline import default_block_size
 
     files = [TextFileSummary("a", lines=700), TextFileSummary("b", lines=301)]
-    assert default_block_size(64, files, 1, False) == 64
-    assert default_block_size(None, files, 1, False) == 1001
+    assert default_block_size(64, True, files, 1, False) == 64
+    assert default_block_size(None, True, files, 1, False) == 1001
     # Four shards keeping every fourth line of the same files.
-    assert default_block_size(None, files, 4, True) == 251
+    assert default_block_size(None, True, files, 4, True) == 251
     huge = [TextFileSummary("c", lines=3 * MAX_SHUFFLE_BLOCK)]
-    assert default_block_size(None, huge, 1, False) == MAX_SHUFFLE_BLOCK
+    assert default_block_size(None, True, huge, 1, False) == MAX_SHUFFLE_BLOCK
+    # In file order, a window of 10,000 sorted by length: an evaluation's
+    # first batches are the first lines', as before.
+    assert default_block_size(None, False, huge, 1, False) == 10_000
