@@ -176,8 +176,10 @@ def check_training_flags(fail, positive=()):
 def shuffle_block(train_files):
     """The `block_size` of the training stream: --shuffle_block, or the
     lines of `train_files` (a list of paths; the source side for parallel
-    data) up to `sgmoe.data.MAX_SHUFFLE_BLOCK`, counted here so that the
-    run setup records the number."""
+    data) up to `sgmoe.data.MAX_SHUFFLE_BLOCK`. The datasets' own default
+    (`block_size=None`) gives the same number in one process but counts
+    each shard's lines; counting every file here keeps the batches of
+    multi-process runs what they were, at the cost of a second read."""
     from sgmoe import data
 
     return FLAGS.shuffle_block or data.count_lines(

@@ -70,9 +70,8 @@ class Router(RenamingLayer):
                  kernel_initializer=None, seed=None, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        self.num_experts = (
-            None if num_experts is None else
-            _validation.check_positive_int("num_experts", num_experts))
+        self.num_experts = _validation.check_optional_positive_int(
+            "num_experts", num_experts)
         self.z_loss_weight = _validation.check_non_negative_float(
             "z_loss_weight", z_loss_weight)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
