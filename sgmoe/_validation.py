@@ -26,10 +26,10 @@ def check_optional_positive_int(name, value):
 def check_optional_id(name, value):
     """None or an integer token id (`padding_id`)."""
     if value is not None and (isinstance(value, bool)
-                              or not isinstance(value, numbers.Integral)):
+                              or not isinstance(value, int)):
         raise ValueError(f"`{name}` must be None or an integer id, received "
                          f"{name}={value!r}.")
-    return None if value is None else int(value)
+    return value
 
 
 def check_non_negative_float(name, value):
