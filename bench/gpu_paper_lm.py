@@ -98,6 +98,10 @@ def parse_args(argv):
                      help="Share of the training time by which a worker "
                      "must have compiled its training step.")
     run.add_argument("--calibration_steps", type=int, default=30)
+    run.add_argument("--step_margin", type=float, default=0.7,
+                     help="Share of the training time left after "
+                     "calibration that the common step count is planned "
+                     "to fill at the slowest worker's pace.")
     run.add_argument("--max_train_steps", type=int, default=0,
                      help="0: as many as the budget allows.")
     run.add_argument("--inference_batch", type=int, default=64)
@@ -121,6 +125,8 @@ def parse_args(argv):
         except ValueError:
             parser.error(f"--seeds must be comma-separated integers, "
                          f"received {args.seeds!r}")
+        if not 0 < args.step_margin <= 1:
+            parser.error("--step_margin must be in (0, 1]")
         for name in ("model_dim", "budget_seconds", "calibration_steps",
                      "inference_batch", "prompt_length", "new_tokens",
                      "repeats"):
@@ -498,7 +504,8 @@ def run(args):
             per_step[name] = json.load(file)["seconds per step"]
     slowest = max(per_step.values()) if per_step else 1.0
     remaining = train_deadline - time.time()
-    train_steps = args.calibration_steps + int(0.7 * remaining / slowest)
+    train_steps = args.calibration_steps + int(
+        args.step_margin * remaining / slowest)
     if args.max_train_steps:
         train_steps = min(train_steps, args.max_train_steps)
     _write_json(os.path.join(directory, "go.json"),
@@ -548,6 +555,8 @@ def run(args):
                and time.time() < deadline - 20):
             time.sleep(0.2)
         if not ready("compiled", [name]):
+            say(f"no timing for {name}: generate not compiled (see "
+                "workers.log)")
             continue
         _write_json(os.path.join(directory, name + ".turn"), {})
         while (alive(name) and not ready("timed", [name])
