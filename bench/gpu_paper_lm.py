@@ -108,6 +108,9 @@ def parse_args(argv):
     run.add_argument("--prompt_length", type=int, default=8)
     run.add_argument("--new_tokens", type=int, default=56)
     run.add_argument("--repeats", type=int, default=5)
+    run.add_argument("--eval_batch", type=int, default=128,
+                     help="Rows per evaluation step (test batches are cut "
+                     "into pieces of this many: less memory at once).")
 
     worker = commands.add_parser("worker")
     worker.add_argument("--spec", required=True)
@@ -129,7 +132,7 @@ def parse_args(argv):
             parser.error("--step_margin must be in (0, 1]")
         for name in ("model_dim", "budget_seconds", "calibration_steps",
                      "inference_batch", "prompt_length", "new_tokens",
-                     "repeats"):
+                     "repeats", "eval_batch"):
             if getattr(args, name) <= 0:
                 parser.error(f"--{name} must be positive")
     return args
@@ -335,7 +338,7 @@ def worker(args):
     step = 0
     warm_up = train.shapes()
     for position in warm_up:  # compiles every shape: untimed extra steps
-        model.train_on_batch(*train.batch(position))
+        _train_step(model, *train.batch(position))
     row["compile seconds"] = time.time() - start
     row["warm-up steps"] = len(warm_up)
 
@@ -344,7 +347,7 @@ def worker(args):
         words, begin = 0, time.time()
         while step < steps and time.time() < deadline:
             inputs, targets = train(step)
-            model.train_on_batch(inputs, targets)
+            _train_step(model, inputs, targets)
             words += int(np.count_nonzero(targets))
             step += 1
         return words, time.time() - begin
@@ -366,9 +369,9 @@ def worker(args):
         "words/s": (words + calibration[0]) / (seconds + calibration[1]),
         "train seconds": seconds + calibration[1],
     })
-    evaluation = model.evaluate(
-        _generator(test), steps=len(test), verbose=0, return_dict=True)
-    row["test perplexity"] = float(evaluation["perplexity"])
+    row["peak training bytes"] = _peak_memory(jax.devices()[0])
+    row["test perplexity"] = _test_perplexity(model, test,
+                                              spec["eval_batch"])
     _write_json(path("row"), row)
     if not spec["time_inference"]:
         return
@@ -398,11 +401,52 @@ def worker(args):
     _write_json(path("timed"), {})
 
 
-def _generator(batches):
-    step = 0
-    while True:
-        yield batches(step % len(batches))
-        step += 1
+def _train_step(model, inputs, targets):
+    """One training step that raises if the device failed it.
+
+    Keras's `train_on_batch` turns its logs into floats inside a bare
+    `try`, so a step that failed on the device (out of memory on a shared
+    GPU, say) comes back as an unconverted array and every later step
+    fails at once: a worker would "train" at a few ms per step and die
+    only at evaluation. Converting again raises the real error here."""
+    logs = model.train_on_batch(inputs, targets, return_dict=True)
+    return {key: float(value) for key, value in logs.items()}
+
+
+def _peak_memory(device):
+    """Bytes at the device's high-water mark, or None where the backend
+    does not say (the CPU)."""
+    stats = device.memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _test_perplexity(model, test, eval_batch, attempts=4):
+    """Exact test perplexity over `test`, each batch cut into pieces of
+    `eval_batch` rows (the token-weighted mean is unchanged). Every worker
+    evaluates at about the same time on a device whose memory the
+    training runs have filled, so an out-of-memory error is retried after
+    a pause, when the others may be done."""
+    def pieces():
+        for step in range(len(test)):
+            inputs, targets = test(step)
+            for begin in range(0, len(inputs), eval_batch):
+                yield (inputs[begin:begin + eval_batch],
+                       targets[begin:begin + eval_batch])
+
+    steps = sum(-(-len(test(step)[0]) // eval_batch)
+                for step in range(len(test)))
+    for attempt in range(attempts):
+        try:
+            evaluation = model.evaluate(pieces(), steps=steps, verbose=0,
+                                        return_dict=True)
+            return float(evaluation["perplexity"])
+        except Exception as error:  # noqa: BLE001  XLA's OOM has no class
+            if ("RESOURCE_EXHAUSTED" not in str(error)
+                    or attempt == attempts - 1):
+                raise
+            print(f"evaluation out of memory (attempt {attempt + 1}); "
+                  "retrying", flush=True)
+            time.sleep(10 * (attempt + 1))
 
 
 def _prompts(test, count, length):
@@ -460,7 +504,8 @@ def run(args):
                 time_inference=seed == args.seeds[0],
                 inference_batch=args.inference_batch,
                 prompt_length=args.prompt_length,
-                new_tokens=args.new_tokens, repeats=args.repeats)
+                new_tokens=args.new_tokens, repeats=args.repeats,
+                eval_batch=args.eval_batch)
             spec_path = os.path.join(directory, name + ".spec.json")
             _write_json(spec_path, spec)
             log = open(os.path.join(directory, name + ".log"), "w")

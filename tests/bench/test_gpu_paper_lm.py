@@ -51,3 +51,48 @@ def test_prepare_run_report(tmp_path):
     assert lines[0].startswith("| model | run | steps |")
     quality = [line for line in lines if line.startswith("| MoE-4 | 1 |")]
     assert len(quality) == 2  # a quality row and a speed row
+
+
+class _FailedOnDevice:
+    """What Keras's logs hold after a device failure: an array whose
+    conversion to a float raises."""
+
+    def __float__(self):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+
+class _Model:
+    def __init__(self, loss):
+        self.loss = loss
+
+    def train_on_batch(self, inputs, targets, return_dict=False):
+        assert return_dict
+        return {"loss": self.loss, "perplexity": 3.0}
+
+
+def test_train_step_raises_what_keras_swallowed():
+    bench = load_bench("gpu_paper_lm")
+    assert bench._train_step(_Model(1.5), None, None) == {
+        "loss": 1.5, "perplexity": 3.0}
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        bench._train_step(_Model(_FailedOnDevice()), None, None)
+
+
+def test_test_perplexity_is_the_same_in_pieces(tmp_path):
+    """Cutting test batches into pieces of --eval_batch rows leaves the
+    token-weighted perplexity unchanged, padded rows included."""
+    bench = load_bench("gpu_paper_lm")
+    data = tmp_path / "data"
+    bench.main(["prepare", "--out", str(data), "--vocabulary_size", "200",
+                "--batch_size", "8", "--max_length", "16",
+                "--bucket_boundaries", "", "--max_train_batches", "2",
+                "--max_test_batches", "5"])
+    model = bench.build_model(dict(model="MoE-4", model_dim=8, seed=1,
+                                   learning_rate=1e-3), 200)
+    arrays = __import__("numpy").load(data / "batches.npz")
+    test = bench.Batches(arrays, "test")
+    whole = bench._test_perplexity(model, test, 8)
+    assert 1 < whole < 1000
+    for rows in (3, 5):
+        assert bench._test_perplexity(model, test, rows) == pytest.approx(
+            whole, rel=1e-5)
