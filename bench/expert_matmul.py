@@ -17,6 +17,7 @@ layer's capacity), this prints the compiled time of:
 Usage:
     python bench/expert_matmul.py --num_experts=1024,256,128,64,16,8
     KERAS_BACKEND=jax python bench/expert_matmul.py --num_experts=1024,64
+    python bench/expert_matmul.py --quick   # moe_layer.py's tiny sizes
 """
 
 import functools
@@ -73,17 +74,23 @@ PRODUCTS = {
 
 def main(argv):
     del argv
+    if FLAGS.quick:
+        FLAGS.num_tokens, FLAGS.model_dim, FLAGS.hidden_dim = 256, 64, 128
+        FLAGS.num_experts, FLAGS.repeats = ["4", "16"], 2
+    # moe_layer.py's default without --dropless (its flag defaults to None).
+    capacity_factor = (1.0 if FLAGS.capacity_factor is None
+                       else FLAGS.capacity_factor)
     rng = np.random.RandomState(0)
     d, h = FLAGS.model_dim, FLAGS.hidden_dim
     header = ["E", "C"] + list(PRODUCTS)
     print(f"backend {keras.backend.backend()}, T = {FLAGS.num_tokens}, "
-          f"k = {FLAGS.k}, capacity factor {FLAGS.capacity_factor:g}, "
+          f"k = {FLAGS.k}, capacity factor {capacity_factor:g}, "
           f"d = {d}, h = {h}; milliseconds, median of {FLAGS.repeats}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---:|" * len(header))
     for num_experts in [int(e) for e in FLAGS.num_experts]:
         capacity = dispatch.expert_capacity(
-            FLAGS.num_tokens, num_experts, FLAGS.k, FLAGS.capacity_factor)
+            FLAGS.num_tokens, num_experts, FLAGS.k, capacity_factor)
         args = [ops.convert_to_tensor(rng.randn(*shape).astype("float32"))
                 for shape in [(num_experts, capacity, d),
                               (num_experts, d, h),
@@ -92,7 +99,8 @@ def main(argv):
         for product in PRODUCTS.values():
             run = functools.partial(moe_layer.compile_function(product),
                                     *args)
-            cells.append(f"{1e3 * moe_layer.time_call(run, FLAGS.repeats):.1f}")
+            cells.append(
+                f"{1e3 * moe_layer.time_call(run, FLAGS.repeats):.2f}")
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         del args, run  # the next row's buffers need the memory
 

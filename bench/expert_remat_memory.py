@@ -7,6 +7,7 @@ is neither an argument nor an output, i.e. the activations kept for the
 backward pass and the working buffers). JAX backend only.
 
     KERAS_BACKEND=jax python bench/expert_remat_memory.py
+    KERAS_BACKEND=jax python bench/expert_remat_memory.py --quick
 """
 
 import os
@@ -27,6 +28,8 @@ flags.DEFINE_integer("hidden_dim", 1024, "h of each expert.")
 flags.DEFINE_integer("num_experts", 16, "Experts per layer.")
 flags.DEFINE_integer("k", 2, "Experts per token.")
 flags.DEFINE_list("num_layers", ["1", "2", "4", "8"], "Stack depths.")
+flags.DEFINE_bool("quick", False, "Seconds: T=256, d=64, h=128, 4 experts, "
+                  "depths 1 and 2 (overrides those flags).")
 
 MIB = 2**20
 
@@ -62,20 +65,23 @@ def main(argv):
     del argv
     if keras.backend.backend() != "jax":
         raise SystemExit("expert_remat_memory.py needs KERAS_BACKEND=jax")
+    if FLAGS.quick:
+        FLAGS.num_tokens, FLAGS.model_dim, FLAGS.hidden_dim = 256, 64, 128
+        FLAGS.num_experts, FLAGS.num_layers = 4, ["1", "2"]
     import jax
 
     hidden_mib = (FLAGS.num_tokens * FLAGS.k * FLAGS.hidden_dim * 4) / MIB
     print(f"devices: {jax.devices()} | T={FLAGS.num_tokens} "
           f"d={FLAGS.model_dim} h={FLAGS.hidden_dim} E={FLAGS.num_experts} "
           f"k={FLAGS.k}, capacity factor 1 | one layer's expert hidden "
-          f"activation [E, C, h]: {hidden_mib:.0f} MiB")
+          f"activation [E, C, h]: {hidden_mib:.2f} MiB")
     print("| MoE layers | temp MiB, stored | temp MiB, rematerialised | saved MiB |")
     print("|---:|---:|---:|---:|")
     for num_layers in (int(n) for n in FLAGS.num_layers):
         stored = temp_bytes(num_layers, False) / MIB
         remat = temp_bytes(num_layers, True) / MIB
-        print(f"| {num_layers} | {stored:.0f} | {remat:.0f} | "
-              f"{stored - remat:.0f} |")
+        print(f"| {num_layers} | {stored:.2f} | {remat:.2f} | "
+              f"{stored - remat:.2f} |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ fraction of the weight's size. Nothing is trained.
 
     python bench/optimizer_state.py
     python bench/optimizer_state.py --shape=1024,512,1024
+    python bench/optimizer_state.py --quick   # a [4, 8, 16] weight
 """
 
 import math
@@ -18,6 +19,7 @@ from sgmoe.optimizers import FactoredAdam
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shape", ["64", "512", "1024"], "Shape of the weight.")
+flags.DEFINE_bool("quick", False, "A [4, 8, 16] weight (overrides --shape).")
 
 
 def state_values(optimizer):
@@ -28,7 +30,7 @@ def state_values(optimizer):
 
 def main(argv):
     del argv
-    shape = tuple(int(s) for s in FLAGS.shape)
+    shape = (4, 8, 16) if FLAGS.quick else tuple(int(s) for s in FLAGS.shape)
     weight = keras.Variable(keras.ops.zeros(shape), name="kernel_in")
     size = math.prod(shape)
     print(f"weight {list(shape)}: {size:,} values "

@@ -16,13 +16,14 @@ def load_bench(name):
     return module
 
 
-def run_bench(name, *args):
+def run_bench(name, *args, **environment):
     """stdout of `python bench/<name>.py args...` in a new process (for
-    benchmarks that start processes of their own or parse absl flags)."""
+    benchmarks that start processes of their own or parse absl flags),
+    with `environment` added to this process's variables."""
     import subprocess
     import sys
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **environment)
     result = subprocess.run(
         [sys.executable, os.path.join(BENCH, f"{name}.py"), *args],
         capture_output=True, text=True, env=env, timeout=600, check=False)
