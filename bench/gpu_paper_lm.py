@@ -70,7 +70,9 @@ def parse_args(argv):
     prepare.add_argument("--test_files", default=os.path.join(
         DATA_DIR, "manuals.test.txt.gz"))
     prepare.add_argument("--vocabulary_size", type=int, default=10000)
-    prepare.add_argument("--batch_size", type=int, default=128)
+    prepare.add_argument("--batch_size", type=int, default=256,
+                         help="Sentences per step (512 ran 21 runs out of "
+                         "an H200's memory; docs/gpu_lm.md).")
     prepare.add_argument("--max_length", type=int, default=48)
     prepare.add_argument("--bucket_boundaries", default="24",
                          help="Padded lengths below --max_length (each is "
@@ -141,18 +143,35 @@ def parse_args(argv):
 # ---------------------------------------------------------------- prepare
 
 
-def _stack(batches):
+def _stack(batches, eos_id):
     """{length: uint16 [n, batch, length + 1]} and the order (bucket
-    length, index) of `batches` of (inputs, targets)."""
+    length, index) of `batches` of (inputs, targets).
+
+    A stored row is `<S>`, the words, `</S>`, then padding: the first
+    input followed by the targets. The inputs are that row without its
+    last column and with `</S>` made padding again (`_split`), because an
+    input row ends where its targets have `</S>`."""
     groups, order = {}, []
     for inputs, targets in batches:
         inputs, targets = np.asarray(inputs), np.asarray(targets)
-        sequence = np.concatenate([inputs, targets[:, -1:]], axis=1)
+        sequence = np.concatenate([inputs[:, :1], targets], axis=1)
+        restored = _split(sequence, eos_id)
+        if not (np.array_equal(restored[0], inputs)
+                and np.array_equal(restored[1], targets)):
+            raise SystemExit("gpu_paper_lm: the dataset's inputs are not "
+                             "<S> + the targets before </S>; cannot store "
+                             "them as one row")
         length = inputs.shape[1]
         order.append((length, len(groups.setdefault(length, []))))
         groups[length].append(sequence.astype("uint16"))
     return ({length: np.stack(rows) for length, rows in groups.items()},
             np.array(order, "int32"))
+
+
+def _split(sequence, eos_id):
+    """(inputs, targets) of stored rows (see `_stack`)."""
+    inputs = sequence[:, :-1]
+    return np.where(inputs == eos_id, 0, inputs), sequence[:, 1:]
 
 
 def _padded(batches, batch_size):
@@ -192,11 +211,11 @@ def prepare(args):
         train = train.take(args.max_train_batches)
     if args.max_test_batches:
         test = test.take(args.max_test_batches)
-    arrays, summary = {}, {}
+    arrays, summary = {"eos_id": np.array(vocabulary.eos_id)}, {}
     for split, batches in (("train", train.as_numpy_iterator()),
                            ("test", _padded(test.as_numpy_iterator(),
                                             args.batch_size))):
-        groups, order = _stack(batches)
+        groups, order = _stack(batches, vocabulary.eos_id)
         arrays[f"{split}_order"] = order
         for length, stacked in groups.items():
             arrays[f"{split}_{length}"] = stacked
@@ -223,6 +242,11 @@ class Batches:
     """The prepared batches of one split, in a seed's order."""
 
     def __init__(self, data, split, seed=None):
+        if "eos_id" not in data.files:
+            raise SystemExit("gpu_paper_lm: these batches come from an "
+                             "earlier `prepare`, which lost every </S> "
+                             "target; run `prepare` again")
+        self.eos_id = int(data["eos_id"])
         self.order = data[f"{split}_order"]
         self.groups = {int(key.rsplit("_", 1)[1]): data[key]
                        for key in data.files
@@ -251,8 +275,8 @@ class Batches:
         """(inputs, targets) int32 of the batch at `position` of the
         prepared order."""
         length, row = self.order[position]
-        sequence = self.groups[int(length)][row].astype("int32")
-        return sequence[:, :-1], sequence[:, 1:]
+        return _split(self.groups[int(length)][row].astype("int32"),
+                      self.eos_id)
 
     def shapes(self):
         """Positions (for `batch`) of one batch of each padded length."""

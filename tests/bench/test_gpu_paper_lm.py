@@ -22,6 +22,7 @@ def test_prepare_run_report(tmp_path):
     summary = json.loads((data / "summary.json").read_text())
     assert summary["train"]["batches"] == 20
     assert summary["vocabulary_size"] == 200  # special ids included
+    _check_batches_are_the_datasets(bench, data)
 
     out = tmp_path / "out"
     bench.main(["run", "--data", str(data), "--out_dir", str(out),
@@ -96,3 +97,31 @@ def test_test_perplexity_is_the_same_in_pieces(tmp_path):
     for rows in (3, 5):
         assert bench._test_perplexity(model, test, rows) == pytest.approx(
             whole, rel=1e-5)
+
+
+def _check_batches_are_the_datasets(bench, prepared):
+    """The stored test batches give back the dataset's (inputs, targets)
+    exactly, every </S> target included (a first version stored the
+    inputs plus one column and lost them)."""
+    import numpy as np
+
+    from sgmoe import data
+
+    arrays = np.load(prepared / "batches.npz")
+    test = bench.Batches(arrays, "test")
+    vocabulary = data.WordVocabulary.build(
+        bench.os.path.join(bench.DATA_DIR, "manuals.train.txt.gz"),
+        vocabulary_size=200)
+    expected = data.language_model_dataset(
+        bench.os.path.join(bench.DATA_DIR, "manuals.test.txt.gz"),
+        vocabulary, 8, 16, bucket_boundaries=[]).take(30).as_numpy_iterator()
+    ends = sentences = 0
+    for position, (inputs, targets) in enumerate(expected):
+        got_inputs, got_targets = test.batch(position)
+        rows = len(inputs)  # the last batch is padded with empty rows
+        np.testing.assert_array_equal(got_inputs[:rows], inputs)
+        np.testing.assert_array_equal(got_targets[:rows], targets)
+        assert not got_targets[rows:].any()
+        ends += int(np.sum(got_targets == vocabulary.eos_id))
+        sentences += rows
+    assert ends == sentences > 0  # one </S> target per sentence
