@@ -11,14 +11,21 @@ from tests.bench.bench_module import load_bench
 pytestmark = pytest.mark.subprocess
 
 
-def test_prepare_run_report(tmp_path):
-    bench = load_bench("gpu_paper_lm")
+def _prepare(bench, tmp_path, train_batches, test_batches):
+    """Batches of 8 sentences of the bundled manuals, 200 words, one
+    padded length (16): one compilation of each step per worker."""
     data = tmp_path / "data"
-    # One padded length (16): one compilation of each step per worker.
     bench.main(["prepare", "--out", str(data), "--vocabulary_size", "200",
                 "--batch_size", "8", "--max_length", "16",
-                "--bucket_boundaries", "", "--max_train_batches", "20",
-                "--max_test_batches", "30"])
+                "--bucket_boundaries", "",
+                "--max_train_batches", str(train_batches),
+                "--max_test_batches", str(test_batches)])
+    return data
+
+
+def test_prepare_run_report(tmp_path):
+    bench = load_bench("gpu_paper_lm")
+    data = _prepare(bench, tmp_path, train_batches=20, test_batches=30)
     summary = json.loads((data / "summary.json").read_text())
     assert summary["train"]["batches"] == 20
     assert summary["vocabulary_size"] == 200  # special ids included
@@ -83,11 +90,7 @@ def test_test_perplexity_is_the_same_in_pieces(tmp_path):
     """Cutting test batches into pieces of --eval_batch rows leaves the
     token-weighted perplexity unchanged, padded rows included."""
     bench = load_bench("gpu_paper_lm")
-    data = tmp_path / "data"
-    bench.main(["prepare", "--out", str(data), "--vocabulary_size", "200",
-                "--batch_size", "8", "--max_length", "16",
-                "--bucket_boundaries", "", "--max_train_batches", "2",
-                "--max_test_batches", "5"])
+    data = _prepare(bench, tmp_path, train_batches=2, test_batches=5)
     model = bench.build_model(dict(model="MoE-4", model_dim=8, seed=1,
                                    learning_rate=1e-3), 200)
     arrays = __import__("numpy").load(data / "batches.npz")
