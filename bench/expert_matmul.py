@@ -74,23 +74,19 @@ PRODUCTS = {
 
 def main(argv):
     del argv
-    if FLAGS.quick:
-        FLAGS.num_tokens, FLAGS.model_dim, FLAGS.hidden_dim = 256, 64, 128
-        FLAGS.num_experts, FLAGS.repeats = ["4", "16"], 2
-    # moe_layer.py's default without --dropless (its flag defaults to None).
-    capacity_factor = (1.0 if FLAGS.capacity_factor is None
-                       else FLAGS.capacity_factor)
+    sizes = moe_layer.flag_sizes()
+    capacity_factor = moe_layer.flag_capacity_factor()
     rng = np.random.RandomState(0)
-    d, h = FLAGS.model_dim, FLAGS.hidden_dim
+    d, h = sizes["model_dim"], sizes["hidden_dim"]
     header = ["E", "C"] + list(PRODUCTS)
-    print(f"backend {keras.backend.backend()}, T = {FLAGS.num_tokens}, "
-          f"k = {FLAGS.k}, capacity factor {capacity_factor:g}, "
-          f"d = {d}, h = {h}; milliseconds, median of {FLAGS.repeats}")
+    print(f"backend {keras.backend.backend()}, T = {sizes['num_tokens']}, "
+          f"k = {sizes['k']}, capacity factor {capacity_factor:g}, "
+          f"d = {d}, h = {h}; milliseconds, median of {sizes['repeats']}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---:|" * len(header))
-    for num_experts in [int(e) for e in FLAGS.num_experts]:
+    for num_experts in sizes["num_experts"]:
         capacity = dispatch.expert_capacity(
-            FLAGS.num_tokens, num_experts, FLAGS.k, capacity_factor)
+            sizes["num_tokens"], num_experts, sizes["k"], capacity_factor)
         args = [ops.convert_to_tensor(rng.randn(*shape).astype("float32"))
                 for shape in [(num_experts, capacity, d),
                               (num_experts, d, h),
@@ -100,7 +96,7 @@ def main(argv):
             run = functools.partial(moe_layer.compile_function(product),
                                     *args)
             cells.append(
-                f"{1e3 * moe_layer.time_call(run, FLAGS.repeats):.2f}")
+                f"{1e3 * moe_layer.time_call(run, sizes['repeats']):.2f}")
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         del args, run  # the next row's buffers need the memory
 

@@ -617,25 +617,36 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def flag_sizes():
+    """{num_tokens, model_dim, hidden_dim, k, num_experts (ints), repeats}
+    from the flags, with --quick's tiny sizes over them: the sizes this
+    script shares with moe_profile.py and expert_matmul.py."""
+    sizes = {"num_tokens": FLAGS.num_tokens, "model_dim": FLAGS.model_dim,
+             "hidden_dim": FLAGS.hidden_dim, "k": FLAGS.k,
+             "num_experts": [int(e) for e in FLAGS.num_experts],
+             "repeats": FLAGS.repeats}
+    if FLAGS.quick:
+        sizes.update(num_tokens=256, model_dim=64, hidden_dim=128,
+                     num_experts=[4, 16], repeats=2)
+    return sizes
+
+
+def flag_capacity_factor():
+    """--capacity_factor, or its default: 1.25 with --dropless, else 1."""
+    if FLAGS.capacity_factor is not None:
+        return FLAGS.capacity_factor
+    return 1.25 if FLAGS.dropless else 1.0
+
+
 def main(argv):
     del argv
-    if FLAGS.quick:
-        config = {"num_tokens": 256, "model_dim": 64, "hidden_dim": 128,
-                  "k": FLAGS.k, "num_experts": [4, 16], "repeats": 2}
-    else:
-        config = {"num_tokens": FLAGS.num_tokens,
-                  "model_dim": FLAGS.model_dim,
-                  "hidden_dim": FLAGS.hidden_dim, "k": FLAGS.k,
-                  "num_experts": [int(e) for e in FLAGS.num_experts],
-                  "repeats": FLAGS.repeats}
+    config = flag_sizes()
     config["router"] = FLAGS.router
     config["dropless"] = FLAGS.dropless
     config["block_size"] = FLAGS.block_size
     config["k"] = {"switch": SwitchRouter.k, "gshard": GShardRouter.k,
                    "hierarchical": 4}.get(FLAGS.router, config["k"])
-    config["capacity_factor"] = (
-        FLAGS.capacity_factor if FLAGS.capacity_factor is not None
-        else 1.25 if FLAGS.dropless else 1.0)
+    config["capacity_factor"] = flag_capacity_factor()
     config["dense_limit_gb"] = FLAGS.dense_limit_gb
     if config["repeats"] < 1:
         raise ValueError(

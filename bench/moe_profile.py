@@ -37,7 +37,6 @@ import os
 import sys
 
 from absl import app
-from absl import flags
 import keras
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,9 +47,8 @@ from sgmoe.layers import MixtureOfExperts  # noqa: E402
 from sgmoe.layers import dispatch  # noqa: E402
 
 # The flags are bench/moe_layer.py's (--num_tokens, --model_dim,
-# --hidden_dim, --k, --num_experts, --repeats, --quick); its other flags
-# do not apply here.
-FLAGS = flags.FLAGS
+# --hidden_dim, --k, --num_experts, --repeats, --quick, read through its
+# `flag_sizes`); its other flags do not apply here.
 
 PARTS = ("step", "router", "dispatched_experts", "experts",
          "batched_floor", "compute_floor", "memory_floor")
@@ -177,14 +175,8 @@ def table_row(num_experts, ms):
 
 def main(argv):
     del argv
-    config = {"num_tokens": FLAGS.num_tokens, "model_dim": FLAGS.model_dim,
-              "hidden_dim": FLAGS.hidden_dim, "k": FLAGS.k,
-              "repeats": FLAGS.repeats}
-    num_experts = [int(e) for e in FLAGS.num_experts]
-    if FLAGS.quick:
-        config.update(num_tokens=256, model_dim=64, hidden_dim=128,
-                      repeats=2)
-        num_experts = [4, 16]
+    config = moe_layer.flag_sizes()
+    num_experts = config.pop("num_experts")
     print(moe_layer.machine_description())
     print(f"T={config['num_tokens']} d={config['model_dim']} "
           f"h={config['hidden_dim']} k={config['k']}, dropless, noisy "
