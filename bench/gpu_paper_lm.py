@@ -457,8 +457,9 @@ def _test_perplexity(model, test, eval_batch, attempts=4):
                 yield (inputs[begin:begin + eval_batch],
                        targets[begin:begin + eval_batch])
 
-    steps = sum(-(-len(test(step)[0]) // eval_batch)
-                for step in range(len(test)))
+    # Every stored batch has the same rows (short ones are padded).
+    rows = next(iter(test.groups.values())).shape[1]
+    steps = len(test) * -(-rows // eval_batch)
     for attempt in range(attempts):
         try:
             evaluation = model.evaluate(pieces(), steps=steps, verbose=0,

@@ -4,6 +4,7 @@ and the report."""
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.bench.bench_module import load_bench
@@ -93,7 +94,7 @@ def test_test_perplexity_is_the_same_in_pieces(tmp_path):
     data = _prepare(bench, tmp_path, train_batches=2, test_batches=5)
     model = bench.build_model(dict(model="MoE-4", model_dim=8, seed=1,
                                    learning_rate=1e-3), 200)
-    arrays = __import__("numpy").load(data / "batches.npz")
+    arrays = np.load(data / "batches.npz")
     test = bench.Batches(arrays, "test")
     whole = bench._test_perplexity(model, test, 8)
     assert 1 < whole < 1000
@@ -106,8 +107,6 @@ def _check_batches_are_the_datasets(bench, prepared):
     """The stored test batches give back the dataset's (inputs, targets)
     exactly, every </S> target included (a first version stored the
     inputs plus one column and lost them)."""
-    import numpy as np
-
     from sgmoe import data
 
     arrays = np.load(prepared / "batches.npz")
