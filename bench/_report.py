@@ -3,6 +3,7 @@ their markdown tables."""
 
 import datetime
 import json
+import math
 import os
 import platform
 
@@ -54,7 +55,8 @@ def training_run(model, run_dir, label, seed, train_files, args,
 def summarize(rows, keys, means=(), metric=METRIC):
     """Per value of `keys`, in order of first appearance: the mean,
     spread (max - min) and per-seed values of `metric`, the first row's
-    parameters, and the mean of each column in `means`."""
+    parameters, and the mean of each column in `means` over the rows
+    where it is finite."""
     groups = {}
     for row in rows:
         groups.setdefault(tuple(row[key] for key in keys), []).append(row)
@@ -68,7 +70,10 @@ def summarize(rows, keys, means=(), metric=METRIC):
             values=values, seeds=[row["seed"] for row in group],
             per_seed=" ".join(f"{v:.2f}" for v in values))
         for column in means:
-            entry[column] = float(np.mean([row[column] for row in group]))
+            # A row finished by an earlier invocation has no words/s (nan).
+            finite = [row[column] for row in group
+                      if np.isfinite(row[column])]
+            entry[column] = float(np.mean(finite)) if finite else math.nan
         summary.append(entry)
     return summary
 

@@ -131,3 +131,17 @@ def test_quick_runs_write_the_tables(tmp_path, experiment):
                 f"{curve[1][1]:.2f} |") in text
         assert os.path.getsize(tmp_path / "out"
                                / "lm_balancing_curves.png") > 1000
+
+
+def test_summary_means_skip_rows_without_a_speed():
+    report = load_bench("_report")
+    rows = [{"model": "a", "seed": seed, "parameters": 3,
+             "test perplexity": value, "words/s": speed}
+            for seed, value, speed in ((1, 10.0, 100.0), (2, 12.0, math.nan),
+                                       (3, 11.0, 300.0))]
+    (entry,) = report.summarize(rows, ["model"], ["words/s"])
+    assert entry["mean"] == pytest.approx(11.0)
+    assert entry["spread"] == pytest.approx(2.0)
+    assert entry["words/s"] == pytest.approx(200.0)
+    (entry,) = report.summarize(rows[1:2], ["model"], ["words/s"])
+    assert math.isnan(entry["words/s"])
