@@ -114,6 +114,10 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--model_dim", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="Dropout after every layer but the softmax, "
+                        "in every model; default: the presets' (the "
+                        "paper's 0.1).")
     parser.add_argument("--vocabulary_size", type=int, default=8000)
     parser.add_argument("--max_length", type=int, default=48)
     parser.add_argument("--num_sampled", type=int, default=0,
@@ -147,6 +151,8 @@ def parse_args(argv):
             parser.error(f"--{name} must be positive")
     if args.block_size < 0:
         parser.error("--block_size must be 0 (all) or positive")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be in [0, 1), received {args.dropout}")
     try:
         args.seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
@@ -291,6 +297,8 @@ class Experiment:
         from sgmoe.models.language_model_presets import PRESETS
 
         args = self.args
+        if args.dropout is not None:
+            overrides = dict(overrides, dropout=args.dropout)
         keras.utils.set_random_seed(seed)  # the initial weights too
         model = models.MoELanguageModel(**merge(PRESETS[preset], dict(
             overrides, vocabulary_size=len(self.vocabulary),
@@ -401,6 +409,8 @@ def write_outputs(args, experiment, rows, seconds, argv):
         f"model_dim {args.model_dim}, {args.train_steps} steps of "
         f"{args.batch_size} sentences (shuffled in blocks of "
         f"{experiment.block_size:,}), Adam {args.learning_rate:g}, "
+        + (f"dropout {args.dropout:g}, " if args.dropout is not None
+           else "")
         + (f"sampled softmax ({args.num_sampled}) in training, "
            if args.num_sampled else "")
         + f"seeds {','.join(map(str, args.seeds))}.")

@@ -145,3 +145,19 @@ def test_summary_means_skip_rows_without_a_speed():
     assert entry["words/s"] == pytest.approx(200.0)
     (entry,) = report.summarize(rows[1:2], ["model"], ["words/s"])
     assert math.isnan(entry["words/s"])
+
+
+def test_dropout_flag_reaches_every_model(tmp_path):
+    bench = load_bench("paper_lm")
+    corpus = small_corpus(tmp_path)
+    for flags, expected in (([], 0.1), (["--dropout=0.3"], 0.3),
+                            (["--dropout=0"], 0.0)):
+        args = bench.parse_args(["--quick", *flags, *corpus])
+        experiment = bench.Experiment(args)
+        for _, preset, overrides in bench.models_to_train(args):
+            model = experiment.build(preset, overrides, seed=1)
+            assert model.dropout == expected
+            assert model.get_config()["dropout"] == expected
+    for bad in ("1", "-0.1"):
+        with pytest.raises(SystemExit):
+            bench.parse_args([f"--dropout={bad}"])
