@@ -81,6 +81,9 @@ CAPACITY_MODELS = [
     ("MoE-256", "moe_256", {"expert_hidden_dim": 2}),
     ("MoE-256-h", "moe_256_h", {"expert_hidden_dim": 2}),
 ]
+# Arguments every model gets from the data and the bench's own flags.
+BENCH_KEYS = ("vocabulary_size", "model_dim", "num_sampled", "padding_id",
+              "seed")
 BALANCING_WEIGHTS = [(0.0, 0.0), (0.2, 0.0), (0.0, 0.2), (0.1, 0.1),
                      (0.01, 0.01), (1.0, 1.0)]
 BALANCING_COLUMNS = ["CV(Importance)", "CV(Load)", "max/mean Load",
@@ -114,10 +117,12 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--model_dim", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
-    parser.add_argument("--dropout", type=float, default=None,
-                        help="Dropout after every layer but the softmax, "
-                        "in every model; default: the presets' (the "
-                        "paper's 0.1).")
+    parser.add_argument("--hparams", default="",
+                        help="Overrides of every model's arguments, as the "
+                        "scripts' --hparams (sgmoe.models.config_overrides),"
+                        " e.g. 'dropout=0' or 'moe.output_activation=linear'"
+                        "; a key a model of --models lacks, or one the "
+                        "bench or the experiment sets, is refused.")
     parser.add_argument("--vocabulary_size", type=int, default=8000)
     parser.add_argument("--max_length", type=int, default=48)
     parser.add_argument("--num_sampled", type=int, default=0,
@@ -151,8 +156,12 @@ def parse_args(argv):
             parser.error(f"--{name} must be positive")
     if args.block_size < 0:
         parser.error("--block_size must be 0 (all) or positive")
-    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
-        parser.error(f"--dropout must be in [0, 1), received {args.dropout}")
+    from sgmoe.models import parse_overrides
+
+    try:
+        args.overrides = parse_overrides(args.hparams)
+    except ValueError as error:
+        parser.error(f"--hparams: {error}")
     try:
         args.seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
@@ -199,7 +208,51 @@ def models_to_train(args):
                              f"the {args.experiment} experiment has "
                              f"{[label for label, _, _ in models]}")
         models = [model for model in models if key(model[0]) in wanted]
-    return models
+    return [(label, preset, with_hparams(args, label, preset, overrides))
+            for label, preset, overrides in models]
+
+
+def dotted_keys(overrides, prefix=""):
+    """The leaf keys of a nested override dict, as "a.b.c"."""
+    keys = []
+    for key, value in overrides.items():
+        if isinstance(value, dict) and value:
+            keys += dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def with_hparams(args, label, preset, overrides):
+    """The model's overrides with --hparams over them, checked now, before
+    any data is read: a key the bench sets (from the data and its flags)
+    or the experiment varies, a key the model lacks and a value the model
+    refuses end the run with one line."""
+    from sgmoe import models
+    from sgmoe.models.language_model_presets import PRESETS
+
+    if not args.overrides:
+        return overrides
+    taken = set(BENCH_KEYS) | set(dotted_keys(overrides))
+    for key in dotted_keys(args.overrides):
+        clash = [other for other in taken if key == other
+                 or key.startswith(other + ".") or other.startswith(key + ".")]
+        if clash:
+            raise SystemExit(
+                f"paper_lm: --hparams {key!r} is set by the bench or the "
+                f"{args.experiment} experiment for {label} ({clash[0]}), "
+                "not by --hparams")
+    try:
+        config = models.apply_overrides(
+            models.MoELanguageModel, PRESETS[preset],
+            models.config_overrides.merge(overrides, args.overrides))
+        models.MoELanguageModel(**dict(
+            config, vocabulary_size=args.vocabulary_size,
+            model_dim=args.model_dim, num_sampled=args.num_sampled or None,
+            padding_id=0))
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"paper_lm: --hparams for {label}: {error}")
+    return models.config_overrides.merge(overrides, args.overrides)
 
 
 def slug(label):
@@ -297,11 +350,11 @@ class Experiment:
         from sgmoe.models.language_model_presets import PRESETS
 
         args = self.args
-        if args.dropout is not None:
-            overrides = dict(overrides, dropout=args.dropout)
         keras.utils.set_random_seed(seed)  # the initial weights too
-        model = models.MoELanguageModel(**merge(PRESETS[preset], dict(
-            overrides, vocabulary_size=len(self.vocabulary),
+        config = models.apply_overrides(models.MoELanguageModel,
+                                        PRESETS[preset], overrides)
+        model = models.MoELanguageModel(**merge(config, dict(
+            vocabulary_size=len(self.vocabulary),
             model_dim=args.model_dim, num_sampled=args.num_sampled or None,
             padding_id=0, seed=seed)))
         model.build((None, None))
@@ -409,8 +462,7 @@ def write_outputs(args, experiment, rows, seconds, argv):
         f"model_dim {args.model_dim}, {args.train_steps} steps of "
         f"{args.batch_size} sentences (shuffled in blocks of "
         f"{experiment.block_size:,}), Adam {args.learning_rate:g}, "
-        + (f"dropout {args.dropout:g}, " if args.dropout is not None
-           else "")
+        + (f"--hparams {args.hparams}, " if args.hparams else "")
         + (f"sampled softmax ({args.num_sampled}) in training, "
            if args.num_sampled else "")
         + f"seeds {','.join(map(str, args.seeds))}.")

@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import keras
 import pytest
 
 from tests.bench.bench_module import load_bench
@@ -147,17 +148,43 @@ def test_summary_means_skip_rows_without_a_speed():
     assert math.isnan(entry["words/s"])
 
 
-def test_dropout_flag_reaches_every_model(tmp_path):
+def test_hparams_reach_every_model_and_bad_keys_end_the_run(tmp_path):
     bench = load_bench("paper_lm")
     corpus = small_corpus(tmp_path)
-    for flags, expected in (([], 0.1), (["--dropout=0.3"], 0.3),
-                            (["--dropout=0"], 0.0)):
+
+    def built(*flags):
         args = bench.parse_args(["--quick", *flags, *corpus])
         experiment = bench.Experiment(args)
-        for _, preset, overrides in bench.models_to_train(args):
-            model = experiment.build(preset, overrides, seed=1)
+        return {label: experiment.build(preset, overrides, seed=1)
+                for label, preset, overrides in bench.models_to_train(args)}
+
+    for flags, expected in (([], 0.1), (["--hparams=dropout=0.3"], 0.3),
+                            (["--hparams=dropout=0"], 0.0)):
+        for model in built(*flags).values():
             assert model.dropout == expected
             assert model.get_config()["dropout"] == expected
-    for bad in ("1", "-0.1"):
-        with pytest.raises(SystemExit):
-            bench.parse_args([f"--dropout={bad}"])
+    for flags, expected in (([], keras.activations.sigmoid),
+                            (["--hparams=moe.output_activation=linear"],
+                             keras.activations.linear)):
+        (model,) = built("--models=MoE-256-h", *flags).values()
+        (layer,) = model.moe_layers()
+        assert layer.output_activation is expected
+        assert model.get_config()["moe"]["expert_hidden_dim"] == 16  # 2 d
+
+    def refused(*flags):
+        with pytest.raises(SystemExit) as error:
+            bench.models_to_train(bench.parse_args([*flags, *corpus]))
+        return str(error.value)
+
+    # 4xLSTM has no MoE layer; the bench sets the width and the experiment
+    # the expert width and the balancing weights.
+    assert "4xLSTM" in refused("--hparams=moe.output_activation=linear")
+    assert "model_dim" in refused("--hparams=model_dim=8")
+    assert "expert_hidden_dim" in refused(
+        "--models=MoE-4", "--hparams=moe.expert_hidden_dim=8")
+    assert "load_weight" in refused(
+        "--experiment=balancing", "--hparams=moe.router_args.load_weight=0")
+    assert "dropout" in refused("--hparams=dropout=1")
+    assert "bogus" in refused("--hparams=bogus=1")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--hparams=dropout"])
