@@ -84,6 +84,9 @@ CAPACITY_MODELS = [
 # Arguments every model gets from the data and the bench's own flags.
 BENCH_KEYS = ("vocabulary_size", "model_dim", "num_sampled", "padding_id",
               "seed")
+# The configurations of one kind of layer: an --hparams key under one of
+# them changes the models with such a layer and leaves the others alone.
+LAYER_CONFIGS = ("moe", "feed_forward")
 BALANCING_WEIGHTS = [(0.0, 0.0), (0.2, 0.0), (0.0, 0.2), (0.1, 0.1),
                      (0.01, 0.01), (1.0, 1.0)]
 BALANCING_COLUMNS = ["CV(Importance)", "CV(Load)", "max/mean Load",
@@ -121,8 +124,9 @@ def parse_args(argv):
                         help="Overrides of every model's arguments, as the "
                         "scripts' --hparams (sgmoe.models.config_overrides),"
                         " e.g. 'dropout=0' or 'moe.output_activation=linear'"
-                        "; a key a model of --models lacks, or one the "
-                        "bench or the experiment sets, is refused.")
+                        ": moe.* and feed_forward.* change the models with "
+                        "such a layer; a key no model of the run takes, or "
+                        "one the bench or the experiment sets, is refused.")
     parser.add_argument("--vocabulary_size", type=int, default=8000)
     parser.add_argument("--max_length", type=int, default=48)
     parser.add_argument("--num_sampled", type=int, default=0,
@@ -184,7 +188,10 @@ def _widths(preset, widths, model_dim):
 
 def models_to_train(args):
     """(label, preset, overrides) of each model of the experiment, those
-    of --models alone when it is given (labels compared without spaces)."""
+    of --models alone when it is given (labels compared without spaces),
+    with --hparams."""
+    from sgmoe.models.language_model_presets import PRESETS
+
     if args.experiment == "capacity":
         models = [(label, preset, _widths(preset, widths, args.model_dim))
                   for label, preset, widths in CAPACITY_MODELS]
@@ -208,6 +215,12 @@ def models_to_train(args):
                              f"the {args.experiment} experiment has "
                              f"{[label for label, _, _ in models]}")
         models = [model for model in models if key(model[0]) in wanted]
+    for key in LAYER_CONFIGS:
+        if key in args.overrides and not any(
+                PRESETS[preset].get(key) for _, preset, _ in models):
+            raise SystemExit(
+                f"paper_lm: --hparams {key}.*: none of the models "
+                f"{[label for label, _, _ in models]} has a {key} layer")
     return [(label, preset, with_hparams(args, label, preset, overrides))
             for label, preset, overrides in models]
 
@@ -224,17 +237,20 @@ def dotted_keys(overrides, prefix=""):
 
 
 def with_hparams(args, label, preset, overrides):
-    """The model's overrides with --hparams over them, checked now, before
-    any data is read: a key the bench sets (from the data and its flags)
-    or the experiment varies, a key the model lacks and a value the model
-    refuses end the run with one line."""
+    """The model's overrides with --hparams over them (its moe.* and
+    feed_forward.* keys only where the model has such a layer), checked
+    now, before any data is read: a key the bench sets (from the data and
+    its flags) or the experiment varies, an unknown key and a value the
+    model refuses end the run with one line."""
     from sgmoe import models
     from sgmoe.models.language_model_presets import PRESETS
 
-    if not args.overrides:
+    hparams = {key: value for key, value in args.overrides.items()
+               if key not in LAYER_CONFIGS or PRESETS[preset].get(key)}
+    if not hparams:
         return overrides
     taken = set(BENCH_KEYS) | set(dotted_keys(overrides))
-    for key in dotted_keys(args.overrides):
+    for key in dotted_keys(hparams):
         clash = [other for other in taken if key == other
                  or key.startswith(other + ".") or other.startswith(key + ".")]
         if clash:
@@ -245,14 +261,14 @@ def with_hparams(args, label, preset, overrides):
     try:
         config = models.apply_overrides(
             models.MoELanguageModel, PRESETS[preset],
-            models.config_overrides.merge(overrides, args.overrides))
+            models.config_overrides.merge(overrides, hparams))
         models.MoELanguageModel(**dict(
             config, vocabulary_size=args.vocabulary_size,
             model_dim=args.model_dim, num_sampled=args.num_sampled or None,
             padding_id=0))
     except (TypeError, ValueError) as error:
         raise SystemExit(f"paper_lm: --hparams for {label}: {error}")
-    return models.config_overrides.merge(overrides, args.overrides)
+    return models.config_overrides.merge(overrides, hparams)
 
 
 def slug(label):

@@ -176,9 +176,20 @@ def test_hparams_reach_every_model_and_bad_keys_end_the_run(tmp_path):
             bench.models_to_train(bench.parse_args([*flags, *corpus]))
         return str(error.value)
 
-    # 4xLSTM has no MoE layer; the bench sets the width and the experiment
-    # the expert width and the balancing weights.
-    assert "4xLSTM" in refused("--hparams=moe.output_activation=linear")
+    # moe.* changes the models with a MoE layer (MoE-256-h), not 4xLSTM;
+    # a run whose models have no such layer is refused.
+    models = built("--hparams=moe.output_activation=linear,dropout=0.2")
+    assert [layer.output_activation for layer in
+            models["MoE-256-h"].moe_layers()] == [keras.activations.linear]
+    assert models["4xLSTM"].get_config() == dict(
+        built("--models=4xLSTM", "--hparams=dropout=0.2")[
+            "4xLSTM"].get_config())
+    assert "moe" in refused("--models=4xLSTM",
+                            "--hparams=moe.output_activation=linear")
+    assert "feed_forward" in refused("--models=MoE-4,4xLSTM",
+                                     "--hparams=feed_forward.hidden_dim=8")
+    # The bench sets the width, the experiment the expert width and the
+    # balancing weights.
     assert "model_dim" in refused("--hparams=model_dim=8")
     assert "expert_hidden_dim" in refused(
         "--models=MoE-4", "--hparams=moe.expert_hidden_dim=8")
