@@ -36,7 +36,7 @@ def training_run(model, run_dir, label, seed, train_files, args,
     """The resumable `sgmoe.training.TrainingRun` of one (model, seed) in
     `run_dir`: `args.train_steps` steps, a checkpoint every
     `args.checkpoint_every`; a resume with another model, seed, data,
-    batch size or learning rate is refused. `options` go to `TrainingRun`
+    batch size, learning rate or warm-up is refused. `options` go to `TrainingRun`
     (e.g. `validation_data` and `eval_every`)."""
     from sgmoe import training
 
@@ -44,6 +44,8 @@ def training_run(model, run_dir, label, seed, train_files, args,
              "train_files": training.file_fingerprints(train_files),
              "batch_size": args.batch_size,
              "learning_rate": args.learning_rate}
+    if getattr(args, "warmup_steps", 0):
+        setup["warmup_steps"] = args.warmup_steps
     if getattr(args, "block_size", None) is not None:
         setup["block_size"] = args.block_size
     return training.TrainingRun(

@@ -120,6 +120,12 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--model_dim", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--warmup_steps", type=int, default=0,
+                        help="The paper's schedule (Appendix C.1: 1000): a "
+                        "linear warm-up over this many steps to "
+                        "--learning_rate, then decay as 1/sqrt(step) "
+                        "(sgmoe.optimizers.WarmupInverseSquareRoot); 0: a "
+                        "constant --learning_rate.")
     parser.add_argument("--hparams", default="",
                         help="Overrides of every model's arguments, as the "
                         "scripts' --hparams (sgmoe.models.config_overrides),"
@@ -158,6 +164,8 @@ def parse_args(argv):
                  "max_length", "checkpoint_every", "curve_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive")
+    if args.warmup_steps < 0:
+        parser.error("--warmup_steps must be 0 (a constant rate) or positive")
     if args.block_size < 0:
         parser.error("--block_size must be 0 (all) or positive")
     from sgmoe.models import parse_overrides
@@ -362,6 +370,7 @@ class Experiment:
 
     def build(self, preset, overrides, seed):
         from sgmoe import models
+        from sgmoe import optimizers
         from sgmoe.models.config_overrides import merge
         from sgmoe.models.language_model_presets import PRESETS
 
@@ -374,7 +383,10 @@ class Experiment:
             model_dim=args.model_dim, num_sampled=args.num_sampled or None,
             padding_id=0, seed=seed)))
         model.build((None, None))
-        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+        learning_rate = (optimizers.WarmupInverseSquareRoot(
+            args.learning_rate, warmup_steps=args.warmup_steps)
+            if args.warmup_steps else args.learning_rate)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       metrics=[models.Perplexity(padding_id=0)],
                       jit_compile=bool(args.jit_compile))
         return model
@@ -477,7 +489,9 @@ def write_outputs(args, experiment, rows, seconds, argv):
         f"{args.test_files}), vocabulary {len(experiment.vocabulary)} words, "
         f"model_dim {args.model_dim}, {args.train_steps} steps of "
         f"{args.batch_size} sentences (shuffled in blocks of "
-        f"{experiment.block_size:,}), Adam {args.learning_rate:g}, "
+        f"{experiment.block_size:,}), Adam {args.learning_rate:g}"
+        + (f" after a {args.warmup_steps}-step warm-up, then 1/sqrt(step), "
+           if args.warmup_steps else ", ")
         + (f"--hparams {args.hparams}, " if args.hparams else "")
         + (f"sampled softmax ({args.num_sampled}) in training, "
            if args.num_sampled else "")

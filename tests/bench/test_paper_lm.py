@@ -199,3 +199,22 @@ def test_hparams_reach_every_model_and_bad_keys_end_the_run(tmp_path):
     assert "bogus" in refused("--hparams=bogus=1")
     with pytest.raises(SystemExit):
         bench.parse_args(["--hparams=dropout"])
+
+
+def test_warmup_steps_give_the_papers_schedule(tmp_path):
+    bench = load_bench("paper_lm")
+    corpus = small_corpus(tmp_path)
+    for flags, rates in (([], [3e-3, 3e-3, 3e-3]),
+                         # steps 1, 100 (the peak) and 400: 1/sqrt(4)
+                         (["--warmup_steps=100"], [3e-5, 3e-3, 1.5e-3])):
+        args = bench.parse_args(["--quick", "--models=4xLSTM", *flags,
+                                 *corpus])
+        experiment = bench.Experiment(args)
+        [(_, preset, overrides)] = bench.models_to_train(args)
+        optimizer = experiment.build(preset, overrides, seed=1).optimizer
+        learning_rate = optimizer._learning_rate
+        assert [float(learning_rate(step) if callable(learning_rate)
+                      else learning_rate) for step in (0, 99, 399)] == \
+            pytest.approx(rates)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--warmup_steps=-1"])
