@@ -36,8 +36,8 @@ def training_run(model, run_dir, label, seed, train_files, args,
     """The resumable `sgmoe.training.TrainingRun` of one (model, seed) in
     `run_dir`: `args.train_steps` steps, a checkpoint every
     `args.checkpoint_every`; a resume with another model, seed, data,
-    batch size, learning rate or warm-up is refused. `options` go to `TrainingRun`
-    (e.g. `validation_data` and `eval_every`)."""
+    batch size, learning rate or warm-up is refused. `options` go to
+    `TrainingRun` (e.g. `validation_data` and `eval_every`)."""
     from sgmoe import training
 
     setup = {"model": label, "seed": seed, "config": model.get_config(),
