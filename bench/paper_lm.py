@@ -266,17 +266,17 @@ def with_hparams(args, label, preset, overrides):
                 f"paper_lm: --hparams {key!r} is set by the bench or the "
                 f"{args.experiment} experiment for {label} ({clash[0]}), "
                 "not by --hparams")
+    overrides = models.config_overrides.merge(overrides, hparams)
     try:
-        config = models.apply_overrides(
-            models.MoELanguageModel, PRESETS[preset],
-            models.config_overrides.merge(overrides, hparams))
+        config = models.apply_overrides(models.MoELanguageModel,
+                                        PRESETS[preset], overrides)
         models.MoELanguageModel(**dict(
             config, vocabulary_size=args.vocabulary_size,
             model_dim=args.model_dim, num_sampled=args.num_sampled or None,
             padding_id=0))
     except (TypeError, ValueError) as error:
         raise SystemExit(f"paper_lm: --hparams for {label}: {error}")
-    return models.config_overrides.merge(overrides, hparams)
+    return overrides
 
 
 def slug(label):

@@ -181,9 +181,8 @@ def test_hparams_reach_every_model_and_bad_keys_end_the_run(tmp_path):
     models = built("--hparams=moe.output_activation=linear,dropout=0.2")
     assert [layer.output_activation for layer in
             models["MoE-256-h"].moe_layers()] == [keras.activations.linear]
-    assert models["4xLSTM"].get_config() == dict(
-        built("--models=4xLSTM", "--hparams=dropout=0.2")[
-            "4xLSTM"].get_config())
+    assert models["4xLSTM"].get_config() == built(
+        "--models=4xLSTM", "--hparams=dropout=0.2")["4xLSTM"].get_config()
     assert "moe" in refused("--models=4xLSTM",
                             "--hparams=moe.output_activation=linear")
     assert "feed_forward" in refused("--models=MoE-4,4xLSTM",
