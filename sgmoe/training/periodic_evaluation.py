@@ -10,6 +10,7 @@ from keras import ops
 
 from sgmoe import _validation
 from sgmoe.distribute import processes
+from sgmoe.evaluation.logged_history import logged_history
 from sgmoe.training import _logs
 from sgmoe.training.save_model_preset import save_model_preset
 
@@ -34,6 +35,14 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     the lowest so far, with `best_dir/validation.json` recording its step
     and logs. A run resumed later reads that file, so `best_dir` keeps the
     best model over every run of the same directory.
+
+    With a `log_dir`, when training starts at a step past 0 at which an
+    evaluation is due (a resumed run) and `log_dir` holds no validation of
+    that step, the callback first evaluates the model it starts from: a
+    run stopped after its checkpoint at such a step and before the
+    validation there leaves no gap in its validation curve. (Every process
+    reads `log_dir` to decide, as it reads `best_dir`: a shared
+    filesystem.)
 
     Every process of a multi-process run must have the callback (the
     evaluation and the save are collectives); only process 0 writes.
@@ -82,6 +91,15 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         if (self.log_dir is not None and self._writer is None
                 and processes.is_primary_process()):
             self._writer = tf.summary.create_file_writer(self.log_dir)
+        step = self._steps.step
+        if (step > 0 and self.log_dir is not None
+                and (step % self.every == 0 or step == self.total_steps)
+                and step not in self._validated_steps()):
+            self.evaluate(step)
+
+    def _validated_steps(self):
+        logged = logged_history(self.log_dir, "val/loss") or {}
+        return set(logged) | {step for step, _ in self.history}
 
     def on_train_batch_begin(self, batch, logs=None):
         self._steps.begin(batch)

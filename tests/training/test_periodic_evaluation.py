@@ -113,6 +113,33 @@ def test_evaluates_at_multiples_and_at_the_end_keeping_the_best(
         assert json.load(file)["step"] == saved["step"]
 
 
+def test_a_run_resumed_at_a_due_step_validates_it_first(tmp_path, capsys):
+    _, unbroken, _ = train(tmp_path, "unbroken", capsys, train_steps=8,
+                           eval_every=4)
+    # Stopped after the step-4 checkpoint, before the validation there.
+    train(tmp_path, "stopped", capsys, train_steps=4)
+    model, resumed, lines = train(tmp_path, "stopped", capsys, train_steps=8,
+                                  eval_every=4)
+    assert resumed.first_step == 4
+    validation = [line.split()[0] for line in lines if "val_loss" in line]
+    assert validation == ["step=4/8", "step=8/8"]
+    # The catch-up comes before any training, and validates the step-4
+    # weights: the unbroken run's values.
+    assert lines[0].startswith("step=4/8 val_loss=")
+    [(_, expected), _] = unbroken.periodic_evaluation.history
+    [(step, got), _] = resumed.periodic_evaluation.history
+    assert step == 4
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-6)
+    events = read_events(tmp_path / "stopped" / "logs" / "validation")
+    assert sorted(events["val/loss"][1]) == [4, 8]
+    # A step its logs hold is not validated again: the unbroken run
+    # continued from its step-8 checkpoint validates step 12 alone.
+    _, _, lines = train(tmp_path, "unbroken", capsys, train_steps=12,
+                        eval_every=4)
+    assert [line.split()[0] for line in lines if "val_loss" in line] == [
+        "step=12/12"]
+
+
 def test_eval_every_needs_validation_data():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
