@@ -217,11 +217,14 @@ def main(argv=None):
             row[label] = (f"{np.mean(means):.3f}" + (
                 f" ({max(means) - min(means):.3f})" if len(means) > 1
                 else ""))
-        base_sum = np.mean([run[mask].sum() for run in losses[base]])
+        base_sums = [run[mask].sum() / count for run in losses[base]]
         for label, _ in others:
-            other_sum = np.mean([run[mask].sum() for run in losses[label]])
-            row[f"{label} minus {base}, share of all"] = (
-                f"{(other_sum - base_sum) / count:+.4f}")
+            sums = [run[mask].sum() / count for run in losses[label]]
+            cell = f"{np.mean(sums) - np.mean(base_sums):+.4f}"
+            if len(sums) == len(base_sums) > 1:  # paired run by run
+                paired = np.subtract(sums, base_sums)
+                cell += f" ({paired.max() - paired.min():.4f})"
+            row[f"{label} minus {base}, share of all"] = cell
         rows.append(row)
     columns = list(rows[0])
     setting = (f"{count:,} targets of the first {len(inputs):,} sentences of "
@@ -229,7 +232,9 @@ def main(argv=None):
                f"vocabulary of {len(vocabulary):,} tokens; cross-entropy in "
                "nats per target, mean over each model's runs (spread = max "
                "- min); the last columns sum over the groups to the "
-               "difference of the models' mean cross-entropy")
+               "difference of the models' mean cross-entropy (spread of "
+               "the differences of the runs paired in order, where the "
+               "models have as many runs)")
     text = "\n\n".join([
         _report.header("loss_by_frequency.py", argv, time.time() - start,
                        setting),

@@ -83,3 +83,20 @@ def test_models_of_other_vocabularies_and_one_run_are_refused(
     with pytest.raises(SystemExit, match="--rank_bounds must increase"):
         bench.main([f"--run=a:{quick / 'dense'}",
                     f"--run=b:{quick / 'moe'}", "--rank_bounds=10,5"])
+
+
+def test_runs_are_paired_in_order(quick, tmp_path):
+    """moe's runs (moe, dense) against dense's (dense, dense): the pairs
+    differ by d and 0, so the mean difference is d / 2, its spread |d|."""
+    bench = load_bench("loss_by_frequency")
+    single = read_table(quick / "loss_by_frequency.md")
+    column = "moe minus dense, share of all"
+    dense, moe = quick / "dense", quick / "moe"
+    bench.main([f"--run=dense:{dense},{dense}", f"--run=moe:{moe},{dense}",
+                "--max_sentences=40", f"--out={tmp_path / 'paired.md'}"])
+    rows = read_table(tmp_path / "paired.md")
+    for name, row in rows.items():
+        difference = float(single[name][column])
+        mean, spread = row[column].rstrip(")").split(" (")
+        assert float(mean) == pytest.approx(difference / 2, abs=1e-4)
+        assert float(spread) == pytest.approx(abs(difference), abs=1e-4)
