@@ -193,15 +193,21 @@ def main(argv=None):
                 raise SystemExit(
                     f"loss_by_frequency: {run_dir} has another vocabulary "
                     f"than {first}: the models must share one")
-    inputs, targets = read_targets(args, vocabulary)
+    try:
+        inputs, targets = read_targets(args, vocabulary)
+    except (OSError, ValueError) as error:  # missing or malformed text
+        raise SystemExit(f"loss_by_frequency: {error}")
     named = groups(targets, vocabulary, args.rank_bounds)
     count = int((targets > 0).sum())
     losses = {}
     for label, dirs in args.runs:
         losses[label] = []
         for run_dir in dirs:
-            model = models.MoELanguageModel.from_preset(
-                os.path.join(run_dir, "model"))
+            try:
+                model = models.MoELanguageModel.from_preset(
+                    os.path.join(run_dir, "model"))
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"loss_by_frequency: {run_dir}: {error}")
             losses[label].append(token_losses(model, inputs, targets,
                                               args.batch_size))
             print(f"{label} {run_dir}: cross-entropy "

@@ -80,6 +80,10 @@ def test_models_of_other_vocabularies_and_one_run_are_refused(
         bench.main([f"--run=a:{quick / 'dense'}", f"--run=b:{other}"])
     with pytest.raises(SystemExit, match="give --run at least twice"):
         bench.main([f"--run=a:{quick / 'dense'}"])
+    with pytest.raises(SystemExit,
+                       match="loss_by_frequency: .*missing.txt: no such"):
+        bench.main([f"--run=a:{quick / 'dense'}", f"--run=b:{quick / 'moe'}",
+                    f"--text_files={tmp_path / 'missing.txt'}"])
     with pytest.raises(SystemExit, match="--rank_bounds must increase"):
         bench.main([f"--run=a:{quick / 'dense'}",
                     f"--run=b:{quick / 'moe'}", "--rank_bounds=10,5"])
