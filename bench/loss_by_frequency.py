@@ -47,7 +47,8 @@ def parse_args(argv):
     parser.add_argument("--text_files", default="data/brown.test.txt.gz")
     parser.add_argument("--max_sentences", type=int, default=2000)
     parser.add_argument("--max_length", type=int, default=64,
-                        help="Targets per sentence kept (the rest cut off).")
+                        help="The longest sentence read, in targets (words "
+                             "+ 1); longer ones are left out.")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rank_bounds", default="100,1000,10000",
                         help="Upper ranks of the word groups; the last "
@@ -110,30 +111,21 @@ def quick_runs(out_dir):
 
 
 def read_targets(args, vocabulary):
-    """(inputs, targets) [sentences, length] int32 arrays, 0-padded:
-    `<S>` and the words in, the words and `</S>` out."""
-    sentences = []
-    for path in data.expand_file_patterns(args.text_files):
-        for line in data.read_text_lines(path):
-            words = line.split()
-            if words:
-                ids = [vocabulary.token_to_id(word) for word in words]
-                sentences.append((
-                    ([vocabulary.bos_id] + ids)[:args.max_length],
-                    (ids + [vocabulary.eos_id])[:args.max_length]))
-            if len(sentences) == args.max_sentences:
-                break
-        if len(sentences) == args.max_sentences:
-            break
-    if not sentences:
+    """(inputs, targets) [sentences, --max_length] int32 arrays, 0-padded,
+    of the first --max_sentences sentences that fit --max_length, from
+    the training pipeline (`<S>` and the words in, the words and `</S>`
+    out; longer sentences left out, as in training and evaluation)."""
+    # Batches of one sentence and one block of --max_sentences: the file's
+    # first sentences, each padded to --max_length.
+    sentences = data.language_model_dataset(
+        args.text_files, vocabulary, 1, args.max_length,
+        block_size=args.max_sentences, bucket_boundaries=[])
+    pairs = list(sentences.take(args.max_sentences).as_numpy_iterator())
+    if not pairs:
         raise SystemExit(f"loss_by_frequency: --text_files={args.text_files} "
-                         "holds no sentence")
-    length = max(len(inputs) for inputs, _ in sentences)
-    inputs = np.zeros((len(sentences), length), np.int32)
-    targets = np.zeros_like(inputs)
-    for row, (ids_in, ids_out) in enumerate(sentences):
-        inputs[row, :len(ids_in)] = ids_in
-        targets[row, :len(ids_out)] = ids_out
+                         f"holds no sentence of at most {args.max_length} "
+                         "tokens")
+    inputs, targets = (np.concatenate(arrays) for arrays in zip(*pairs))
     return inputs, targets
 
 
@@ -234,7 +226,7 @@ def main(argv=None):
         rows.append(row)
     columns = list(rows[0])
     setting = (f"{count:,} targets of the first {len(inputs):,} sentences of "
-               f"{args.text_files}, at most {args.max_length} targets each; "
+               f"{args.text_files} of at most {args.max_length} targets; "
                f"vocabulary of {len(vocabulary):,} tokens; cross-entropy in "
                "nats per target, mean over each model's runs (spread = max "
                "- min); the last columns sum over the groups to the "
