@@ -15,6 +15,15 @@ DATA_DIR = os.path.join(ROOT, "data")
 METRIC = "test perplexity"
 
 
+def check_positive(fail, args, names):
+    """Calls `fail(message)` for the first flag of `names` in `args`
+    below 1 (e.g. `fail=parser.error`)."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            fail(f"--{name} must be positive, received {value}")
+
+
 def cached(rows_dir, name, compute):
     """A row from `<rows_dir>/<name>.json`, or `compute()` written there
     (atomically, so a stopped run leaves whole rows only)."""

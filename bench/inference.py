@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _report import DATA_DIR  # noqa: E402
 from _report import ROOT  # noqa: E402
+from _report import check_positive  # noqa: E402
 from _report import header  # noqa: E402
 from _report import print_row  # noqa: E402
 from _report import rows_table  # noqa: E402
@@ -64,9 +65,8 @@ def parse_args(argv):
                         help="Two tiny untrained models (MoE and dense) "
                         "saved as presets first; a smoke run.")
     args = parser.parse_args(argv)
-    for name in ("prompt_length", "new_tokens", "batch", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive")
+    check_positive(parser.error, args,
+                   ("prompt_length", "new_tokens", "batch", "repeats"))
     if not args.quick and not args.models:
         parser.error("--models is required (or --quick)")
     return args

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _report import DATA_DIR  # noqa: E402
 from _report import ROOT  # noqa: E402
+from _report import check_positive  # noqa: E402
 
 from inference import preset_directory  # noqa: E402
 from inference import tiny_preset  # noqa: E402
@@ -77,9 +78,8 @@ def parse_args(argv):
     except ValueError:
         parser.error(f"--keep must be comma-separated integers, received "
                      f"{args.keep!r}")
-    for name in ("usage_batches", "batch_size", "max_length"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive")
+    check_positive(parser.error, args,
+                   ("usage_batches", "batch_size", "max_length"))
     if args.student_steps < 0:
         parser.error("--student_steps must be 0 or more")
     if not 0 < args.stop_fraction <= 1:

@@ -60,20 +60,21 @@ def parse_args(argv):
                              "sentences, written under --out_dir.")
     parser.add_argument("--out_dir", default="/tmp/loss_by_frequency")
     args = parser.parse_args(argv)
-    for name in ("max_sentences", "max_length", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"loss_by_frequency: --{name} must be positive, "
-                             f"received {getattr(args, name)}")
+
+    def fail(message):
+        raise SystemExit(f"loss_by_frequency: {message}")
+
+    _report.check_positive(fail, args,
+                           ("max_sentences", "max_length", "batch_size"))
     try:
         args.rank_bounds = [int(bound) for bound in
                             args.rank_bounds.split(",") if bound.strip()]
     except ValueError:
-        raise SystemExit("loss_by_frequency: --rank_bounds must be "
-                         f"comma-separated integers, received "
-                         f"{args.rank_bounds!r}")
+        fail(f"--rank_bounds must be comma-separated integers, received "
+             f"{args.rank_bounds!r}")
     if any(b <= a for a, b in zip([0] + args.rank_bounds, args.rank_bounds)):
-        raise SystemExit("loss_by_frequency: --rank_bounds must increase "
-                         f"from above 0, received {args.rank_bounds}")
+        fail(f"--rank_bounds must increase from above 0, received "
+             f"{args.rank_bounds}")
     if args.quick:
         args.run = quick_runs(args.out_dir)
         args.max_sentences, args.out = 40, os.path.join(
@@ -83,12 +84,10 @@ def parse_args(argv):
         label, _, dirs = spec.partition(":")
         dirs = [d for d in dirs.split(",") if d]
         if not label or not dirs:
-            raise SystemExit("loss_by_frequency: --run must be "
-                             f"LABEL:DIR[,DIR...], received {spec!r}")
+            fail(f"--run must be LABEL:DIR[,DIR...], received {spec!r}")
         runs.append((label, dirs))
     if len(runs) < 2:
-        raise SystemExit("loss_by_frequency: give --run at least twice "
-                         "(the models to compare)")
+        fail("give --run at least twice (the models to compare)")
     args.runs = runs
     return args
 

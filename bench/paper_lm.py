@@ -64,6 +64,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import DATA_DIR  # noqa: E402
 from _report import ROOT  # noqa: E402
 from _report import cached  # noqa: E402
+from _report import check_positive  # noqa: E402
 from _report import header  # noqa: E402
 from _report import markdown  # noqa: E402
 from _report import paired_differences  # noqa: E402
@@ -160,10 +161,9 @@ def parse_args(argv):
         args.train_steps, args.model_dim, args.vocabulary_size = 4, 8, 300
         args.eval_batches, args.jit_compile = 3, False
         args.statistics_batches, args.checkpoint_every = 2, 2
-    for name in ("train_steps", "batch_size", "model_dim", "vocabulary_size",
-                 "max_length", "checkpoint_every", "curve_batches"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive")
+    check_positive(parser.error, args, (
+        "train_steps", "batch_size", "model_dim", "vocabulary_size",
+        "max_length", "checkpoint_every", "curve_batches"))
     if args.warmup_steps < 0:
         parser.error("--warmup_steps must be 0 (a constant rate) or positive")
     if args.block_size < 0:

@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import DATA_DIR  # noqa: E402
 from _report import ROOT  # noqa: E402
 from _report import cached  # noqa: E402
+from _report import check_positive  # noqa: E402
 from _report import header  # noqa: E402
 from _report import markdown  # noqa: E402
 from _report import paired_differences  # noqa: E402
@@ -76,9 +77,8 @@ def parse_args(argv):
     args.keep = [int(keep) for keep in args.keep.split(",")]
     if not 0 < args.stop_fraction <= 1:
         parser.error("--stop_fraction must be in (0, 1]")
-    for name in ("train_steps", "batch_size", "model_dim", "experts", "k"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive")
+    check_positive(parser.error, args,
+                   ("train_steps", "batch_size", "model_dim", "experts", "k"))
     if any(not args.k <= keep <= args.experts for keep in args.keep):
         parser.error("--keep values must lie in [--k, --experts]")
     return args
